@@ -1,0 +1,194 @@
+"""The ``kvmsim`` command.
+
+Exit codes: 0 every expectation held and no checker fired; 1 an expectation
+failed or a checker fired; 2 bad input (a scenario, a plugin name, a flag);
+3 a plugin raised an unexpected exception (a bug in kvmsim or a plugin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from kvmsim.errors import KvmsimError, UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _load(path: str) -> object:
+    from kvmsim.registry import discover
+    from kvmsim.scenario import load_scenario
+
+    kinds = discover()
+    return load_scenario(
+        path,
+        devices=sorted(kinds.get("device", {})),
+        step_kinds=_plugin_step_kinds(),
+    )
+
+
+def _plugin_step_kinds() -> dict[str, object]:
+    """Step kinds every discovered arch and device plugin adds."""
+    from kvmsim.registry import discover, load
+
+    out: dict[str, object] = {}
+    for kind in ("arch", "device"):
+        for entry in discover().get(kind, {}).values():
+            try:
+                plugin = load(entry)
+            except KvmsimError:
+                continue
+            fn = getattr(plugin, "step_kinds", None)
+            if fn is not None:
+                for sk in fn() or ():
+                    out[sk.name] = sk
+    return out
+
+
+def _resolve_scenario(arg: str) -> str:
+    """A path, or the name of a builtin scenario (without ``.toml``)."""
+    p = Path(arg)
+    if p.exists() or p.suffix == ".toml" or "/" in arg:
+        return arg
+    from kvmsim.scenario import builtin_scenarios
+
+    for path in builtin_scenarios():
+        if path.stem == arg:
+            return str(path)
+    return arg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvmsim.runner import Simulation
+    from kvmsim.scenario.model import Scenario
+    from kvmsim.trace import write_trace
+
+    scenario = _load(_resolve_scenario(args.scenario))
+    assert isinstance(scenario, Scenario)
+    sim = Simulation(
+        scenario,
+        arch=args.arch,
+        strategy=args.strategy,
+        trace=bool(args.trace),
+        disabled=args.disable_plugin or (),
+    )
+    report = sim.run()
+    if args.trace:
+        write_trace(Path(args.trace), report.events)
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        _print_report(report)
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def _print_report(report: object) -> None:
+    from kvmsim.runner import RunReport
+    from kvmsim.scenario.sizes import format_size
+
+    assert isinstance(report, RunReport)
+    print(f"{report.scenario}  arch={report.arch}  strategy={report.strategy}")
+    for s in report.steps:
+        bits = [f"step {s.index:>2} {s.do:<12}", f"{s.outcome or '-':<10}"]
+        if s.pfn is not None:
+            bits.append(f"pfn={s.pfn:#x}")
+        if s.writable is not None:
+            bits.append("rw" if s.writable else "ro")
+        if s.page_size:
+            bits.append(format_size(s.page_size))
+        if s.verdicts:
+            bits.append("verdicts=" + ",".join(s.verdicts))
+        print("  " + "  ".join(bits))
+        if s.detail:
+            print(f"           {s.detail}")
+        for f in s.expect_failures:
+            print(f"           EXPECTATION FAILED: {f}")
+    for v in report.verdicts:
+        where = f" (after trace event {v.event} #{v.event_seq})" if v.event else ""
+        print(f"  verdict {v.name} at step {v.step}: {v.detail}{where}")
+    print("PASS" if report.passed else "FAIL")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from kvmsim.registry import describe_all
+
+    rows = describe_all()
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return EXIT_OK
+    for r in rows:
+        arches = f" [{', '.join(r['arches'])}]" if r.get("arches") else ""
+        desc = r.get("description") or r.get("error", "")
+        print(f"{r['kind']:<9} {r['name']:<18} {r['distribution']} {r['version']}{arches}")
+        print(f"          {desc}")
+        if r.get("hooks"):
+            print(f"          hooks: {', '.join(r['hooks'])}")
+    return EXIT_OK
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from kvmsim.scenario import builtin_scenarios
+
+    for p in builtin_scenarios():
+        print(p.stem)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kvmsim", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    r = sub.add_parser("run", help="run one scenario under one arch and strategy")
+    r.add_argument("scenario", help="a scenario file, or the name of a builtin scenario")
+    r.add_argument("--arch", help="arch plugin (default: the scenario's arch)")
+    r.add_argument("--strategy", required=True, help="strategy plugin")
+    r.add_argument("--trace", metavar="FILE", help="write the trace (.jsonl or Chrome .json)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--disable-plugin", action="append", metavar="NAME")
+    r.set_defaults(func=cmd_run)
+    pl = sub.add_parser("plugins", help="list discovered plugins")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+    sc = sub.add_parser("scenarios", help="list builtin scenarios")
+    sc.set_defaults(func=cmd_scenarios)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            raise UsageError("kvmsim: a command is required (see kvmsim --help)")
+        if getattr(args, "trace", None) and Path(args.trace).suffix not in (".json", ".jsonl"):
+            raise UsageError(f"--trace {args.trace}: the file must end in .jsonl or .json")
+        return int(args.func(args))
+    except KvmsimError as exc:
+        print(f"kvmsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a plugin or kvmsim bug: one line, not a traceback
+        print(
+            f"kvmsim: internal error: {type(exc).__name__}: {exc} "
+            "(a bug in kvmsim or a plugin; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

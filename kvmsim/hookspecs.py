@@ -1,0 +1,382 @@
+"""Every kvmsim hook: the plugin author's manual.
+
+kvmsim has three kinds of plugin, each found through its own entry-point
+group: an **arch** (``kvmsim.arch``) owns the stage-2 MMU and the fault
+handler around ``hva_to_pfn``; a **strategy** (``kvmsim.strategy``) answers
+``hva_to_pfn`` as one kernel version's code did; a **device**
+(``kvmsim.device``) provides MMIO frames and the vmas that map them.  A
+simulation registers exactly one arch, one strategy and the scenario's
+devices, each in its own :class:`pluggy.PluginManager`.
+
+Write implementations with ``from kvmsim import hookimpl``.  Hooks are called
+with keyword arguments; an implementation may accept fewer arguments than the
+spec, never more, and never with defaults.  In a firstresult hook ``None``
+means only "not mine".
+
+Fault path, in order: ``translate`` → (on a fault) ``handle_page_fault``, which
+calls ``hva_to_pfn`` (through ``kvm.gfn_to_pfn_memslot`` or directly) and
+``create_pte``; host events reach the arch through ``notifier_invalidate``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from kvmsim.hooktypes import (
+        ArchInfo,
+        DeviceInfo,
+        FaultResult,
+        HvaToPfnRequest,
+        HvaToPfnResult,
+        MmioResult,
+        Stage2Fault,
+        Stage2Mapping,
+        StepResult,
+        StrategyInfo,
+        Translation,
+    )
+    from kvmsim.kvm.core import Kvm
+    from kvmsim.scenario.model import DeviceSpec, StepKind, StepSpec, VmaSpec
+
+PROJECT = "kvmsim"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# ------------------------------------------------------------------- arch
+
+
+@hookspec(firstresult=True)
+def arch_info() -> ArchInfo:
+    """Describe the arch: name, one-line description, host PAGE_SHIFT, stage-2 leaf sizes.
+
+    Implemented by: every arch plugin.
+    Called: once at discovery (``kvmsim plugins``) and when a simulation is built,
+    before the host model exists (its page size comes from here).
+    Models: nothing in the kernel; it is the arch's identity card.
+
+    :returns: an :class:`~kvmsim.hooktypes.ArchInfo`.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def arch_init(kvm: Kvm) -> Any:
+    """Create the arch's per-VM stage-2 state (an empty partition-scoped
+    table, HPT or EPT) and anything the fault handler keeps per VM.
+
+    Implemented by: every arch plugin.
+    Called: once per simulation, after the host model, the memslots and the
+    devices exist and before the first step; the core stores the result as
+    ``kvm.arch``.
+    Models: ``kvm_arch_init_vm`` (kvmppc_core_init_vm_hv, kvm_arch_init_vm on x86).
+
+    :param kvm: the VM (:class:`kvmsim.kvm.core.Kvm`).
+    :returns: the arch state object (any type the arch chooses).
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
+    """Walk the stage-2 structure for one guest access, as the hardware does.
+
+    Implemented by: every arch plugin.
+    Called: by the vcpu loop for every guest access and again after every
+    fault that resumes the guest; no lock held.  Hardware side effects (x86
+    EPT setting A/D bits) happen here; POWER9 radix sets no R/C bits itself
+    but faults with SET_RC.
+    Models: the MMU walk (POWER9 partition-scoped radix walk, HPT search,
+    EPT walk).
+
+    :param kvm: the VM.
+    :param vcpu: the accessing vcpu's index.
+    :param gpa: guest physical (real) address of the access.
+    :param ea: guest effective / virtual address (equal to gpa unless the
+        scenario gives one; HPT translates from it).
+    :param op: ``read``, ``write`` or ``exec``.
+    :returns: a :class:`~kvmsim.hooktypes.Translation`: a hit with the host
+        pfn, leaf size and attributes, or a ``fault`` carrying the arch's fault code.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
+    """Handle a stage-2 fault: the arch's fault handler, of the kernel version
+    the selected strategy names (``StrategyInfo.handlers``).
+
+    Implemented by: every arch plugin.
+    Called: by the vcpu loop when ``translate`` returned a fault; no lock held,
+    ``kvm->srcu`` notionally held.  It must read ``kvm.mmu_notifier_seq``
+    before resolving the pfn, call ``kvm.fire_point("after_hva_to_pfn")``
+    right after resolving it and ``kvm.fire_point("before_create_pte")`` just
+    before installing, and release page references as its kernel version does.
+    Models: ``kvmppc_book3s_radix_page_fault``, ``kvmppc_book3s_hv_page_fault``,
+    ``tdp_page_fault``.
+
+    :param kvm: the VM.
+    :param vcpu: the faulting vcpu.
+    :param fault: what ``translate`` reported.
+    :returns: a :class:`~kvmsim.hooktypes.FaultResult` whose ``action`` tells
+        the vcpu loop what happens next (resume, mmio, efault, sigbus,
+        guest_fault, async_pf).
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+    """Install one stage-2 leaf.
+
+    Implemented by: every arch plugin (called by its own fault handler through
+    ``kvm.hooks.create_pte`` so that another plugin could observe or replace it).
+    Called: from the fault handler with no lock held; takes ``kvm.mmu_lock``
+    itself and checks ``kvm.mmu_notifier_retry(mmu_seq)`` under it.
+    Models: ``kvmppc_create_pte`` (radix), the HPTE install of
+    ``kvmppc_book3s_hv_page_fault`` (HPT), ``mmu_set_spte`` (x86).
+
+    :param kvm: the VM.
+    :param gpa: guest physical address of the leaf.
+    :param pte: the new entry, in the arch's own encoding (the arch documents it).
+    :param level: 0 for the base page size, 1 for the next level up (2M),
+        2 for the one above (1G); the arch's own numbering beyond that.
+    :param mmu_seq: the ``mmu_notifier_seq`` the handler read before resolving the pfn.
+    :returns: 0 on success, ``-EAGAIN`` when an invalidation raced (the guest
+        retries), ``-ENOMEM``, or ``-EBUSY`` (v4.15/v4.16 radix: a page-table
+        page is in the way of a large leaf).
+
+    firstresult
+    """
+
+
+@hookspec
+def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
+    """Tear down every stage-2 entry that maps host virtual addresses in ``[start, end)``.
+
+    Implemented by: every arch plugin (and any plugin that caches translations).
+    Called: by the core's MMU-notifier subscriber from
+    ``invalidate_range_start``, under ``kvm.mmu_lock``, with
+    ``mmu_notifier_count`` already raised.  Entries hold no page reference,
+    so nothing is released here.
+    Models: ``kvm_unmap_hva_range`` (``kvm_unmap_radix`` per gfn, HPT rmap walk,
+    ``kvm_unmap_rmapp`` on x86).
+
+    :param kvm: the VM.
+    :param start: first host virtual address of the range.
+    :param end: first address past the range.
+    :returns: nothing.
+
+    broadcast
+    """
+
+
+@hookspec
+def notifier_change_pte(kvm: Kvm, hva: int, pte: int) -> None:
+    """A host PTE changed in place (COW break, KSM merge).
+
+    Implemented by: arch plugins that model ``kvm_set_spte_hva``; optional.
+    Called: by the core's subscriber from ``change_pte`` (always inside an
+    invalidate start/end pair, so the entry is already gone), under ``kvm.mmu_lock``.
+    Models: ``kvm_set_spte_hva``.
+
+    :param kvm: the VM.
+    :param hva: the host virtual address whose PTE changed.
+    :param pte: the new host PTE (an int, see :mod:`kvmsim.host.pte`).
+    :returns: nothing.
+
+    broadcast
+    """
+
+
+@hookspec(firstresult=True)
+def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
+    """List every present stage-2 leaf.
+
+    Implemented by: every arch plugin.
+    Called: by the checkers after each step, and by reports; no lock needed
+    (the simulation is stopped).
+    Models: nothing: it is the checkers' window on the arch's state.
+
+    :param kvm: the VM.
+    :returns: the leaves as :class:`~kvmsim.hooktypes.Stage2Mapping`, in gpa order.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
+    """Run a scenario step of a kind the arch added (``step_kinds``), such as
+    an HPT ``hcall`` or an x86 ``dirty_log`` round.
+
+    Implemented by: arch plugins that add step kinds.
+    Called: by the runner for a step whose ``do`` is not a core kind; the
+    host task is the vcpu's thread.
+    Models: the hypercall or ioctl the step names.
+
+    :param kvm: the VM.
+    :param vcpu: the step's vcpu.
+    :param step: the step.
+    :returns: a :class:`~kvmsim.hooktypes.StepResult`, or None if the step is not this plugin's.
+
+    firstresult
+    """
+
+
+@hookspec
+def step_kinds() -> list[StepKind]:
+    """Declare scenario step kinds this plugin adds (their extra keys and types).
+
+    Implemented by: arch and device plugins that add steps.
+    Called: when a scenario is loaded, so the loader can validate the steps.
+    Models: nothing.
+
+    :returns: a list of :class:`kvmsim.scenario.model.StepKind`.
+
+    broadcast
+    """
+
+
+# --------------------------------------------------------------- strategy
+
+
+@hookspec(firstresult=True)
+def strategy_info() -> StrategyInfo:
+    """Describe the strategy: name, description, the arches it applies to, the
+    fault-handler version it selects on each arch, and the kernel it reproduces.
+
+    Implemented by: every strategy plugin.
+    Called: at discovery and when a simulation is built (an arch the strategy
+    does not apply to is refused with the list of arches it does).
+    Models: nothing.
+
+    :returns: a :class:`~kvmsim.hooktypes.StrategyInfo`.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def hva_to_pfn(kvm: Kvm, request: HvaToPfnRequest) -> HvaToPfnResult:
+    """Resolve a host virtual address to a host frame, as one kernel version's
+    code does: its gup variants, vma walk, ``hva_to_pfn_remapped`` or inline
+    PFNMAP arithmetic, with the references and locks that code takes.
+
+    Implemented by: every strategy plugin (exactly one per simulation).
+    Called: by the arch's fault handler, with no lock held (``mmap_sem`` is
+    taken and dropped inside, unless the modelled code leaks it); after
+    ``mmu_notifier_seq`` was read.  For v4.15/v4.16 PPC handlers it stands for
+    the handler's own gup-then-PFNMAP block; for later handlers it is the
+    generic ``hva_to_pfn`` reached from ``__gfn_to_pfn_memslot``.
+    Models: ``hva_to_pfn`` (virt/kvm/kvm_main.c) and its helpers, version by version.
+
+    :param kvm: the VM (host model at ``kvm.mm``, frames at ``kvm.phys``).
+    :param request: the call's arguments (:class:`~kvmsim.hooktypes.HvaToPfnRequest`).
+    :returns: a :class:`~kvmsim.hooktypes.HvaToPfnResult`: status, pfn or
+        error pfn, the page pointer the caller releases, writable, size hint,
+        vma pgprot.  C hazards (an uninitialised page pointer) raise
+        :class:`kvmsim.cmodel.KernelOops` where the C code would use them.
+
+    firstresult
+    """
+
+
+# ----------------------------------------------------------------- device
+
+
+@hookspec(firstresult=True)
+def device_info() -> DeviceInfo:
+    """Describe the device: its kind (as scenarios name it) and a line.
+
+    Implemented by: every device plugin.
+    Called: at discovery.
+    Models: nothing.
+
+    :returns: a :class:`~kvmsim.hooktypes.DeviceInfo`.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def device_init(kvm: Kvm, spec: DeviceSpec) -> Any:
+    """Create a device instance from a scenario's ``[[device]]`` table:
+    allocate its MMIO frames (``kvm.phys.alloc_mmio``) and its state.
+
+    Implemented by: every device plugin.
+    Called: once per ``[[device]]`` entry, after the host model exists and
+    before the vmas are mapped.
+    Models: the device's creation (KVM_CREATE_DEVICE and its set-up attributes).
+
+    :param kvm: the VM.
+    :param spec: the device table (``spec.kind``, ``spec.params``).
+    :returns: the device object, or None when ``spec.kind`` is not this plugin's.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def device_mmap(kvm: Kvm, device: Any, spec: VmaSpec) -> Any:
+    """Map a ``backing = "device"`` vma of this device into the host mm, as the
+    device's ``mmap`` file operation does (flags, vm_page_prot, vm_ops).
+
+    Implemented by: device plugins whose devices can be mmapped.
+    Called: during set-up, for each device vma, as task ``qemu`` holding no lock.
+    Models: the device file's ``mmap`` (``kvmppc_xive_native_mmap``).
+
+    :param kvm: the VM.
+    :param device: the instance ``device_init`` returned for ``spec.device``.
+    :param spec: the vma's scenario table (size, pgoff...).
+    :returns: the new :class:`kvmsim.host.vma.Vma`, or None if not this plugin's device.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def mmio_access(
+    kvm: Kvm, vcpu: int, pfn: int, offset: int, op: str, size: int, value: int
+) -> MmioResult | None:
+    """A guest access reached a device frame through a stage-2 mapping.
+
+    Implemented by: device plugins.
+    Called: by the vcpu loop after a translate hit on a frame without a
+    ``struct page`` (``pfn_valid`` false), with no lock held.
+    Models: the device's MMIO behaviour (XIVE ESB loads/stores, TIMA).
+
+    :param kvm: the VM.
+    :param vcpu: the accessing vcpu.
+    :param pfn: the host frame reached.
+    :param offset: byte offset in that frame.
+    :param op: ``read``, ``write`` or ``exec``.
+    :param size: access size in bytes.
+    :param value: the value stored (0 for loads).
+    :returns: an :class:`~kvmsim.hooktypes.MmioResult`, or None if the frame is not this device's.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def device_step(kvm: Kvm, step: StepSpec) -> StepResult | None:
+    """Run a device step (``device_reset`` and device-specific kinds).
+
+    Implemented by: device plugins.
+    Called: by the runner, as task ``qemu``.
+    Models: the ioctl or device event the step names (for XIVE, a source
+    leaving or entering passthrough, which unmaps its ESB pages).
+
+    :param kvm: the VM.
+    :param step: the step (``step.params`` has the device-specific keys).
+    :returns: a :class:`~kvmsim.hooktypes.StepResult`, or None if not this plugin's.
+
+    firstresult
+    """

@@ -1,0 +1,235 @@
+"""The values that cross hooks.
+
+All frozen attrs classes (slotted, hashable): a plugin never mutates what it
+was given, it returns a new value.  See :mod:`kvmsim.hookspecs` for who
+produces and who consumes each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+# ---------------------------------------------------------------- info values
+
+
+@frozen(kw_only=True)
+class ArchInfo:
+    """What an arch plugin is.
+
+    :param name: the entry-point name users type (``ppc_radix``).
+    :param description: one line for ``kvmsim plugins``.
+    :param page_shift: the host kernel's PAGE_SHIFT on this arch (16 for ppc64
+        with 64K pages, 12 for x86-64); the host model and gfns use it.
+    :param page_sizes: the stage-2 leaf sizes the arch can install, in bytes.
+    """
+
+    name: str
+    description: str
+    page_shift: int
+    page_sizes: tuple[int, ...]
+
+
+@frozen(kw_only=True)
+class StrategyInfo:
+    """What a strategy plugin is.
+
+    :param name: the entry-point name users type (``generic_v4_16``).
+    :param description: one line for ``kvmsim plugins``.
+    :param arches: the arch names it applies to; ``("*",)`` means every arch.
+    :param handlers: per arch, which kernel version of that arch's fault
+        handler surrounds this strategy (``{"ppc_radix": "v4.17"}``); an arch
+        plugin reads its own entry to choose its flow.  ``"*"`` is the default.
+    :param kernel: the kernel release or patch the strategy reproduces.
+    """
+
+    name: str
+    description: str
+    arches: tuple[str, ...]
+    handlers: Mapping[str, str] = field(factory=dict, hash=False)
+    kernel: str = ""
+
+    def applies_to(self, arch: str) -> bool:
+        return "*" in self.arches or arch in self.arches
+
+    def handler_for(self, arch: str) -> str:
+        """The handler version this strategy selects on ``arch``."""
+        return self.handlers.get(arch) or self.handlers.get("*", "")
+
+
+@frozen(kw_only=True)
+class DeviceInfo:
+    """What a device plugin is: its name (the scenario's ``kind``) and a line."""
+
+    name: str
+    description: str
+
+
+# ------------------------------------------------------------ the fault path
+
+
+@frozen(kw_only=True)
+class Stage2Fault:
+    """A stage-2 translation fault, as the hardware reports it.
+
+    :param gpa: the guest physical (real) address.
+    :param ea: the guest effective / virtual address (equal to gpa when the
+        scenario gives none).
+    :param op: ``read``, ``write`` or ``exec``.
+    :param code: the arch's fault code (radix: the HDSISR bits; EPT: the exit
+        qualification; HPT: the DSISR image).
+    :param kind: a short arch-specific name for traces (``hdsi``, ``ept_violation``).
+    """
+
+    gpa: int
+    ea: int
+    op: str
+    code: int
+    kind: str
+
+
+@frozen(kw_only=True)
+class Translation:
+    """The result of ``translate``: a hit (``pfn`` set) or a ``fault``.
+
+    On a hit, ``pfn`` is the host frame of the accessed byte's page,
+    ``page_size`` the stage-2 leaf size, ``writable`` and ``noncached`` the
+    leaf's permission and cache attribute.
+    """
+
+    pfn: int | None = None
+    page_size: int = 0
+    writable: bool = False
+    noncached: bool = False
+    fault: Stage2Fault | None = None
+
+
+# Outcomes of handle_page_fault (what the vcpu loop does next).
+RESUME = "resume"  # re-enter the guest: the access is retried
+MMIO = "mmio"  # exit to userspace for MMIO emulation at ``gpa``
+EFAULT = "efault"  # KVM_RUN returns -EFAULT (or another errno) to userspace
+SIGBUS = "sigbus"  # the vcpu thread got SIGBUS (hwpoison)
+GUEST_FAULT = "guest_fault"  # a storage interrupt was delivered to the guest
+ASYNC_PF = "async_pf"  # x86: the guest was told "page not present"
+FAULT_OUTCOMES = (RESUME, MMIO, EFAULT, SIGBUS, GUEST_FAULT, ASYNC_PF)
+
+
+@frozen(kw_only=True)
+class FaultResult:
+    """The result of ``handle_page_fault``.
+
+    :param action: one of :data:`FAULT_OUTCOMES`.
+    :param ret: the kernel's return value (``RESUME_GUEST``, ``-EFAULT``...),
+        for the trace.
+    :param detail: a few words for the report.
+    """
+
+    action: str
+    ret: int = 0
+    detail: str = ""
+
+
+# hva_to_pfn statuses
+OK = "ok"
+RETRY = "retry"  # the caller must re-enter the guest (-EAGAIN, mmap_sem dropped)
+ERR_FAULT = "efault"  # KVM_PFN_ERR_FAULT
+ERR_HWPOISON = "hwpoison"  # KVM_PFN_ERR_HWPOISON
+ERR_RO_FAULT = "ro_fault"  # KVM_PFN_ERR_RO_FAULT
+NOSLOT = "noslot"  # KVM_PFN_NOSLOT
+ASYNC = "async"  # *async = true: the fault needs I/O
+STATUSES = (OK, RETRY, ERR_FAULT, ERR_HWPOISON, ERR_RO_FAULT, NOSLOT, ASYNC)
+
+
+@frozen(kw_only=True)
+class HvaToPfnRequest:
+    """The arguments of ``hva_to_pfn`` (virt/kvm/kvm_main.c), plus what the
+    PPC handlers that inline their own resolution know.
+
+    :param vcpu: the faulting vcpu's index.
+    :param slot: the memslot (:class:`kvmsim.kvm.memslot.Memslot`).
+    :param gfn: the faulting guest frame number (host PAGE_SIZE units).
+    :param gpa: the faulting guest physical address.
+    :param hva: ``gfn_to_hva_memslot`` of the gfn (may be an error hva).
+    :param write_fault: the access is a store.
+    :param atomic: the caller cannot sleep.
+    :param async_: the caller passed a non-NULL ``async`` pointer.
+    :param writable: the caller passed a non-NULL ``writable`` pointer (it
+        accepts a write upgrade on a read fault).
+    :param page_out: the caller passed a ``struct page **`` (Paolo's sketch).
+    """
+
+    vcpu: int
+    slot: Any
+    gfn: int
+    gpa: int
+    hva: int
+    write_fault: bool
+    atomic: bool = False
+    async_: bool = False
+    writable: bool = False
+    page_out: bool = False
+
+
+@frozen(kw_only=True)
+class HvaToPfnResult:
+    """What ``hva_to_pfn`` (or the handler's inline equivalent) produced.
+
+    :param status: one of :data:`STATUSES`.
+    :param pfn: the frame, or a ``KVM_PFN_ERR_*`` value for errors.  pfn 0 is
+        a real pfn.
+    :param page: the ``struct page *`` the caller will release, as a pfn, or
+        None when the code hands back no page pointer; may be a C hazard
+        (``UNINIT``) in a buggy strategy.
+    :param writable: ``*writable`` as the code left it.
+    :param map_shift: a host mapping-size hint (log2 bytes), 0 when none.
+    :param prot: the pgprot bits the code took from the vma (the PPC PFNMAP
+        branch uses ``vm_page_prot``), or None.
+    :param ret: the code's integer return when it is not a pfn (for example
+        ``-EAGAIN``), for the trace.
+    """
+
+    status: str
+    pfn: int
+    page: Any = None
+    writable: bool = False
+    map_shift: int = 0
+    prot: int | None = None
+    ret: int = 0
+
+
+@frozen(kw_only=True)
+class Stage2Mapping:
+    """One present stage-2 leaf, for checkers.
+
+    :param gpa: the leaf's base guest physical address.
+    :param size: its size in bytes.
+    :param pfn: the host frame of its first byte.
+    :param writable: the leaf allows stores.
+    :param noncached: the leaf is cache-inhibited.
+    :param mmu_seq: the ``mmu_notifier_seq`` the fault that installed it read.
+    """
+
+    gpa: int
+    size: int
+    pfn: int
+    writable: bool
+    noncached: bool
+    mmu_seq: int
+
+
+@frozen(kw_only=True)
+class MmioResult:
+    """A device's answer to an MMIO access: the value a load returns."""
+
+    value: int = 0
+    detail: str = ""
+
+
+@frozen(kw_only=True)
+class StepResult:
+    """The result of a plugin-provided scenario step."""
+
+    outcome: str | None = None
+    detail: str = ""

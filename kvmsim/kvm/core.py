@@ -1,0 +1,213 @@
+"""The KVM core: the VM, ``mmu_lock``, the MMU-notifier sequence and its
+subscriber, and ``__gfn_to_pfn_memslot`` (virt/kvm/kvm_main.c, v4.16).
+
+The core names no arch and no strategy: it reaches them through
+``kvm.hooks`` (see :mod:`kvmsim.registry`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmsim.cmodel import KernelOops
+from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
+from kvmsim.host.rwsem import Deadlock
+from kvmsim.kvm.memslot import Memslot, Memslots
+from kvmsim.kvm.pfn import (
+    KVM_HVA_ERR_RO_BAD,
+    KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_NOSLOT,
+    gfn_to_hva_many,
+    kvm_is_error_hva,
+)
+from kvmsim.trace import DISABLED, Tracer
+
+if TYPE_CHECKING:
+    from kvmsim.host.mm import Mm
+    from kvmsim.host.physmem import PhysMem
+    from kvmsim.registry import Dispatcher
+
+
+class SpinLock:
+    """A spinlock that knows its holder (``kvm->mmu_lock``).
+
+    Taking it while held can never succeed in a run-to-completion simulation:
+    that is a :class:`~kvmsim.host.rwsem.Deadlock`.
+    """
+
+    __slots__ = ("holder", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.holder: str | None = None
+
+    def lock(self, task: str) -> None:
+        if self.holder is not None:
+            raise Deadlock(self.name, task, {self.holder: "spin"})
+        self.holder = task
+
+    def unlock(self, task: str) -> None:
+        if self.holder != task:
+            raise KernelOops(f"spin_unlock({self.name}) by {task}, held by {self.holder}", "bug")
+        self.holder = None
+
+
+class Kvm:
+    """``struct kvm``: one VM of the simulation.
+
+    :param mm: the host process (QEMU) whose memory backs the memslots.
+    :param phys: host physical memory.
+    :param hooks: the simulation's dispatcher (arch, strategy, devices).
+    :param strategy: the selected strategy's info.
+    :param arch_name: the selected arch.
+    :param tracer: this run's tracer.
+    """
+
+    def __init__(
+        self,
+        *,
+        mm: Mm,
+        phys: PhysMem,
+        hooks: Dispatcher,
+        strategy: StrategyInfo,
+        arch_name: str,
+        tracer: Tracer = DISABLED,
+    ) -> None:
+        self.mm = mm
+        self.phys = phys
+        self.hooks = hooks
+        self.strategy = strategy
+        self.arch_name = arch_name
+        self.handler = strategy.handler_for(arch_name)
+        self.tracer = tracer
+        self.page_shift: int = phys.page_shift
+        self.memslots = Memslots(self.page_shift)
+        self.mmu_lock = SpinLock("kvm->mmu_lock")
+        self.mmu_notifier_seq = 0
+        self.mmu_notifier_count = 0
+        # (seq after the invalidation ended, start, end): the stale-mapping
+        # checker compares entries' mmu_seq against it.
+        self.invalidations: list[tuple[int, int, int]] = []
+        self.arch: Any = None
+        self.devices: dict[str, Any] = {}
+        self.nr_vcpus = 1
+        self.notifier = KvmMmuNotifier(self)
+        mm.notifiers.register(self.notifier)
+
+    # -- helpers the arch handlers use ------------------------------------
+
+    def fire_point(self, name: str) -> None:
+        """A named point of the fault path: run a host event a scenario
+        attached to it (``at = "after_hva_to_pfn"``), if any."""
+        if self.mm.race_points:
+            self.mm.fire_point(name)
+
+    def mmu_notifier_retry(self, mmu_seq: int) -> bool:
+        """``mmu_notifier_retry``: an invalidation is running, or one ended
+        since ``mmu_seq`` was read.  Called under ``mmu_lock``."""
+        if self.mmu_notifier_count:
+            return True
+        return self.mmu_notifier_seq != mmu_seq
+
+    def gfn_to_pfn_memslot(
+        self,
+        slot: Memslot,
+        gfn: int,
+        *,
+        vcpu: int,
+        atomic: bool,
+        async_: bool,
+        write_fault: bool,
+        writable: bool,
+        page_out: bool = False,
+    ) -> HvaToPfnResult:
+        """``__gfn_to_pfn_memslot`` (A.2): the hva checks, then the strategy's
+        ``hva_to_pfn``.  ``writable`` says whether the caller passed a
+        ``writable`` pointer; a read-only slot NULLs it (no write upgrade)."""
+        tr = self.tracer
+        addr = gfn_to_hva_many(slot, gfn, write_fault, self.page_shift)
+        if addr == KVM_HVA_ERR_RO_BAD:
+            if tr.enabled:
+                tr.emit("gfn_to_pfn_memslot", gfn=gfn, result="KVM_PFN_ERR_RO_FAULT")
+            return HvaToPfnResult(status=ERR_RO_FAULT, pfn=KVM_PFN_ERR_RO_FAULT)
+        if kvm_is_error_hva(addr):
+            if tr.enabled:
+                tr.emit("gfn_to_pfn_memslot", gfn=gfn, result="KVM_PFN_NOSLOT")
+            return HvaToPfnResult(status=NOSLOT, pfn=KVM_PFN_NOSLOT)
+        if writable and slot.readonly:
+            writable = False
+        req = HvaToPfnRequest(
+            vcpu=vcpu,
+            slot=slot,
+            gfn=gfn,
+            gpa=gfn << self.page_shift,
+            hva=addr,
+            write_fault=write_fault,
+            atomic=atomic,
+            async_=async_,
+            writable=writable,
+            page_out=page_out,
+        )
+        return self.hooks.hva_to_pfn(kvm=self, request=req)
+
+
+class KvmMmuNotifier:
+    """KVM's MMU-notifier callbacks (``kvm_mmu_notifier_ops``, A.10)."""
+
+    __slots__ = ("kvm",)
+
+    def __init__(self, kvm: Kvm) -> None:
+        self.kvm = kvm
+
+    def invalidate_range_start(self, mm: Any, start: int, end: int) -> None:
+        """``kvm_mmu_notifier_invalidate_range_start``: count++, unmap now."""
+        kvm = self.kvm
+        task = mm.current
+        kvm.mmu_lock.lock(task)
+        kvm.mmu_notifier_count += 1
+        if kvm.tracer.enabled:
+            kvm.tracer.emit(
+                "kvm_mmu_notifier_invalidate_range_start",
+                start=hex(start),
+                end=hex(end),
+                mmu_notifier_seq=kvm.mmu_notifier_seq,
+                mmu_notifier_count=kvm.mmu_notifier_count,
+            )
+        kvm.hooks.notifier_invalidate(kvm=kvm, start=start, end=end)
+        kvm.mmu_lock.unlock(task)
+
+    def invalidate_range_end(self, mm: Any, start: int, end: int) -> None:
+        """``kvm_mmu_notifier_invalidate_range_end``: seq++, count--."""
+        kvm = self.kvm
+        task = mm.current
+        kvm.mmu_lock.lock(task)
+        kvm.mmu_notifier_seq += 1
+        kvm.mmu_notifier_count -= 1
+        if kvm.mmu_notifier_count < 0:
+            raise KernelOops("mmu_notifier_count went negative", "bug")
+        kvm.invalidations.append((kvm.mmu_notifier_seq, start, end))
+        if kvm.tracer.enabled:
+            kvm.tracer.emit(
+                "kvm_mmu_notifier_invalidate_range_end",
+                start=hex(start),
+                end=hex(end),
+                mmu_notifier_seq=kvm.mmu_notifier_seq,
+                mmu_notifier_count=kvm.mmu_notifier_count,
+            )
+        kvm.mmu_lock.unlock(task)
+
+    def change_pte(self, mm: Any, address: int, pte: int) -> None:
+        """``kvm_mmu_notifier_change_pte``: seq++ and ``kvm_set_spte_hva``."""
+        kvm = self.kvm
+        task = mm.current
+        kvm.mmu_lock.lock(task)
+        kvm.mmu_notifier_seq += 1
+        kvm.hooks.notifier_change_pte(kvm=kvm, hva=address, pte=pte)
+        kvm.mmu_lock.unlock(task)
+
+    def clear_young(self, mm: Any, start: int, end: int) -> bool:
+        """``kvm_mmu_notifier_clear_young``: ageing is not modelled yet."""
+        return False
+
+    def release(self, mm: Any) -> None:
+        """``kvm_mmu_notifier_release``: the process exits; nothing to model."""

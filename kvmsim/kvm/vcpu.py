@@ -1,0 +1,82 @@
+"""The guest-access loop: translate → fault handler → retry (the vcpu run
+loop of ``kvmppc_vcpu_run_hv`` / ``vcpu_enter_guest``, reduced to one access).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from attrs import frozen
+
+from kvmsim.hooktypes import MMIO, RESUME, Translation
+
+if TYPE_CHECKING:
+    from kvmsim.kvm.core import Kvm
+
+LIVELOCK_LIMIT = 32
+"""Faults on one access after which the access is declared a livelock.  A
+correct handler needs at most a handful (absent entry, then SET_RC)."""
+
+MAPPED = "mapped"
+LIVELOCK = "livelock"
+
+
+@frozen
+class AccessResult:
+    """How one guest access ended.
+
+    :param outcome: ``mapped``, ``mmio``, ``efault``, ``sigbus``,
+        ``guest_fault``, ``async_pf`` or ``livelock``.
+    :param translation: the final translate hit, if the access completed
+        through stage 2.
+    :param faults: how many stage-2 faults the access took.
+    :param detail: the handler's last words.
+    :param value: what a load returned from a device, if any.
+    """
+
+    outcome: str
+    translation: Translation | None
+    faults: int
+    detail: str = ""
+    value: int | None = None
+
+
+def guest_access(
+    kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str, value: int = 0, size: int = 8
+) -> AccessResult:
+    """Run one guest access to completion (or to the livelock bound)."""
+    hooks = kvm.hooks
+    translate = hooks.translate
+    handle = hooks.handle_page_fault
+    tr = kvm.tracer
+    for n in range(LIVELOCK_LIMIT):
+        t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
+        fault = t.fault
+        if fault is None:
+            pfn = t.pfn
+            assert pfn is not None
+            if not kvm.phys.pfn_valid(pfn):
+                offset = gpa & ((1 << kvm.page_shift) - 1)
+                r = hooks.hook.mmio_access(
+                    kvm=kvm, vcpu=vcpu, pfn=pfn, offset=offset, op=op, size=size, value=value
+                )
+                if tr.enabled:
+                    tr.emit("device_mmio", pfn=hex(pfn), offset=hex(offset), op=op,
+                            claimed=r is not None)
+                return AccessResult(MAPPED, t, n, value=None if r is None else r.value)
+            return AccessResult(MAPPED, t, n)
+        if tr.enabled:
+            tr.emit("kvm_page_fault", ph="B", gpa=hex(gpa), op=op, kind=fault.kind,
+                    code=hex(fault.code), mmu_notifier_seq=kvm.mmu_notifier_seq,
+                    mmu_notifier_count=kvm.mmu_notifier_count)
+        r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
+        if tr.enabled:
+            tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)
+        if r.action == RESUME:
+            continue
+        if r.action == MMIO:
+            return AccessResult(MMIO, None, n + 1, r.detail)
+        return AccessResult(r.action, None, n + 1, r.detail)
+    if tr.enabled:
+        tr.emit("livelock", gpa=hex(gpa), faults=LIVELOCK_LIMIT)
+    return AccessResult(LIVELOCK, None, LIVELOCK_LIMIT, "no progress")

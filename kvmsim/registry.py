@@ -1,0 +1,291 @@
+"""Plugin discovery through entry points, and one PluginManager per simulation.
+
+Entry-point groups: ``kvmsim.arch``, ``kvmsim.strategy``, ``kvmsim.device``
+(plugins) and ``kvmsim.scenarios`` (packages holding scenario TOML files).
+The core imports no plugin by module path: builtin plugins are found exactly
+as a third-party one is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from importlib import import_module
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from attrs import frozen
+
+from kvmsim import hookspecs
+from kvmsim.errors import PluginError
+
+KINDS = ("arch", "strategy", "device")
+GROUPS = {kind: f"kvmsim.{kind}" for kind in KINDS}
+SCENARIO_GROUP = "kvmsim.scenarios"
+HOT_HOOKS = ("translate", "handle_page_fault", "hva_to_pfn", "create_pte")
+INFO_HOOK = {"arch": "arch_info", "strategy": "strategy_info", "device": "device_info"}
+HOOK_TRACE_ENV = "KVMSIM_TRACE_HOOKS"
+
+
+@frozen
+class PluginEntry:
+    """One discovered entry point.  ``others`` lists further distributions
+    that registered the same name (an error when this name is selected)."""
+
+    kind: str
+    name: str
+    value: str
+    dist: str
+    version: str
+    entry_point: EntryPoint
+    others: tuple[str, ...] = ()
+
+
+_cache: dict[str, dict[str, PluginEntry]] | None = None
+
+
+def reset_cache() -> None:
+    """Forget what was discovered (tests that add distributions at run time)."""
+    global _cache
+    _cache = None
+
+
+def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ("?", "?")
+    return (dist.metadata["Name"] or "?", dist.version or "?")
+
+
+def discover() -> dict[str, dict[str, PluginEntry]]:
+    """Read the entry points once per process, indexed by kind then name."""
+    global _cache
+    if _cache is None:
+        found: dict[str, dict[str, PluginEntry]] = {}
+        for kind, group in GROUPS.items():
+            by_name: dict[str, PluginEntry] = {}
+            for ep in sorted(entry_points(group=group), key=lambda e: (e.name, e.value)):
+                dist, version = _dist_of(ep)
+                prev = by_name.get(ep.name)
+                if prev is not None:
+                    if (prev.dist, prev.value) == (dist, ep.value):
+                        continue  # the same distribution seen twice on sys.path
+                    by_name[ep.name] = PluginEntry(
+                        prev.kind,
+                        prev.name,
+                        prev.value,
+                        prev.dist,
+                        prev.version,
+                        prev.entry_point,
+                        (*prev.others, f"{dist} {version} ({ep.value})"),
+                    )
+                    continue
+                by_name[ep.name] = PluginEntry(kind, ep.name, ep.value, dist, version, ep)
+            found[kind] = by_name
+        _cache = found
+    return _cache
+
+
+def load(entry: PluginEntry) -> ModuleType:
+    """Import one plugin; any failure becomes a :class:`PluginError` naming
+    the entry point, its distribution and the import error."""
+    if entry.others:
+        raise PluginError(
+            f"{entry.kind} {entry.name!r} is provided by more than one distribution: "
+            f"{entry.dist} {entry.version} ({entry.value}) and {', '.join(entry.others)}; "
+            "uninstall one of them"
+        )
+    try:
+        plugin = entry.entry_point.load()
+    except Exception as exc:  # an import error of any kind, reported in one line
+        raise PluginError(
+            f"cannot load {entry.kind} plugin {entry.name!r} "
+            f"(entry point {entry.value!r} of distribution {entry.dist} {entry.version}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    return plugin  # type: ignore[no-any-return]
+
+
+def lookup(kind: str, name: str) -> PluginEntry:
+    """The entry for ``name``, or an error with close matches and the list."""
+    available = discover().get(kind, {})
+    entry = available.get(name)
+    if entry is None:
+        names = sorted(available)
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise PluginError(
+            f"unknown {kind} {name!r}{hint} Available: {', '.join(names) or 'none'} "
+            "(if you just added it, reinstall the package)"
+        )
+    return entry
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def info_of(kind: str, plugin: ModuleType | object) -> Any:
+    """Call one plugin's info hook (``arch_info``...) on that plugin alone."""
+    pm = _new_manager()
+    pm.register(plugin)
+    return getattr(pm.hook, INFO_HOOK[kind])()
+
+
+def validate(plugin: object, name: str) -> None:
+    """Register ``plugin`` alone and check its hookimpls against the specs;
+    a misspelled hook or a wrong argument is one clear error."""
+    pm = _new_manager()
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} is invalid: {exc}") from None
+
+
+def describe_all() -> list[dict[str, Any]]:
+    """What ``kvmsim plugins`` shows: every discovered plugin, loaded."""
+    rows: list[dict[str, Any]] = []
+    for kind in KINDS:
+        for name, entry in sorted(discover().get(kind, {}).items()):
+            row: dict[str, Any] = {
+                "kind": kind,
+                "name": name,
+                "distribution": entry.dist,
+                "version": entry.version,
+                "module": entry.value,
+            }
+            try:
+                plugin = load(entry)
+                info = info_of(kind, plugin)
+                row["description"] = getattr(info, "description", "")
+                if kind == "strategy":
+                    row["arches"] = list(info.arches)
+                row["hooks"] = sorted(
+                    n
+                    for n in dir(plugin)
+                    if hasattr(getattr(plugin, n), f"{hookspecs.PROJECT}_impl")
+                )
+            except PluginError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+    return rows
+
+
+def _direct(impl: pluggy.HookImpl, argnames: tuple[str, ...]) -> Callable[..., Any]:
+    fn = impl.function
+    if tuple(impl.argnames) == argnames:
+        return fn
+    wanted = tuple(impl.argnames)
+    return lambda **kw: fn(**{k: kw[k] for k in wanted})
+
+
+class Dispatcher:
+    """Hook callers for one simulation, built once after the manager is frozen.
+
+    A hot firstresult hook with exactly one implementation and no wrapper is
+    called directly (a pluggy call costs ~0.8 µs, a direct one ~0.03 µs);
+    otherwise through pluggy.  Every other hook goes through ``pm.hook``.
+    """
+
+    __slots__ = ("pm", "hook", *HOT_HOOKS, "notifier_invalidate", "notifier_change_pte")
+
+    def __init__(self, pm: pluggy.PluginManager, *, direct: bool = True) -> None:
+        self.pm = pm
+        self.hook = pm.hook
+        for name in HOT_HOOKS:
+            caller = getattr(pm.hook, name)
+            impls = caller.get_hookimpls()
+            if (
+                direct
+                and len(impls) == 1
+                and not impls[0].hookwrapper
+                and not impls[0].wrapper
+                and not _monitored()
+            ):
+                spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+                setattr(self, name, _direct(impls[0], spec_args))
+            else:
+                setattr(self, name, caller)
+        self.notifier_invalidate = pm.hook.notifier_invalidate
+        self.notifier_change_pte = pm.hook.notifier_change_pte
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
+def _monitored() -> bool:
+    return bool(os.environ.get(HOOK_TRACE_ENV))
+
+
+def build_manager(
+    *,
+    arch: str,
+    strategy: str,
+    devices: Iterable[str] = (),
+    extra_plugins: Iterable[object] = (),
+    disabled: Iterable[str] = (),
+) -> tuple[pluggy.PluginManager, Any, Any]:
+    """A fresh PluginManager holding one arch, one strategy and the named
+    devices (plus ``extra_plugins``, e.g. test observers), checked and frozen.
+
+    :returns: ``(pm, arch_info, strategy_info)``.
+    :raises PluginError: unknown names, broken entry points, a strategy that
+        does not apply to the arch, a plugin blocked by ``disabled``.
+    """
+    blocked = set(disabled)
+    for kind, name in (("arch", arch), ("strategy", strategy)):
+        if name in blocked:
+            raise PluginError(f"{kind} {name!r} is disabled (--disable-plugin)")
+    arch_mod = load(lookup("arch", arch))
+    strat_mod = load(lookup("strategy", strategy))
+    a_info = info_of("arch", arch_mod)
+    s_info = info_of("strategy", strat_mod)
+    if not s_info.applies_to(arch):
+        raise PluginError(
+            f"strategy {strategy!r} does not apply to arch {arch!r}; "
+            f"it applies to: {', '.join(s_info.arches)}"
+        )
+    pm = _new_manager()
+    plugins: list[tuple[str, object]] = [(f"arch:{arch}", arch_mod), (f"strategy:{strategy}", strat_mod)]
+    for dev in sorted(set(devices)):
+        if dev in blocked:
+            continue
+        plugins.append((f"device:{dev}", load(lookup("device", dev))))
+    for i, extra in enumerate(extra_plugins):
+        plugins.append((f"extra:{i}", extra))
+    for pname, plugin in plugins:
+        try:
+            pm.register(plugin, name=pname)
+        except ValueError as exc:  # the same module registered twice
+            raise PluginError(f"cannot register {pname}: {exc}") from None
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {pname} is invalid: {exc}") from None
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from None
+    if _monitored():
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    return pm, a_info, s_info
+
+
+def scenario_packages() -> list[tuple[str, ModuleType]]:
+    """The scenario libraries (``kvmsim.scenarios`` entry points), by name."""
+    out = []
+    for ep in sorted(entry_points(group=SCENARIO_GROUP), key=lambda e: e.name):
+        try:
+            mod = ep.load()
+        except Exception as exc:
+            raise PluginError(f"cannot load scenario library {ep.name!r} ({ep.value}): {exc}") from None
+        if not isinstance(mod, ModuleType):
+            mod = import_module(ep.value)
+        out.append((ep.name, mod))
+    return out

@@ -1,0 +1,442 @@
+"""Build a simulation from a scenario and run it step by step.
+
+One :class:`Simulation` = one scenario under one (arch, strategy): its own
+PluginManager, host model, VM, tracer.  Host events run as task ``qemu``,
+guest accesses as the vcpu's thread (``vcpu0``...).  A simulated oops or
+deadlock ends the run (a real one would end the task); a livelock does not
+(QEMU's signal gets the vcpu out of the loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import define, field
+
+from kvmsim.checks import CheckContext, Finding, run_checks
+from kvmsim.cmodel import KernelOops
+from kvmsim.errors import ScenarioError
+from kvmsim.hooktypes import StepResult
+from kvmsim.host import Mm, PhysMem, events, map_backing
+from kvmsim.host.rwsem import Deadlock
+from kvmsim.kvm.core import Kvm
+from kvmsim.kvm.memslot import KVM_MEM_READONLY, Memslot
+from kvmsim.kvm.vcpu import guest_access
+from kvmsim.registry import Dispatcher, build_manager
+from kvmsim.scenario.model import Scenario, StepSpec
+from kvmsim.scenario.sizes import format_size
+from kvmsim.trace import Tracer
+
+HOST_TASK = "qemu"
+CORE_STEPS = (
+    "access",
+    "munmap",
+    "mprotect",
+    "poison",
+    "migrate",
+    "split_thp",
+    "host_write",
+    "device_reset",
+)
+
+
+@define
+class Verdict:
+    """A checker's verdict: its stable name, the step, a sentence, and the
+    trace event (sequence number and name) it followed."""
+
+    name: str
+    step: int
+    detail: str
+    event: str | None = None
+    event_seq: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "step": self.step, "detail": self.detail}
+
+
+@define
+class StepReport:
+    """What one step did and whether it met its expectations."""
+
+    index: int
+    do: str
+    outcome: str | None = None
+    pfn: int | None = None
+    writable: bool | None = None
+    page_size: int | None = None
+    verdicts: list[str] = field(factory=list)
+    expect_failures: list[str] = field(factory=list)
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "do": self.do,
+            "outcome": self.outcome,
+            "pfn": self.pfn,
+            "writable": self.writable,
+            "page_size": self.page_size,
+            "verdicts": list(self.verdicts),
+            "expect_failures": list(self.expect_failures),
+        }
+
+
+@define
+class RunReport:
+    """The result of one run; ``to_json`` is the ``--json`` contract."""
+
+    scenario: str
+    arch: str
+    strategy: str
+    steps: list[StepReport]
+    verdicts: list[Verdict]
+    events: list[dict[str, Any]]
+    unexpected: list[str] = field(factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.unexpected and all(not s.expect_failures for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "arch": self.arch,
+            "strategy": self.strategy,
+            "passed": self.passed,
+            "steps": [s.to_json() for s in self.steps],
+            "verdicts": [v.to_json() for v in self.verdicts],
+        }
+
+
+class Simulation:
+    """One scenario under one arch and strategy, ready to :meth:`run`.
+
+    :param scenario: the loaded scenario.
+    :param arch: the arch name (default: the scenario's ``arch``).
+    :param strategy: the strategy name.
+    :param trace: record the decision trace.
+    :param extra_plugins: more plugin objects to register (tests, observers).
+    :param direct: let the dispatcher call single hot impls directly.
+    :raises PluginError: for unknown or unfit plugin names.
+    :raises ScenarioError: for a scenario this arch cannot set up.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        arch: str | None = None,
+        strategy: str,
+        trace: bool = False,
+        extra_plugins: Iterable[object] = (),
+        direct: bool = True,
+        disabled: Iterable[str] = (),
+    ) -> None:
+        arch = arch or scenario.arch
+        if not arch:
+            raise ScenarioError(
+                "the scenario names no arch; pass --arch", file=scenario.source, key="arch"
+            )
+        self.scenario = scenario
+        self.arch = arch
+        self.strategy = strategy
+        self.pm, self.arch_info, self.strategy_info = build_manager(
+            arch=arch,
+            strategy=strategy,
+            devices=[d.kind for d in scenario.devices],
+            extra_plugins=extra_plugins,
+            disabled=disabled,
+        )
+        self.hooks = Dispatcher(self.pm, direct=direct)
+        self.tracer = Tracer(trace, scenario=scenario.name, arch=arch, strategy=strategy)
+        self.phys = PhysMem(self.arch_info.page_shift)
+        self.mm = Mm(self.phys, self.tracer)
+        self.mm.current = HOST_TASK
+        self.kvm = Kvm(
+            mm=self.mm,
+            phys=self.phys,
+            hooks=self.hooks,
+            strategy=self.strategy_info,
+            arch_name=arch,
+            tracer=self.tracer,
+        )
+        self.kvm.nr_vcpus = 1 + max((s.vcpu for s in scenario.steps), default=0)
+        self._vmas: dict[str, Any] = {}
+        self._seen: set[tuple[str, Any]] = set()
+        self._setup()
+
+    # ------------------------------------------------------------- set-up
+
+    def _err(self, message: str, key: str) -> ScenarioError:
+        return ScenarioError(message, file=self.scenario.source, key=key)
+
+    def _setup(self) -> None:
+        sc = self.scenario
+        kvm = self.kvm
+        hook = self.hooks.hook
+        page = 1 << self.phys.page_shift
+        for i, dev in enumerate(sc.devices):
+            obj = hook.device_init(kvm=kvm, spec=dev)
+            if obj is None:
+                raise self._err(f"no device plugin accepted kind {dev.kind!r}", f"device[{i}].kind")
+            kvm.devices[dev.kind] = obj
+        for i, v in enumerate(sc.vmas):
+            if v.size % page:
+                raise self._err(
+                    f"size {format_size(v.size)} is not a multiple of the host page size "
+                    f"{format_size(page)} on {self.arch}",
+                    f"vma[{i}].size",
+                )
+            if v.backing == "device":
+                device = kvm.devices.get(v.device or "")
+                if device is None:
+                    raise self._err(f"no [[device]] of kind {v.device!r}", f"vma[{i}].device")
+                vma = hook.device_mmap(kvm=kvm, device=device, spec=v)
+                if vma is None:
+                    raise self._err(f"device {v.device!r} cannot be mmapped", f"vma[{i}].device")
+            else:
+                vma = map_backing(
+                    self.mm,
+                    name=v.name,
+                    size=v.size,
+                    backing=v.backing,
+                    prot=v.prot,
+                    shared=v.shared,
+                    huge_shift=v.huge.bit_length() - 1 if v.huge else 0,
+                    populate=v.populate,
+                    pgoff=v.pgoff,
+                    pfn_kind=v.pfn_kind,
+                    fault_retry=v.fault_retry,
+                )
+            self._vmas[v.name] = vma
+        shift = self.phys.page_shift
+        for ms in sc.memslots:
+            key = f"memslot[{ms.index}]"
+            for what, val in (("gpa", ms.gpa), ("offset", ms.offset), ("size", ms.size)):
+                if val % page:
+                    raise self._err(
+                        f"{what} {val:#x} is not aligned to the host page size "
+                        f"{format_size(page)} on {self.arch}",
+                        f"{key}.{what}",
+                    )
+            vma = self._vmas[ms.vma]
+            kvm.memslots.add(
+                Memslot(
+                    id=ms.index,
+                    base_gfn=ms.gpa >> shift,
+                    npages=ms.size >> shift,
+                    userspace_addr=vma.start + ms.offset,
+                    flags=KVM_MEM_READONLY if ms.readonly else 0,
+                    vma=ms.vma,
+                ),
+                key=key,
+            )
+        kvm.arch = hook.arch_init(kvm=kvm)
+        if self.tracer.enabled:
+            self.tracer.emit(
+                "setup",
+                vmas={n: [hex(v.start), hex(v.end)] for n, v in self._vmas.items()},
+                memslots=[(hex(s.base_gfn << shift), s.npages) for s in kvm.memslots.slots],
+                handler=kvm.handler,
+            )
+
+    # -------------------------------------------------------------- steps
+
+    def vma(self, name: str) -> Any:
+        return self._vmas[name]
+
+    def _host_event(self, step: StepSpec) -> Callable[[], None]:
+        """The host event a step names, as a callable run as task ``qemu``."""
+        mm = self.mm
+        vma = self._vmas.get(step.vma or "")
+        do = step.do
+        kvm = self.kvm
+
+        def addr() -> int:
+            assert vma is not None
+            return int(vma.start) + step.offset
+
+        def length() -> int:
+            return step.size if step.size is not None else (1 << self.phys.page_shift)
+
+        def run() -> None:
+            prev = mm.current
+            mm.current = HOST_TASK
+            try:
+                if self.tracer.enabled:
+                    self.tracer.emit("host_event", do=do, vma=step.vma, offset=hex(step.offset))
+                if do == "munmap":
+                    mm.munmap(addr(), length())
+                elif do == "mprotect":
+                    mm.mprotect(addr(), length(), step.prot or "r")
+                elif do == "poison":
+                    pfn, _ = CheckContext(kvm).host_frame(addr())
+                    if pfn is None:
+                        # memory_failure needs a frame: fault the page in first
+                        events.host_write(mm, addr())
+                        pfn, _ = CheckContext(kvm).host_frame(addr())
+                    assert pfn is not None
+                    events.memory_failure(mm, pfn)
+                elif do == "migrate":
+                    events.migrate_page(mm, addr())
+                elif do == "split_thp":
+                    events.split_thp(mm, addr())
+                elif do == "host_write":
+                    events.host_write(mm, addr())
+                elif do == "device_reset":
+                    r = self.hooks.hook.device_step(kvm=kvm, step=step)
+                    if r is None:
+                        raise self._err("no device handled this step", f"step[{step.index}].do")
+                else:
+                    r = self.hooks.hook.arch_step(kvm=kvm, vcpu=step.vcpu, step=step)
+                    if r is None:
+                        raise self._err(f"no plugin handles step {do!r}", f"step[{step.index}].do")
+            finally:
+                mm.current = prev
+
+        return run
+
+    def _access(self, step: StepSpec, report: StepReport) -> None:
+        mm = self.mm
+        mm.current = f"vcpu{step.vcpu}"
+        gpa = step.gpa if step.gpa is not None else 0
+        ea = int(step.params.get("ea", gpa)) if step.params else gpa
+        try:
+            r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read")
+        finally:
+            mm.current = HOST_TASK
+        report.outcome = r.outcome
+        report.detail = r.detail
+        t = r.translation
+        if t is not None and t.pfn is not None:
+            report.pfn = t.pfn
+            report.writable = t.writable
+            report.page_size = t.page_size
+
+    def run(self) -> RunReport:
+        """Run every step; never raises for what the simulated kernel does."""
+        sc = self.scenario
+        tr = self.tracer
+        steps: list[StepReport] = []
+        verdicts: list[Verdict] = []
+        unexpected: list[str] = []
+        pending: list[tuple[str, StepSpec]] = []
+        dead = False
+        for step in sc.steps:
+            report = StepReport(step.index, step.do)
+            steps.append(report)
+            if dead:
+                report.detail = "not run: the kernel already oopsed or deadlocked"
+                continue
+            if tr.enabled:
+                tr.bind_step(vcpu=step.vcpu if step.do == "access" else None, step=step.index)
+            try:
+                if step.at is not None and step.do != "access":
+                    self.mm.race_points[step.at] = self._host_event(step)
+                    pending.append((step.at, step))
+                    report.outcome = "armed"
+                    report.detail = f"fires at {step.at} in the next fault"
+                    continue
+                if step.do == "access":
+                    self._access(step, report)
+                    for point, _ in pending:
+                        if point in self.mm.race_points:
+                            # the fault path never reached the point: run it now
+                            if tr.enabled:
+                                tr.emit("race_point_not_reached", point=point)
+                            self.mm.race_points.pop(point)()
+                    pending.clear()
+                else:
+                    self._host_event(step)()
+                    report.outcome = "done"
+            except KernelOops as exc:
+                report.outcome = "oops"
+                report.detail = str(exc)
+                dead = True
+                if tr.enabled:
+                    tr.emit("oops", what=exc.what, kind=exc.kind)
+            except Deadlock as exc:
+                report.outcome = "deadlock"
+                report.detail = str(exc)
+                dead = True
+                if tr.enabled:
+                    tr.emit("deadlock", detail=str(exc))
+            self._check(step, report, verdicts)
+            self._expect(step, report, unexpected)
+        return RunReport(sc.name, self.arch, self.strategy, steps, verdicts, tr.events, unexpected)
+
+    def _check(self, step: StepSpec, report: StepReport, verdicts: list[Verdict]) -> None:
+        ctx = CheckContext(self.kvm, report.outcome, report.detail)
+        findings: list[Finding] = run_checks(ctx)
+        last = self.tracer.last()
+        for f in findings:
+            k = (f.name, f.key)
+            if k in self._seen:
+                continue
+            self._seen.add(k)
+            if f.name not in report.verdicts:
+                report.verdicts.append(f.name)
+            v = Verdict(
+                f.name,
+                step.index,
+                f.detail,
+                None if last is None else last.get("event"),
+                None if last is None else last.get("seq"),
+            )
+            verdicts.append(v)
+            if self.tracer.enabled:
+                self.tracer.emit("verdict", name=f.name, detail=f.detail)
+
+    def _expect(self, step: StepSpec, report: StepReport, unexpected: list[str]) -> None:
+        exp = step.expect
+        fails = report.expect_failures
+        expected_verdicts = set(exp.verdicts or ()) if exp is not None else set()
+        for name in report.verdicts:
+            if name not in expected_verdicts:
+                unexpected.append(f"step {step.index}: {name}")
+        if exp is None:
+            return
+        if exp.outcome is not None and report.outcome != exp.outcome:
+            fails.append(f"outcome: expected {exp.outcome}, got {report.outcome}")
+        if exp.writable is not None and report.writable != exp.writable:
+            fails.append(f"writable: expected {exp.writable}, got {report.writable}")
+        if exp.page_size is not None and report.page_size != exp.page_size:
+            got = None if report.page_size is None else format_size(report.page_size)
+            fails.append(f"page_size: expected {format_size(exp.page_size)}, got {got}")
+        if exp.frame is not None:
+            self._expect_frame(step, report, exp.frame, fails)
+        if exp.verdicts is not None:
+            missing = sorted(set(exp.verdicts) - set(report.verdicts))
+            if missing:
+                fails.append(f"verdicts: expected {', '.join(missing)} to fire")
+
+    def _expect_frame(
+        self, step: StepSpec, report: StepReport, frame: object, fails: list[str]
+    ) -> None:
+        if frame == "none":
+            if report.pfn is not None:
+                fails.append(f"frame: expected none, got pfn {report.pfn:#x}")
+            return
+        if frame == "host":
+            ctx = CheckContext(self.kvm)
+            hva = ctx.gpa_to_hva(step.gpa or 0)
+            host = None if hva is None else ctx.host_frame(hva)[0]
+            if host is None or report.pfn != host:
+                got = "nothing" if report.pfn is None else f"pfn {report.pfn:#x}"
+                want = "no host frame" if host is None else f"pfn {host:#x}"
+                fails.append(f"frame: expected the host's frame ({want}), got {got}")
+            return
+        if report.pfn != frame:
+            fails.append(f"frame: expected pfn {frame}, got {report.pfn}")
+
+
+def run_scenario(
+    scenario: Scenario, *, arch: str | None = None, strategy: str, trace: bool = False
+) -> RunReport:
+    """Build and run one simulation."""
+    return Simulation(scenario, arch=arch, strategy=strategy, trace=trace).run()
+
+
+__all__ = ["RunReport", "Simulation", "StepReport", "StepResult", "Verdict", "run_scenario"]

@@ -1,0 +1,155 @@
+"""Decision traces: structlog set-up, capture and exporters.
+
+Each run builds its own logger with :func:`structlog.wrap_logger` (no global
+``configure()``), so matrix cells and tests never share configuration.  Events
+carry a step counter (``seq``), never a clock: the same run gives the same
+trace, byte for byte.
+
+Hot-path callers write ``if tr.enabled: tr.emit("event", key=value)`` so that
+disabled tracing costs one attribute test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+# Chrome trace-event phases we produce.
+BEGIN = "B"
+END = "E"
+INSTANT = "i"
+
+
+class _Sink:
+    """The wrapped logger: structlog hands it nothing (the last processor
+    stores the event and drops it), but it must exist."""
+
+    def msg(self, *args: Any, **kw: Any) -> None:  # pragma: no cover - never reached
+        pass
+
+    info = msg
+
+
+class Tracer:
+    """One run's trace.
+
+    :param enabled: record events; when false :meth:`emit` is a no-op and
+        callers should not even build the arguments.
+    :param context: bound to every event (scenario, arch, strategy).
+    """
+
+    __slots__ = ("enabled", "events", "_log", "_seq", "_step_ctx")
+
+    def __init__(self, enabled: bool = False, **context: Any) -> None:
+        self.enabled = enabled
+        self.events: list[dict[str, Any]] = []
+        self._seq = 0
+        self._step_ctx: dict[str, Any] = {}
+        level = logging.DEBUG if enabled else logging.CRITICAL
+        self._log = structlog.wrap_logger(
+            _Sink(),
+            processors=[self._number, self._store],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            context_class=dict,
+        ).bind(**context)
+
+    def _number(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict["seq"] = self._seq
+        self._seq += 1
+        return event_dict
+
+    def _store(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(event_dict)
+        raise structlog.DropEvent
+
+    def bind_step(self, **ctx: Any) -> None:
+        """Bind per-step context (vcpu, step) once per step, not per event."""
+        if self.enabled:
+            self._step_ctx = ctx
+            self._log = self._log.bind(**ctx)
+
+    def emit(self, event: str, **kw: Any) -> None:
+        """Record one decision.  ``ph`` may be ``"B"``/``"E"`` for slices."""
+        if self.enabled:
+            self._log.info(event, **kw)
+
+    def last(self) -> dict[str, Any] | None:
+        """The most recent event, or None."""
+        return self.events[-1] if self.events else None
+
+
+DISABLED = Tracer(False)
+"""A tracer that records nothing, for callers with no run (tests of the host model)."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def to_jsonl(events: Iterable[dict[str, Any]]) -> str:
+    """JSON Lines, one event per line, keys sorted (deterministic)."""
+    return "".join(json.dumps(_jsonable(e), sort_keys=True) + "\n" for e in events)
+
+
+def to_chrome(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Chrome trace-event JSON (Perfetto opens it).
+
+    One track (tid) per vcpu; host events and verdicts, which belong to no
+    vcpu, go on track 0 named ``host``.  ``ts`` is the event's sequence number
+    in microseconds, so slices nest exactly as the decisions did.
+    """
+    out: list[dict[str, Any]] = []
+    tids: dict[Any, int] = {}
+    for e in events:
+        vcpu = e.get("vcpu")
+        key = "host" if vcpu is None else vcpu
+        if key not in tids:
+            tid = 0 if key == "host" else int(vcpu) + 1
+            tids[key] = tid
+            out.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": 1,
+                    "tid": tid,
+                    "args": {"name": "host" if key == "host" else f"vcpu{vcpu}"},
+                }
+            )
+        ph = e.get("ph", INSTANT)
+        rec: dict[str, Any] = {
+            "name": e["event"],
+            "ph": ph,
+            "ts": e["seq"],
+            "pid": 1,
+            "tid": tids[key],
+            "cat": e.get("cat", "kvmsim"),
+            "args": {
+                k: _jsonable(v) for k, v in e.items() if k not in ("event", "ph", "seq", "cat")
+            },
+        }
+        if ph == INSTANT:
+            rec["s"] = "t"
+        out.append(rec)
+    return {"traceEvents": out, "displayTimeUnit": "ns"}
+
+
+def write_trace(path: Path, events: list[dict[str, Any]]) -> None:
+    """Write ``events`` to ``path``: ``.jsonl`` → JSON Lines, ``.json`` → Chrome."""
+    if path.suffix == ".json":
+        text = json.dumps(to_chrome(events), sort_keys=True, indent=None) + "\n"
+    else:
+        text = to_jsonl(events)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

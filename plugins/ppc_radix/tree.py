@@ -1,0 +1,110 @@
+"""The partition-scoped radix tree KVM HV builds for a POWER9 guest
+(``kvm->arch.pgtable``), with Linux's radix geometry.
+
+Geometry (arch/powerpc/include/asm/book3s/64/radix-{4k,64k}.h): a 52-bit
+guest real address space; the PGD indexes bits 39..51 (13 bits), the PUD
+bits 30..38, the PMD bits 21..29, the PTE table the rest down to the page
+(9 bits with 4K pages, 5 with 64K).  Leaves can sit in the PUD (1G), the PMD
+(2M) or the PTE table.  Entries use the Linux PTE encoding (``PTE_*`` of
+:mod:`kvmsim.host.constants`, ``PTE_LEAF`` standing for ``_PAGE_PTE``).
+
+Tables are dicts (absent = ``pXd_none``); a table slot holds an ``int`` for
+a leaf or a ``dict`` for the next table, so a walk is at most four lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kvmsim.host.constants import PTE_LEAF, PTE_PFN_SHIFT, PTE_PRESENT
+
+PGD_SHIFT = 39
+PUD_SHIFT = 30
+PMD_SHIFT = 21
+PUD_SIZE = 1 << PUD_SHIFT
+PMD_SIZE = 1 << PMD_SHIFT
+GPA_BITS = 52
+
+Table = dict[int, "int | Table"]
+
+
+class RadixTree:
+    """One partition-scoped tree.  ``seqs`` remembers, per leaf (keyed by its
+    base gpa), the ``mmu_notifier_seq`` its fault read, for the checkers."""
+
+    __slots__ = ("page_shift", "pte_bits", "pgd", "seqs")
+
+    def __init__(self, page_shift: int) -> None:
+        self.page_shift = page_shift
+        self.pte_bits = PMD_SHIFT - page_shift
+        self.pgd: Table = {}
+        self.seqs: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ walk
+
+    def find_pte(self, gpa: int) -> tuple[Table | None, int, int]:
+        """``__find_linux_pte(kvm->arch.pgtable, gpa, NULL, &shift)``: the
+        table holding the leaf slot for ``gpa``, the slot's index, and the
+        leaf's shift (0 for the base page, as the kernel reports it).  The
+        table is None when no leaf slot exists (a level is none)."""
+        pud = self.pgd.get(gpa >> PGD_SHIFT)
+        if pud is None:
+            return None, 0, 0
+        assert isinstance(pud, dict)
+        i = (gpa >> PUD_SHIFT) & 511
+        pmd = pud.get(i)
+        if pmd is None:
+            return None, 0, 0
+        if isinstance(pmd, int):
+            return pud, i, PUD_SHIFT
+        j = (gpa >> PMD_SHIFT) & 511
+        pte = pmd.get(j)
+        if pte is None:
+            return None, 0, 0
+        if isinstance(pte, int):
+            return pmd, j, PMD_SHIFT
+        return pte, (gpa >> self.page_shift) & ((1 << self.pte_bits) - 1), 0
+
+    def lookup(self, gpa: int) -> tuple[int, int]:
+        """The leaf value covering ``gpa`` (0 if none) and its size shift."""
+        table, idx, shift = self.find_pte(gpa)
+        if table is None:
+            return 0, 0
+        v = table.get(idx, 0)
+        assert isinstance(v, int)
+        return v, shift or self.page_shift
+
+    def leaves(self) -> Iterator[tuple[int, int, int]]:
+        """Every present leaf as ``(gpa, size_shift, pte)``, in gpa order."""
+        ps = self.page_shift
+        for gi in sorted(self.pgd):
+            pud = self.pgd[gi]
+            assert isinstance(pud, dict)
+            for ui in sorted(pud):
+                e = pud[ui]
+                base1 = (gi << PGD_SHIFT) | (ui << PUD_SHIFT)
+                if isinstance(e, int):
+                    if e & PTE_PRESENT:
+                        yield base1, PUD_SHIFT, e
+                    continue
+                for mi in sorted(e):
+                    e2 = e[mi]
+                    base2 = base1 | (mi << PMD_SHIFT)
+                    if isinstance(e2, int):
+                        if e2 & PTE_PRESENT:
+                            yield base2, PMD_SHIFT, e2
+                        continue
+                    for pi in sorted(e2):
+                        e3 = e2[pi]
+                        assert isinstance(e3, int)
+                        if e3 & PTE_PRESENT:
+                            yield base2 | (pi << ps), ps, e3
+
+
+def leaf_pfn(pte: int) -> int:
+    return pte >> PTE_PFN_SHIFT
+
+
+def is_leaf(entry: object) -> bool:
+    """``pmd_is_leaf``: an int with _PAGE_PTE (a cleared leaf keeps the bit)."""
+    return isinstance(entry, int) and bool(entry & PTE_LEAF)

@@ -1,0 +1,37 @@
+"""``generic_v4_16``: virt/kvm's ``hva_to_pfn`` of early 2018 (Linux 4.16).
+
+Fast gup only for atomic or async callers; ``get_user_pages_unlocked`` with
+FOLL_HWPOISON; the read-fault write upgrade; the hwpoison check; and for
+VM_IO|VM_PFNMAP vmas ``hva_to_pfn_remapped`` (follow_pfn, fixup_user_fault,
+kvm_get_pfn, and a340b3e229b2's unconditional ``*writable = true``).
+
+On ppc_radix it sits behind the v4.17 handler, the first PPC handler that
+called the generic code; on x86 behind the v4.16 TDP fault handler.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmsim import hookimpl
+from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
+from kvmsim_plugins.strategies.generic import generic_request
+
+if TYPE_CHECKING:
+    from kvmsim.kvm.core import Kvm
+
+
+@hookimpl
+def strategy_info() -> StrategyInfo:
+    return StrategyInfo(
+        name="generic_v4_16",
+        description="virt/kvm hva_to_pfn of v4.16: slow gup, write upgrade, hwpoison, remapped",
+        arches=("*",),
+        handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
+        kernel="v4.16",
+    )
+
+
+@hookimpl
+def hva_to_pfn(kvm: Kvm, request: HvaToPfnRequest) -> HvaToPfnResult:
+    return generic_request(kvm, request)
