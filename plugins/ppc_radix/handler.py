@@ -228,11 +228,10 @@ def _v4_17(kvm: Kvm, vcpu: int, st: RadixState, dsisr: int, gpa: int, gfn: int, 
     mmu_seq = kvm.mmu_notifier_seq
     hva = gfn_to_hva_memslot(slot, gfn, ps)  # type: ignore[arg-type]
     upgrade_write = False
-    pages: list[object] = [None]
+    pages: list[int] = []
     if upgrade_ok and gup.__get_user_pages_fast(kvm.mm, hva, 1, 1, pages) == 1:
-        page = pages[0]
-        assert isinstance(page, int)
-        pfn = page
+        page: int | None = pages[0]
+        pfn = pages[0]
         upgrade_write = True
         if tr.enabled:
             tr.emit("__get_user_pages_fast", hva=hex(hva), ret=1, pfn=hex(pfn))

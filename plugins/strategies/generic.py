@@ -61,7 +61,7 @@ def hva_to_pfn_fast(kvm: Kvm, addr: int, atomic: bool, async_: OutParam, write_f
         return False
     if not (write_fault or writable):
         return False
-    page: list[object] = [None]
+    page: list[int] = []  # gup appends what it pinned
     npages = gup.__get_user_pages_fast(kvm.mm, addr, 1, 1, page)
     if kvm.tracer.enabled:
         kvm.tracer.emit("hva_to_pfn_fast", gup="__get_user_pages_fast", write=1, ret=npages)
@@ -85,7 +85,7 @@ def hva_to_pfn_slow(kvm: Kvm, addr: int, async_: OutParam, write_fault: bool,
         flags |= FOLL_WRITE
     if async_:
         flags |= FOLL_NOWAIT
-    page: list[object] = [None]
+    page: list[int] = []
     npages = gup.get_user_pages_unlocked(kvm.mm, addr, 1, page, flags)
     tr = kvm.tracer
     if tr.enabled:
@@ -94,10 +94,10 @@ def hva_to_pfn_slow(kvm: Kvm, addr: int, async_: OutParam, write_fault: bool,
     if npages != 1:
         return npages
     if not write_fault and writable:
-        wpage: list[object] = [None]
+        wpage: list[int] = []
         if gup.__get_user_pages_fast(kvm.mm, addr, 1, 1, wpage) == 1:
             writable.set(True)
-            kvm.phys.put_page(page[0])  # type: ignore[arg-type]
+            kvm.phys.put_page(page[0])
             page = wpage
         if tr.enabled:
             tr.emit("hva_to_pfn_slow_upgrade", writable=writable.get())

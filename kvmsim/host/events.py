@@ -1,0 +1,268 @@
+"""Host-side events the scenarios inject (L.4 gives the notifier calls of each).
+
+``munmap`` and ``mprotect`` are methods of :class:`~kvmsim.host.mm.Mm`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmsim.cmodel import EAGAIN, EBUSY, EINVAL
+from kvmsim.host.constants import (
+    FAULT_FLAG_USER,
+    FAULT_FLAG_WRITE,
+    PG_ANON,
+    PG_DIRTY,
+    PG_HUGE,
+    PG_REFERENCED,
+    PG_THP,
+    PTE_DIRTY,
+    PTE_HWPOISON,
+    PTE_MIGRATION,
+    PTE_PFN_SHIFT,
+    PTE_PRESENT,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+    THP_SHIFT,
+    VM_FAULT_SIGSEGV,
+)
+from kvmsim.host.fault import handle_mm_fault
+from kvmsim.host.pte import PTE_BITS_MASK
+
+if TYPE_CHECKING:
+    from kvmsim.host.mm import Mm
+
+__all__ = ["ENXIO", "host_write", "memory_failure", "migrate_page", "split_thp", "swap_out"]
+
+ENXIO = 6
+
+
+def _mappings(mm: Mm, head: int, npages: int) -> list[tuple[int, int, int]]:
+    """(hva, shift, entry) of every present, non-special entry of ``mm``
+    mapping a frame in ``[head, head + npages)`` (the rmap walk)."""
+    end = head + npages
+    out = []
+    for hva, shift, e in mm.pgtable.items():
+        if e & PTE_PRESENT and not e & PTE_SPECIAL and head <= e >> PTE_PFN_SHIFT < end:
+            out.append((hva, shift, e))
+    out.sort()
+    return out
+
+
+def _set_entry(mm: Mm, hva: int, shift: int, entry: int) -> None:
+    if shift:
+        mm.pgtable.set_huge(hva, shift, entry)
+    else:
+        mm.pgtable.set_pte(hva, entry)
+
+
+def _unmap_one(mm: Mm, hva: int, shift: int, order: int, new_entry: int) -> None:
+    """``try_to_unmap_one``: start/end around the page, clipped to the vma."""
+    vma = mm.find_vma(hva)
+    end = hva + (mm.page_size << order)
+    if vma is not None:
+        end = min(end, vma.end)
+    mm.notify_start(hva, end)
+    _set_entry(mm, hva, shift, new_entry)
+    mm.notify_end(hva, end)
+
+
+def _split_huge_page(mm: Mm, head: int) -> int:
+    """``split_huge_page`` of an anonymous THP: fails with -EBUSY when
+    someone else holds references (``can_split_huge_page``); else splits
+    the PMD (start/end over 2M), unmaps the PTEs (``try_to_unmap``: a pair
+    over the THP) and turns the compound page into order-0 pages, each PTE's
+    reference moving to its own subpage."""
+    phys = mm.phys
+    if phys._others.get(head, 0) > 0:
+        return -EBUSY
+    hs = THP_SHIFT
+    d = mm.pgtable.huge.get(hs, {})
+    for idx, e in list(d.items()):
+        if e >> PTE_PFN_SHIFT == head:
+            vma = mm.find_vma(idx << hs)
+            assert vma is not None
+            mm.split_huge_pmd(vma, idx << hs)
+    order = phys.order[head]
+    n = 1 << order
+    maps = _mappings(mm, head, n)
+    if maps:
+        lo = maps[0][0] & ~((1 << hs) - 1)
+        mm.notify_start(lo, lo + (1 << hs))
+        mm.notify_end(lo, lo + (1 << hs))
+    mapped = {e >> PTE_PFN_SHIFT for _, _, e in maps}
+    fl = phys.flags.get(head, 0) & (PG_ANON | PG_DIRTY | PG_REFERENCED)
+    hrefs = phys.host_refs.get(head, 0)
+    phys.order.pop(head)
+    phys.flags[head] = fl
+    owner = phys.owner.get(head, "anon")
+    # Every mapped subpage keeps the reference its PTE held; the head keeps
+    # the rest of what it had (allocation reference of an unmapped THP).
+    moved = 0
+    for p in range(head + 1, head + n):
+        phys.flags[p] = fl
+        phys.owner[p] = owner
+        if p in mapped:
+            phys.refcount[p] = 1
+            phys.host_refs[p] = 1
+            moved += 1
+        else:
+            phys.refcount[p] = 0
+            phys.freed.add(p)
+    phys.refcount[head] -= moved
+    left = hrefs - moved
+    if left > 0:
+        phys.host_refs[head] = left
+    else:
+        phys.host_refs.pop(head, None)
+    if mm.tracer.enabled:
+        mm.tracer.emit("split_huge_page", pfn=head, order=order)
+    return 0
+
+
+def memory_failure(mm: Mm, pfn: int) -> int:
+    """``memory_failure(pfn, flags)``: PG_hwpoison, then every mapping of the
+    page in ``mm`` is unmapped (``hwpoison_user_mappings`` → ``try_to_unmap``,
+    a start/end pair per vma) and its entry becomes a hwpoison entry.
+
+    A THP is split first (failing with -EBUSY, poison cleared, when others
+    hold references); a hugetlb page is poisoned on its head and unmapped
+    whole.  Special PTEs (no rmap) are not touched.  Returns 0, -ENXIO or -EBUSY.
+    """
+    phys = mm.phys
+    tr = mm.tracer
+    if not phys.pfn_valid(pfn):
+        return -ENXIO
+    if phys.PageHWPoison(pfn):
+        return 0
+    head = phys.compound_head(pfn)
+    hflags = phys.flags.get(head, 0)
+    if hflags & PG_HUGE:
+        target, order = head, phys.order.get(head, 0)
+    else:
+        if hflags & PG_THP and head in phys.order:
+            if not hflags & PG_ANON or _split_huge_page(mm, head):
+                if tr.enabled:
+                    tr.emit("memory_failure", pfn=pfn, ret=-EBUSY, why="thp split failed")
+                return -EBUSY
+        target, order = pfn, 0
+    phys.SetPageHWPoison(target)
+    maps = _mappings(mm, target, 1 << order)
+    for hva, shift, e in maps:
+        page = e >> PTE_PFN_SHIFT
+        _unmap_one(mm, hva, shift, order, (page << PTE_PFN_SHIFT) | PTE_HWPOISON)
+        if e & PTE_DIRTY:
+            phys.SetPageDirty(page)
+        phys.host_put(page)
+    if tr.enabled:
+        tr.emit("memory_failure", pfn=pfn, ret=0, unmapped=len(maps))
+    return 0
+
+
+def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
+    """``migrate_pages`` of the page mapped at ``hva`` (base page, THP or
+    hugetlb page, moved whole).
+
+    Each mapping is replaced by a migration entry inside a start/end pair
+    per vma (``try_to_unmap_one``); the new entries are installed without a
+    notifier (``remove_migration_ptes``).  Page cache entries move to the new
+    frame.  With ``strict_refcount`` (the kernel: ``migrate_page_move_mapping``
+    compares the refcount) a page someone else holds references on is not
+    moved: the old entries come back and -EAGAIN is returned; without it the
+    page moves and the old frame is freed when its last reference goes.
+    Returns 0, -EAGAIN, -EBUSY (PTE-mapped part of a THP) or -EINVAL (nothing
+    migratable mapped there).
+    """
+    phys = mm.phys
+    tr = mm.tracer
+    e, shift = mm.pgtable.find_linux_pte(hva)
+    if e is None or not e & PTE_PRESENT or e & PTE_SPECIAL:
+        return -EINVAL
+    pfn = e >> PTE_PFN_SHIFT
+    if not phys.pfn_valid(pfn) or phys.PageReserved(pfn) or pfn == phys.huge_zero_pfn:
+        return -EINVAL
+    old = phys.compound_head(pfn)
+    order = phys.order.get(old, 0)
+    if order and not shift:
+        return -EBUSY
+    maps = _mappings(mm, old, 1 << order)
+    for mhva, mshift, me in maps:
+        _unmap_one(mm, mhva, mshift, order, (me & ~PTE_PRESENT) | PTE_MIGRATION)
+    if strict_refcount and phys._others.get(old, 0) > 0:
+        for mhva, mshift, me in maps:
+            _set_entry(mm, mhva, mshift, me)
+        if tr.enabled:
+            tr.emit("migrate_page", hva=hva, old_pfn=old, ret=-EAGAIN)
+        return -EAGAIN
+    fl = phys.flags.get(old, 0)
+    kind = (
+        "hugetlb"
+        if fl & PG_HUGE
+        else "thp"
+        if fl & PG_THP
+        else ("anon" if fl & PG_ANON else "file")
+    )
+    new = phys.alloc_pages(order, owner=phys.owner.get(old, "anon"), kind=kind)
+    phys.flags[new] = fl
+    hrefs = phys.host_refs.get(old, 0)
+    for vma in mm.vmas:
+        f = vma.file
+        if f is not None:
+            for idx, p in f.cache.items():
+                if p == old:
+                    f.cache[idx] = new
+    if hrefs > 1:
+        phys.host_get(new, hrefs - 1)
+    for mhva, mshift, me in maps:
+        _set_entry(mm, mhva, mshift, (new << PTE_PFN_SHIFT) | (me & PTE_BITS_MASK))
+    if hrefs:
+        phys.host_put(old, hrefs)
+    if tr.enabled:
+        tr.emit("migrate_page", hva=hva, old_pfn=old, new_pfn=new, ret=0)
+    return 0
+
+
+def host_write(mm: Mm, hva: int) -> int:
+    """QEMU writes to the page at ``hva``: nothing to do for a present
+    writable entry (the CPU sets dirty/accessed); otherwise a user write
+    fault (``handle_mm_fault`` with FAULT_FLAG_WRITE|USER, under
+    ``mmap_sem`` for read), which COWs the zero page or a private page
+    (start, change_pte, end).  Returns the VM_FAULT_* bits (SIGSEGV with no
+    vma)."""
+    mm.mmap_sem.down_read(mm.current)
+    try:
+        vma = mm.find_vma(hva)
+        if vma is None or vma.start > hva:
+            return VM_FAULT_SIGSEGV
+        e, shift = mm.pgtable.find_linux_pte(hva)
+        if e is not None and e & PTE_PRESENT and e & PTE_WRITE:
+            _set_entry(
+                mm, hva & ~((1 << (shift or mm.page_shift)) - 1), shift, e | PTE_DIRTY | PTE_YOUNG
+            )
+            return 0
+        ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_WRITE | FAULT_FLAG_USER)
+        if mm.tracer.enabled:
+            mm.tracer.emit("host_write", hva=hva, result=ret)
+        return ret
+    finally:
+        mm.mmap_sem.up_read(mm.current)
+
+
+def split_thp(mm: Mm, hva: int) -> bool:
+    """``__split_huge_pmd`` of the THP PMD covering ``hva``: start/end over
+    the 2M range; the PMD becomes base PTEs to the subpages.  False when
+    there is no THP PMD there."""
+    mm.mmap_sem.down_read(mm.current)
+    try:
+        vma = mm.find_vma(hva)
+        if vma is None or vma.start > hva:
+            return False
+        return mm.split_huge_pmd(vma, hva)
+    finally:
+        mm.mmap_sem.up_read(mm.current)
+
+
+def swap_out(mm: Mm, hva: int) -> None:
+    """Reclaim the anonymous page at ``hva`` to swap (see ``Mm.mark_swapped``)."""
+    mm.mark_swapped(hva)

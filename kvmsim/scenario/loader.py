@@ -1,0 +1,857 @@
+"""Read scenario TOML into a validated :class:`~kvmsim.scenario.model.Scenario`.
+
+Every problem in a file raises exactly one :class:`~kvmsim.errors.ScenarioError`
+naming the file, the key path (``vma[0].size``, ``step[2].expect.outcome``) and
+what was expected there; nothing else ever escapes, whatever the input
+(a hypothesis test feeds it garbage to hold us to that).
+
+Checks run in file order, and within a table unknown keys are reported before
+missing ones, because a misspelt key is the usual cause of a missing one and
+the unknown-key message suggests the right spelling.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, NoReturn
+
+from kvmsim.errors import PluginError, ScenarioError
+from kvmsim.scenario.model import (
+    BACKINGS,
+    CORE_STEP_KEYS,
+    EXPECT_KEYS,
+    FRAME_WORDS,
+    OPS,
+    OUTCOMES,
+    PFN_BACKINGS,
+    PFN_KINDS,
+    PROTS,
+    RACE_POINTS,
+    VERDICTS,
+    DeviceKind,
+    Devices,
+    DeviceSpec,
+    Expect,
+    FieldType,
+    MemslotSpec,
+    Scenario,
+    StepKind,
+    StepSpec,
+    VmaSpec,
+)
+from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
+
+__all__ = ["CORE_STEP_KINDS", "load_scenario", "parse_scenario"]
+
+
+_RANGE: Final[Mapping[str, FieldType]] = {"vma": str, "offset": int, "size": (int, str)}
+
+#: The step kinds every scenario may use.
+CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
+    {
+        k.name: k
+        for k in (
+            # ea: the guest effective address, for MMUs that translate it
+            # (HPT); it defaults to gpa in the runner.
+            StepKind(
+                "access",
+                {"vcpu": int, "gpa": int, "op": str, "ea": int},
+                required=("gpa", "op"),
+                faults=True,
+            ),
+            StepKind("munmap", _RANGE, required=("vma",)),
+            StepKind("mprotect", {**_RANGE, "prot": str}, required=("vma", "prot")),
+            # memory_failure() and a host store hit one page, not a range.
+            StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
+            StepKind("migrate", _RANGE, required=("vma",)),
+            StepKind("split_thp", _RANGE, required=("vma",)),
+            StepKind("host_write", _RANGE, required=("vma",), default_size=PAGE_SIZE),
+            # Device-specific keys (source = 3, ...) are not known here.
+            StepKind(
+                "device_reset",
+                {"device": str},
+                required=("device",),
+                extra=(int, bool, str),
+            ),
+        )
+    }
+)
+
+_TOP_KEYS: Final = ("name", "description", "arch", "vma", "memslot", "device", "step")
+_VMA_KEYS: Final = (
+    "name",
+    "size",
+    "backing",
+    "prot",
+    "shared",
+    "huge",
+    "populate",
+    "device",
+    "pgoff",
+    "pfn_kind",
+    "fault_retry",
+)
+_MEMSLOT_KEYS: Final = ("gpa", "vma", "offset", "size", "readonly")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_GOT: Final = 60
+
+
+class _Shown:
+    """A stand-in for a long value in an error: its repr, cut short."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _shown(value: object) -> object:
+    # Keep the one-line error readable when the value is a big table.
+    text = repr(value)
+    if len(text) <= _MAX_GOT:
+        return value
+    return _Shown(text[: _MAX_GOT - 3] + "...")
+
+
+def _keyname(key: str) -> str:
+    # Junk keys may hold dots, spaces or newlines; quote them so the key
+    # path stays unambiguous and on one line.
+    if _BARE_KEY_RE.fullmatch(key):
+        return key
+    quoted = json.dumps(key, ensure_ascii=False)
+    return quoted if quoted.isprintable() else json.dumps(key)
+
+
+def _one_of(choices: Iterable[str]) -> str:
+    listed = sorted(choices)
+    return "one of " + ", ".join(listed) if listed else "nothing (none are available)"
+
+
+def _is_type(value: object, types: FieldType) -> bool:
+    tup = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in tup:
+        return False
+    return isinstance(value, tup)
+
+
+def _type_name(types: FieldType) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
+    tup = types if isinstance(types, tuple) else (types,)
+    return " or ".join(names.get(t, t.__name__) for t in tup)
+
+
+def _a(do: str) -> str:
+    """ "an 'access' step", "a 'munmap' step"."""
+    return f"{'an' if do[:1] in 'aeiou' else 'a'} {do!r} step"
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Reader:
+    """Validation helpers bound to one file; each failure raises ScenarioError."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(
+        self, key: str | None, message: str, expected: str | None = None, got: object = None
+    ) -> NoReturn:
+        raise ScenarioError(
+            message,
+            file=self.source,
+            key=key,
+            expected=expected,
+            got=None if got is None else _shown(got),
+        )
+
+    def check_keys(
+        self,
+        table: Mapping[str, object],
+        path: str,
+        allowed: Collection[str],
+        required: Iterable[str] = (),
+        what: str = "",
+    ) -> None:
+        """Reject keys outside *allowed*, then report the first missing one."""
+        for key in table:
+            if key not in allowed:
+                self.fail(
+                    _join(path, key),
+                    f"unknown key {key!r}{what}{_did_you_mean(key, allowed)}",
+                    _one_of(allowed),
+                )
+        for key in required:
+            if key not in table:
+                self.fail(_join(path, key), "missing required key")
+
+    def int_(self, key: str, value: object, *, align: int = 1) -> int:
+        """A non-negative int (TOML hex literals welcome), multiple of *align*."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, "wrong type", "a non-negative integer", value)
+        if value < 0:
+            self.fail(key, "must not be negative", "a non-negative integer", value)
+        if value % align:
+            self.fail(
+                key,
+                f"not aligned to {format_size(align)}",
+                f"a multiple of {hex(align)}",
+                _Shown(hex(value)),
+            )
+        return value
+
+    def str_(self, key: str, value: object) -> str:
+        if not isinstance(value, str):
+            self.fail(key, "wrong type", "a string", value)
+        return value
+
+    def name(self, key: str, value: object) -> str:
+        text = self.str_(key, value)
+        if not _NAME_RE.fullmatch(text):
+            self.fail(
+                key,
+                "not a valid name",
+                "letters, digits, '_', '-', '.', starting with a letter or digit",
+                value,
+            )
+        return text
+
+    def bool_(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, "wrong type", "true or false", value)
+        return value
+
+    def enum(self, key: str, value: object, choices: Collection[str], what: str) -> str:
+        if not isinstance(value, str):
+            self.fail(key, "wrong type", f"a string, {_one_of(choices)}", value)
+        if value not in choices:
+            self.fail(
+                key, f"unknown {what}{_did_you_mean(value, choices)}", _one_of(choices), value
+            )
+        return value
+
+    def size(self, key: str, value: object) -> int:
+        try:
+            return parse_size(value, key, file=self.source)
+        except ScenarioError as exc:
+            # Re-raised through fail() so a long value is cut short.
+            self.fail(exc.key, exc.message, exc.expected, exc.got)
+
+    def table(self, key: str, value: object) -> Mapping[str, object]:
+        if not isinstance(value, dict):
+            self.fail(key, "wrong type", "a table", value)
+        return value
+
+    def tables(self, doc: Mapping[str, object], key: str) -> list[Mapping[str, object]]:
+        """The array of tables ``[[key]]`` (empty if absent)."""
+        value = doc.get(key, [])
+        if not isinstance(value, list):
+            self.fail(key, "wrong type", f"an array of tables ([[{key}]])", value)
+        return [self.table(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{_keyname(key)}" if path else _keyname(key)
+
+
+def load_scenario(
+    path: str | Path,
+    *,
+    devices: Devices | None = None,
+    step_kinds: Mapping[str, StepKind] | None = None,
+    arches: Collection[str] | None = None,
+) -> Scenario:
+    """Read and validate the scenario file at *path*.
+
+    :param devices: the device kinds available (device plugin names); when
+        given, ``[[device]]`` kinds and device-backed vmas must be among them.
+    :param step_kinds: extra step kinds provided by plugins, by name.
+    :param arches: the arch names available; when given, ``arch`` must be one.
+    :raises ScenarioError: the file cannot be read or is not a valid scenario.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read the file: {exc.strerror or exc}", file=source) from None
+    try:
+        # utf-8-sig: tolerate the BOM some Windows editors write.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"not UTF-8 text (bad byte at offset {exc.start})", file=source
+        ) from None
+    return parse_scenario(text, source, devices=devices, step_kinds=step_kinds, arches=arches)
+
+
+def parse_scenario(
+    text: str,
+    source: str,
+    *,
+    devices: Devices | None = None,
+    step_kinds: Mapping[str, StepKind] | None = None,
+    arches: Collection[str] | None = None,
+) -> Scenario:
+    """Validate scenario TOML *text*; *source* is the file name errors show.
+
+    Keyword arguments as for :func:`load_scenario`.
+
+    :raises ScenarioError: *text* is not a valid scenario.
+    :raises PluginError: *step_kinds* is inconsistent (a plugin bug, not the
+        scenario's).
+    """
+    kinds = _step_kinds(step_kinds)
+    r = _Reader(source)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line L, column C)".
+        r.fail(None, f"TOML syntax error: {exc}")
+    except ValueError as exc:
+        # e.g. an integer literal longer than int() accepts
+        r.fail(None, f"TOML value error: {exc}")
+    except RecursionError:
+        r.fail(None, "TOML nested too deeply")
+
+    r.check_keys(doc, "", _TOP_KEYS, required=("name",))
+    name = r.name("name", doc["name"])
+    description = r.str_("description", doc.get("description", ""))
+    arch = None
+    if "arch" in doc:
+        arch = r.str_("arch", doc["arch"])
+        if arches is not None and arch not in arches:
+            r.fail("arch", f"unknown arch{_did_you_mean(arch, arches)}", _one_of(arches), arch)
+
+    device_specs = _devices(r, r.tables(doc, "device"), devices)
+    vmas = _vmas(r, r.tables(doc, "vma"), devices, {d.kind for d in device_specs})
+    memslots = _memslots(r, r.tables(doc, "memslot"), vmas)
+    steps = _steps(
+        r,
+        r.tables(doc, "step"),
+        kinds,
+        vmas,
+        {d.kind for d in device_specs},
+        _device_kinds(devices),
+    )
+    return Scenario(
+        name=name,
+        description=description,
+        arch=arch,
+        vmas=tuple(vmas.values()),
+        memslots=memslots,
+        devices=device_specs,
+        steps=steps,
+        source=source,
+    )
+
+
+def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
+    if not extra:
+        return CORE_STEP_KINDS
+    for name, kind in extra.items():
+        if not isinstance(kind, StepKind):
+            raise PluginError(f"step kind {name!r} is not a StepKind: {kind!r}")
+        if name in CORE_STEP_KINDS:
+            raise PluginError(f"step kind {name!r} is a core step kind and cannot be redefined")
+        if kind.name != name:
+            raise PluginError(f"step kind registered as {name!r} is named {kind.name!r}")
+        for key in ("do", "at", "expect"):
+            if key in kind.fields:
+                raise PluginError(f"step kind {name!r}: {key!r} cannot be a field")
+        missing = set(kind.required) - set(kind.fields)
+        if missing:
+            raise PluginError(f"step kind {name!r}: required keys not in fields: {sorted(missing)}")
+    return {**CORE_STEP_KINDS, **extra}
+
+
+def _devices(
+    r: _Reader, tables: list[Mapping[str, object]], available: Devices | None
+) -> tuple[DeviceSpec, ...]:
+    schemas = _device_kinds(available)
+    specs: list[DeviceSpec] = []
+    for i, t in enumerate(tables):
+        path = f"device[{i}]"
+        # Only "kind" is ours; every other key belongs to the device plugin.
+        if "kind" not in t:
+            r.fail(f"{path}.kind", "missing required key", "a device kind")
+        kind = r.name(f"{path}.kind", t["kind"])
+        if available is not None and kind not in available:
+            r.fail(
+                f"{path}.kind",
+                f"unknown device kind{_did_you_mean(kind, available)}",
+                _one_of(available),
+                kind,
+            )
+        # vmas and steps name devices by kind, so a kind may appear once.
+        for j, earlier in enumerate(specs):
+            if earlier.kind == kind:
+                r.fail(
+                    f"{path}.kind",
+                    f"a device of this kind is already declared at device[{j}]",
+                    "one [[device]] per kind",
+                    kind,
+                )
+        params = {k: v for k, v in t.items() if k != "kind"}
+        schema = schemas.get(kind)
+        if schema is not None:
+            r.check_keys(
+                params,
+                path,
+                {"kind", *schema.fields},
+                schema.required,
+                what=f" for a {kind!r} device",
+            )
+            for key, value in params.items():
+                if not _is_type(value, schema.fields[key]):
+                    r.fail(
+                        f"{path}.{_keyname(key)}",
+                        "wrong type",
+                        _type_name(schema.fields[key]),
+                        value,
+                    )
+        specs.append(DeviceSpec(kind, params))
+    return tuple(specs)
+
+
+def _device_kinds(available: Devices | None) -> Mapping[str, DeviceKind]:
+    """The device schemas among *available* (none when only names are given)."""
+    if isinstance(available, Mapping):
+        return {k: v for k, v in available.items() if isinstance(v, DeviceKind)}
+    return {}
+
+
+def _vmas(
+    r: _Reader,
+    tables: list[Mapping[str, object]],
+    available: Devices | None,
+    declared: Collection[str],
+) -> dict[str, VmaSpec]:
+    vmas: dict[str, VmaSpec] = {}
+    for i, t in enumerate(tables):
+        spec = _vma(r, f"vma[{i}]", t, available, declared, vmas)
+        vmas[spec.name] = spec
+    return vmas
+
+
+def _vma(
+    r: _Reader,
+    path: str,
+    t: Mapping[str, object],
+    available: Devices | None,
+    declared: Collection[str],
+    vmas: Mapping[str, VmaSpec],
+) -> VmaSpec:
+    def k(key: str) -> str:
+        return _join(path, key)
+
+    r.check_keys(t, path, _VMA_KEYS, required=("name", "size", "backing"))
+    name = r.name(k("name"), t["name"])
+    if name in vmas:
+        index = list(vmas).index(name)
+        r.fail(
+            k("name"), f"duplicate vma name, already used by vma[{index}]", "a unique name", name
+        )
+    size = r.size(k("size"), t["size"])
+    backing = r.enum(k("backing"), t["backing"], BACKINGS, "backing")
+    prot = r.enum(k("prot"), t.get("prot", "rw"), PROTS, "prot")
+    shared = r.bool_(k("shared"), t.get("shared", False))
+    populate = r.bool_(k("populate"), t.get("populate", False))
+    pgoff = r.int_(k("pgoff"), t.get("pgoff", 0))
+
+    huge = 0
+    if "huge" in t:
+        if backing not in ("anon", "hugetlbfs"):
+            r.fail(
+                k("huge"),
+                f"huge pages do not apply to backing {backing!r}",
+                "huge only with backing 'hugetlbfs' or 'anon' (THP)",
+            )
+        huge = r.size(k("huge"), t["huge"])
+        if huge <= PAGE_SIZE or huge & (huge - 1):
+            r.fail(
+                k("huge"),
+                "not a huge page size",
+                f"a power of two larger than {format_size(PAGE_SIZE)}",
+                t["huge"],
+            )
+    elif backing == "hugetlbfs":
+        r.fail(
+            k("huge"), "missing required key for backing 'hugetlbfs'", "a huge page size like '2M'"
+        )
+    if backing == "hugetlbfs" and size % huge:
+        # mmap of hugetlbfs works in whole huge pages.
+        r.fail(
+            k("size"),
+            f"not a whole number of {format_size(huge)} huge pages",
+            f"a multiple of {format_size(huge)}",
+            t["size"],
+        )
+
+    device = None
+    if backing == "device":
+        if "device" not in t:
+            r.fail(k("device"), "missing required key for backing 'device'", "a device kind")
+        device = r.str_(k("device"), t["device"])
+        if available is not None and device not in available:
+            r.fail(
+                k("device"),
+                f"unknown device kind{_did_you_mean(device, available)}",
+                _one_of(available),
+                device,
+            )
+        if device not in declared:
+            r.fail(
+                k("device"),
+                "no [[device]] of this kind in the scenario",
+                f"a [[device]] with kind = {device!r}",
+                device,
+            )
+    elif "device" in t:
+        r.fail(
+            k("device"),
+            f"device does not apply to backing {backing!r}",
+            "device only with backing = 'device'",
+        )
+
+    pfn_kind = None
+    if "pfn_kind" in t:
+        if backing not in PFN_BACKINGS:
+            r.fail(
+                k("pfn_kind"),
+                f"pfn_kind does not apply to backing {backing!r}",
+                f"pfn_kind only with backing {_one_of(PFN_BACKINGS)}",
+            )
+        pfn_kind = r.enum(k("pfn_kind"), t["pfn_kind"], PFN_KINDS, "pfn_kind")
+    elif backing in PFN_BACKINGS:
+        pfn_kind = "mmio"  # remap_pfn_range of device memory is the usual case
+
+    fault_retry = 0
+    if "fault_retry" in t:
+        if backing != "pfnmap_fault":
+            r.fail(
+                k("fault_retry"),
+                f"fault_retry does not apply to backing {backing!r}",
+                "fault_retry only with backing 'pfnmap_fault'",
+            )
+        fault_retry = r.int_(k("fault_retry"), t["fault_retry"])
+
+    return VmaSpec(
+        name=name,
+        size=size,
+        backing=backing,
+        prot=prot,
+        shared=shared,
+        huge=huge,
+        populate=populate,
+        device=device,
+        pgoff=pgoff,
+        pfn_kind=pfn_kind,
+        fault_retry=fault_retry,
+    )
+
+
+def _vma_ref(r: _Reader, key: str, value: object, vmas: Mapping[str, VmaSpec]) -> VmaSpec:
+    name = r.str_(key, value)
+    if name not in vmas:
+        r.fail(key, f"no vma of this name{_did_you_mean(name, vmas)}", _one_of(vmas), name)
+    return vmas[name]
+
+
+def _range(
+    r: _Reader,
+    path: str,
+    t: Mapping[str, object],
+    vma: VmaSpec,
+    default_size: int | None,
+) -> tuple[int, int]:
+    """Resolve and check ``offset`` and ``size`` of a range inside *vma*."""
+    offset = r.int_(f"{path}.offset", t.get("offset", 0), align=PAGE_SIZE)
+    if offset >= vma.size:
+        r.fail(
+            f"{path}.offset",
+            f"outside vma {vma.name!r} of size {format_size(vma.size)}",
+            f"an offset below {hex(vma.size)}",
+            _Shown(hex(offset)),
+        )
+    if "size" in t:
+        size = r.size(f"{path}.size", t["size"])
+    else:
+        size = default_size if default_size is not None else vma.size - offset
+    if offset + size > vma.size:
+        key = f"{path}.size" if "size" in t else f"{path}.offset"
+        r.fail(
+            key,
+            f"range {hex(offset)}+{format_size(size)} runs past the end of vma "
+            f"{vma.name!r} ({format_size(vma.size)})",
+            f"offset + size <= {hex(vma.size)}",
+        )
+    return offset, size
+
+
+def _memslots(
+    r: _Reader, tables: list[Mapping[str, object]], vmas: Mapping[str, VmaSpec]
+) -> tuple[MemslotSpec, ...]:
+    slots: list[MemslotSpec] = []
+    for i, t in enumerate(tables):
+        path = f"memslot[{i}]"
+        r.check_keys(t, path, _MEMSLOT_KEYS, required=("gpa", "vma"))
+        gpa = r.int_(f"{path}.gpa", t["gpa"], align=PAGE_SIZE)
+        vma = _vma_ref(r, f"{path}.vma", t["vma"], vmas)
+        offset, size = _range(r, path, t, vma, None)
+        readonly = r.bool_(f"{path}.readonly", t.get("readonly", False))
+        for other in slots:
+            if gpa < other.gpa + other.size and other.gpa < gpa + size:
+                r.fail(
+                    f"{path}.gpa",
+                    f"guest range {hex(gpa)}-{hex(gpa + size - 1)} overlaps memslot[{other.index}] "
+                    f"({hex(other.gpa)}-{hex(other.gpa + other.size - 1)})",
+                    "memslots disjoint in guest physical space",
+                )
+        slots.append(MemslotSpec(i, gpa, vma.name, offset, size, readonly))
+    return tuple(slots)
+
+
+def _steps(
+    r: _Reader,
+    tables: list[Mapping[str, object]],
+    kinds: Mapping[str, StepKind],
+    vmas: Mapping[str, VmaSpec],
+    declared_devices: Collection[str],
+    device_kinds: Mapping[str, DeviceKind],
+) -> tuple[StepSpec, ...]:
+    steps = [
+        _step(r, i, t, kinds, vmas, declared_devices, device_kinds) for i, t in enumerate(tables)
+    ]
+    faulting = _one_of(k.name for k in kinds.values() if k.faults)
+    # A race event waits for the next faulting step; without one it would
+    # silently never fire.
+    for s in steps:
+        if s.at is not None and not any(kinds[later.do].faults for later in steps[s.index + 1 :]):
+            r.fail(
+                f"step[{s.index}].at",
+                "no later access step for this event to fire in",
+                f"a later step of a kind that faults ({faulting})",
+                s.at,
+            )
+    return tuple(steps)
+
+
+def _step(
+    r: _Reader,
+    i: int,
+    t: Mapping[str, object],
+    kinds: Mapping[str, StepKind],
+    vmas: Mapping[str, VmaSpec],
+    declared_devices: Collection[str],
+    device_kinds: Mapping[str, DeviceKind],
+) -> StepSpec:
+    path = f"step[{i}]"
+
+    def k(key: str) -> str:
+        return _join(path, key)
+
+    if "do" not in t:
+        r.fail(k("do"), "missing required key", _one_of(kinds))
+    do = r.enum(k("do"), t["do"], kinds, "step kind")
+    kind = kinds[do]
+    expect_keys = kind.expect_keys()
+
+    allowed = {"do", *kind.fields}
+    if not kind.faults:
+        allowed.add("at")
+    if expect_keys:
+        allowed.add("expect")
+    for key in t:
+        if key in allowed or (kind.extra is not None and key not in _ALL_STEP_KEYS):
+            continue
+        if key == "at":
+            r.fail(
+                k(key),
+                "a guest access cannot fire at a race point; put 'at' on the "
+                "host event step before it",
+                "no 'at' on this step",
+            )
+        if key == "expect":
+            r.fail(k(key), f"{_a(do)} cannot have expectations", "no 'expect' on this step")
+        r.fail(
+            k(key),
+            f"unknown key {key!r} for {_a(do)}{_did_you_mean(key, allowed)}",
+            _one_of(allowed),
+        )
+    for key in kind.required:
+        if key not in t:
+            r.fail(k(key), f"missing required key for {_a(do)}")
+
+    vcpu = r.int_(k("vcpu"), t.get("vcpu", 0))
+    gpa = r.int_(k("gpa"), t["gpa"]) if "gpa" in t else None
+    op = r.enum(k("op"), t["op"], OPS, "op") if "op" in t else None
+    prot = r.enum(k("prot"), t["prot"], PROTS, "prot") if "prot" in t else None
+    at = r.enum(k("at"), t["at"], RACE_POINTS, "race point") if "at" in t else None
+
+    vma_name = None
+    offset = 0
+    size: int | None = None
+    if "vma" in t:
+        vma = _vma_ref(r, k("vma"), t["vma"], vmas)
+        vma_name = vma.name
+        offset, size = _range(r, path, t, vma, kind.default_size)
+    else:
+        # A plugin kind may take offset/size without a vma.
+        if "offset" in t:
+            offset = r.int_(k("offset"), t["offset"])
+        if "size" in t:
+            size = r.size(k("size"), t["size"])
+
+    params: dict[str, object] = {}
+    for key, value in t.items():
+        if key in ("do", "at", "expect") or key in CORE_STEP_KEYS:
+            continue
+        types = kind.fields.get(key, kind.extra)
+        assert types is not None  # unknown keys were rejected above
+        if not _is_type(value, types):
+            r.fail(k(key), "wrong type", _type_name(types), value)
+        if key == "device" and isinstance(value, str) and value not in declared_devices:
+            r.fail(
+                k(key),
+                "no [[device]] of this kind in the scenario",
+                f"a [[device]] with kind = {value!r}",
+                value,
+            )
+        params[key] = value
+    if do == "device_reset":
+        _reset_params(r, path, params, device_kinds)
+
+    expect = None
+    if "expect" in t:
+        expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+    return StepSpec(
+        index=i,
+        do=do,
+        vcpu=vcpu,
+        gpa=gpa,
+        op=op,
+        vma=vma_name,
+        offset=offset,
+        size=size,
+        prot=prot,
+        at=at,
+        expect=expect,
+        params=params,
+    )
+
+
+def _reset_params(
+    r: _Reader, path: str, params: Mapping[str, object], device_kinds: Mapping[str, DeviceKind]
+) -> None:
+    """Check a device_reset step's device-specific keys, if the device says which."""
+    schema = device_kinds.get(str(params["device"]))
+    if schema is None:
+        return
+    allowed = {"device", *schema.reset_fields}
+    for key, value in params.items():
+        if key not in allowed:
+            r.fail(
+                f"{path}.{_keyname(key)}",
+                f"unknown key {key!r} for a 'device_reset' of {schema.name!r}"
+                f"{_did_you_mean(key, allowed)}",
+                _one_of(allowed | {"do", "at", "expect"}),
+            )
+        if key != "device" and not _is_type(value, schema.reset_fields[key]):
+            r.fail(
+                f"{path}.{_keyname(key)}", "wrong type", _type_name(schema.reset_fields[key]), value
+            )
+
+
+# Keys with a core meaning: never swallowed into params by a kind's `extra`,
+# so `vcpu = 1` on a device_reset step is an error, not a silent param.
+_ALL_STEP_KEYS: Final = frozenset({"do", "at", "expect", *CORE_STEP_KEYS})
+
+
+def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, ...]) -> Expect:
+    t = r.table(path, value)
+    for key in t:
+        if key not in EXPECT_KEYS:
+            r.fail(
+                f"{path}.{_keyname(key)}",
+                f"unknown key {key!r}{_did_you_mean(key, EXPECT_KEYS)}",
+                _one_of(EXPECT_KEYS),
+            )
+        if key not in allowed:
+            r.fail(
+                f"{path}.{key}",
+                f"{_a(do)} cannot expect {key!r}: it is not a guest access",
+                _one_of(allowed),
+            )
+
+    outcome = (
+        r.enum(f"{path}.outcome", t["outcome"], OUTCOMES, "outcome") if "outcome" in t else None
+    )
+    writable = r.bool_(f"{path}.writable", t["writable"]) if "writable" in t else None
+    frame: str | int | None = None
+    if "frame" in t:
+        raw = t["frame"]
+        if isinstance(raw, str):
+            frame = r.enum(f"{path}.frame", raw, FRAME_WORDS, "frame")
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            frame = r.int_(f"{path}.frame", raw)
+        else:
+            r.fail(f"{path}.frame", "wrong type", "'host', 'none' or a pfn (integer)", raw)
+    page_size = r.size(f"{path}.page_size", t["page_size"]) if "page_size" in t else None
+    verdicts = None
+    if "verdicts" in t:
+        raw_list = t["verdicts"]
+        if not isinstance(raw_list, list):
+            r.fail(
+                f"{path}.verdicts",
+                "wrong type",
+                f"an array of verdict names, {_one_of(VERDICTS)}",
+                raw_list,
+            )
+        verdicts = tuple(
+            r.enum(f"{path}.verdicts[{j}]", v, VERDICTS, "verdict") for j, v in enumerate(raw_list)
+        )
+        for j, v in enumerate(verdicts):
+            if v in verdicts[:j]:
+                r.fail(f"{path}.verdicts[{j}]", "verdict listed twice", "each verdict once", v)
+
+    # Only a mapped access leaves a stage-2 entry to describe.
+    if outcome is not None and outcome != "mapped":
+        for key in ("writable", "page_size"):
+            if key in t:
+                r.fail(
+                    f"{path}.{key}",
+                    f"an access with outcome {outcome!r} maps nothing",
+                    f"no {key} unless outcome = 'mapped'",
+                )
+        if frame is not None and frame != "none":
+            r.fail(
+                f"{path}.frame",
+                f"an access with outcome {outcome!r} maps nothing",
+                "frame = 'none' or no frame unless outcome = 'mapped'",
+                frame,
+            )
+    if outcome == "mapped" and frame == "none":
+        r.fail(
+            f"{path}.frame",
+            "a mapped access maps a frame",
+            "'host' or a pfn with outcome 'mapped'",
+            frame,
+        )
+    return Expect(outcome, writable, frame, page_size, verdicts)
