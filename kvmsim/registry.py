@@ -253,7 +253,10 @@ def build_manager(
             f"it applies to: {', '.join(s_info.arches)}"
         )
     pm = _new_manager()
-    plugins: list[tuple[str, object]] = [(f"arch:{arch}", arch_mod), (f"strategy:{strategy}", strat_mod)]
+    plugins: list[tuple[str, object]] = [
+        (f"arch:{arch}", arch_mod),
+        (f"strategy:{strategy}", strat_mod),
+    ]
     for dev in sorted(set(devices)):
         if dev in blocked:
             continue
@@ -284,7 +287,9 @@ def scenario_packages() -> list[tuple[str, ModuleType]]:
         try:
             mod = ep.load()
         except Exception as exc:
-            raise PluginError(f"cannot load scenario library {ep.name!r} ({ep.value}): {exc}") from None
+            raise PluginError(
+                f"cannot load scenario library {ep.name!r} ({ep.value}): {exc}"
+            ) from None
         if not isinstance(mod, ModuleType):
             mod = import_module(ep.value)
         out.append((ep.name, mod))

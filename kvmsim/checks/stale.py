@@ -23,11 +23,7 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
             continue
         end = hva + m.size
         stale = next(
-            (
-                (seq, s, e)
-                for seq, s, e in invalidations
-                if seq > m.mmu_seq and s < end and hva < e
-            ),
+            ((seq, s, e) for seq, s, e in invalidations if seq > m.mmu_seq and s < end and hva < e),
             None,
         )
         if stale is not None:

@@ -61,14 +61,26 @@ def guest_access(
                     kvm=kvm, vcpu=vcpu, pfn=pfn, offset=offset, op=op, size=size, value=value
                 )
                 if tr.enabled:
-                    tr.emit("device_mmio", pfn=hex(pfn), offset=hex(offset), op=op,
-                            claimed=r is not None)
+                    tr.emit(
+                        "device_mmio",
+                        pfn=hex(pfn),
+                        offset=hex(offset),
+                        op=op,
+                        claimed=r is not None,
+                    )
                 return AccessResult(MAPPED, t, n, value=None if r is None else r.value)
             return AccessResult(MAPPED, t, n)
         if tr.enabled:
-            tr.emit("kvm_page_fault", ph="B", gpa=hex(gpa), op=op, kind=fault.kind,
-                    code=hex(fault.code), mmu_notifier_seq=kvm.mmu_notifier_seq,
-                    mmu_notifier_count=kvm.mmu_notifier_count)
+            tr.emit(
+                "kvm_page_fault",
+                ph="B",
+                gpa=hex(gpa),
+                op=op,
+                kind=fault.kind,
+                code=hex(fault.code),
+                mmu_notifier_seq=kvm.mmu_notifier_seq,
+                mmu_notifier_count=kvm.mmu_notifier_count,
+            )
         r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
         if tr.enabled:
             tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmsim import hookimpl
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
 from kvmsim_plugins.ppc_radix import handler, mmu
 from kvmsim_plugins.ppc_radix.tree import PMD_SIZE, PUD_SIZE
+
+from kvmsim import hookimpl
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault

@@ -12,7 +12,9 @@ DSISR_UNSUPP_MMU: Final = 0x00080000
 DSISR_SET_RC: Final = 0x00040000  # R or C must be set in the leaf: POWER9 leaves it to software
 DSISR_PRTABLE_FAULT: Final = 0x00020000
 # DSISR_BAD_FAULT_64S (v4.17): the bits that are never a plain translation miss
-DSISR_BAD_FAULT_64S: Final = 0x80000000 | 0x04000000 | 0x00400000 | 0x00200000 | 0x00100000 | 0x00080000
+DSISR_BAD_FAULT_64S: Final = (
+    0x80000000 | 0x04000000 | 0x00400000 | 0x00200000 | 0x00100000 | 0x00080000
+)
 
 NAMES: Final = {
     DSISR_NOHPTE: "NOHPTE",

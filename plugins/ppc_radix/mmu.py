@@ -19,19 +19,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmsim.cmodel import EAGAIN, EBUSY
-from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
-from kvmsim.host.constants import (
-    PTE_DIRTY,
-    PTE_EXEC,
-    PTE_LEAF,
-    PTE_NONCACHED,
-    PTE_PFN_SHIFT,
-    PTE_PRESENT,
-    PTE_READ,
-    PTE_WRITE,
-    PTE_YOUNG,
-)
 from kvmsim_plugins.ppc_radix.dsisr import (
     DSISR_ISSTORE,
     DSISR_NOHPTE,
@@ -47,6 +34,20 @@ from kvmsim_plugins.ppc_radix.tree import (
     is_leaf,
 )
 
+from kvmsim.cmodel import EAGAIN, EBUSY
+from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
+from kvmsim.host.constants import (
+    PTE_DIRTY,
+    PTE_EXEC,
+    PTE_LEAF,
+    PTE_NONCACHED,
+    PTE_PFN_SHIFT,
+    PTE_PRESENT,
+    PTE_READ,
+    PTE_WRITE,
+    PTE_YOUNG,
+)
+
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 class RadixState:
     """``kvm->arch`` for a radix guest: the tree, and the guest DSIs queued."""
 
-    __slots__ = ("tree", "dsi_queued", "version")
+    __slots__ = ("dsi_queued", "tree", "version")
 
     def __init__(self, page_shift: int, version: str) -> None:
         self.tree = RadixTree(page_shift)
@@ -86,8 +87,10 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     store = op == "write"
     if not pte & PTE_PRESENT:
         code = DSISR_NOHPTE
-    elif (store and not pte & PTE_WRITE) or (op == "exec" and not pte & PTE_EXEC) or (
-        op == "read" and not pte & (PTE_READ | PTE_WRITE)
+    elif (
+        (store and not pte & PTE_WRITE)
+        or (op == "exec" and not pte & PTE_EXEC)
+        or (op == "read" and not pte & (PTE_READ | PTE_WRITE))
     ):
         code = DSISR_PROTFAULT
     elif not pte & PTE_YOUNG or (store and not pte & PTE_DIRTY):
@@ -130,19 +133,31 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     try:
         if kvm.mmu_notifier_retry(mmu_seq):
             if tr.enabled:
-                tr.emit("kvmppc_create_pte", gpa=hex(gpa), level=level, ret="-EAGAIN",
-                        why="mmu_notifier_retry", mmu_seq=mmu_seq,
-                        mmu_notifier_seq=kvm.mmu_notifier_seq,
-                        mmu_notifier_count=kvm.mmu_notifier_count)
+                tr.emit(
+                    "kvmppc_create_pte",
+                    gpa=hex(gpa),
+                    level=level,
+                    ret="-EAGAIN",
+                    why="mmu_notifier_retry",
+                    mmu_seq=mmu_seq,
+                    mmu_notifier_seq=kvm.mmu_notifier_seq,
+                    mmu_notifier_count=kvm.mmu_notifier_count,
+                )
             return -EAGAIN
         ret = _install(tree, gpa, pte | PTE_LEAF, level, version)
         if ret == 0:
             leaf_shift = (tree.page_shift, PMD_SHIFT, PUD_SHIFT)[level]
             tree.seqs[gpa & ~((1 << leaf_shift) - 1)] = mmu_seq
         if tr.enabled:
-            tr.emit("kvmppc_create_pte", gpa=hex(gpa), level=level,
-                    pfn=hex(pte >> PTE_PFN_SHIFT), write=bool(pte & PTE_WRITE),
-                    ret=ret, mmu_seq=mmu_seq)
+            tr.emit(
+                "kvmppc_create_pte",
+                gpa=hex(gpa),
+                level=level,
+                pfn=hex(pte >> PTE_PFN_SHIFT),
+                write=bool(pte & PTE_WRITE),
+                ret=ret,
+                mmu_seq=mmu_seq,
+            )
         return ret
     finally:
         kvm.mmu_lock.unlock(task)
@@ -219,8 +234,12 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
             if isinstance(v, int) and v & PTE_PRESENT:
                 _clear_leaf(table, idx, st.version)
                 if tr.enabled:
-                    tr.emit("kvm_unmap_radix", gpa=hex(gpa & ~(step - 1)),
-                            size=step, pfn=hex(v >> PTE_PFN_SHIFT))
+                    tr.emit(
+                        "kvm_unmap_radix",
+                        gpa=hex(gpa & ~(step - 1)),
+                        size=step,
+                        pfn=hex(v >> PTE_PFN_SHIFT),
+                    )
             gpa = (gpa & ~(step - 1)) + step
 
 

@@ -32,7 +32,7 @@ class RadixTree:
     """One partition-scoped tree.  ``seqs`` remembers, per leaf (keyed by its
     base gpa), the ``mmu_notifier_seq`` its fault read, for the checkers."""
 
-    __slots__ = ("page_shift", "pte_bits", "pgd", "seqs")
+    __slots__ = ("page_shift", "pgd", "pte_bits", "seqs")
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift

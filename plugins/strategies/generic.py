@@ -53,8 +53,15 @@ def check_user_page_hwpoison(kvm: Kvm, addr: int) -> bool:
     return rc == -EHWPOISON
 
 
-def hva_to_pfn_fast(kvm: Kvm, addr: int, atomic: bool, async_: OutParam, write_fault: bool,
-                    writable: OutParam, pfn: OutParam) -> bool:
+def hva_to_pfn_fast(
+    kvm: Kvm,
+    addr: int,
+    atomic: bool,
+    async_: OutParam,
+    write_fault: bool,
+    writable: OutParam,
+    pfn: OutParam,
+) -> bool:
     """``hva_to_pfn_fast`` (A.4): only for atomic or async callers; always
     asks gup-fast for a writable page."""
     if not (async_ or atomic):
@@ -73,8 +80,9 @@ def hva_to_pfn_fast(kvm: Kvm, addr: int, atomic: bool, async_: OutParam, write_f
     return False
 
 
-def hva_to_pfn_slow(kvm: Kvm, addr: int, async_: OutParam, write_fault: bool,
-                    writable: OutParam, pfn: OutParam) -> int:
+def hva_to_pfn_slow(
+    kvm: Kvm, addr: int, async_: OutParam, write_fault: bool, writable: OutParam, pfn: OutParam
+) -> int:
     """``hva_to_pfn_slow`` (A.5, v4.16): one ``get_user_pages_unlocked``
     with FOLL_HWPOISON (and FOLL_NOWAIT for async), then the read-fault
     write upgrade through gup-fast, swapping one reference for another."""
@@ -89,8 +97,13 @@ def hva_to_pfn_slow(kvm: Kvm, addr: int, async_: OutParam, write_fault: bool,
     npages = gup.get_user_pages_unlocked(kvm.mm, addr, 1, page, flags)
     tr = kvm.tracer
     if tr.enabled:
-        tr.emit("hva_to_pfn_slow", gup="get_user_pages_unlocked", write=write_fault,
-                nowait=bool(async_), ret=npages)
+        tr.emit(
+            "hva_to_pfn_slow",
+            gup="get_user_pages_unlocked",
+            write=write_fault,
+            nowait=bool(async_),
+            ret=npages,
+        )
     if npages != 1:
         return npages
     if not write_fault and writable:
@@ -112,8 +125,15 @@ def vma_is_valid(vma: Vma, write_fault: bool) -> bool:
     return not (write_fault and not vma.flags & VM_WRITE)
 
 
-def hva_to_pfn_remapped(kvm: Kvm, vma: Vma, addr: int, async_: OutParam, write_fault: bool,
-                        writable: OutParam | None, p_pfn: OutParam) -> int:
+def hva_to_pfn_remapped(
+    kvm: Kvm,
+    vma: Vma,
+    addr: int,
+    async_: OutParam,
+    write_fault: bool,
+    writable: OutParam | None,
+    p_pfn: OutParam,
+) -> int:
     """``hva_to_pfn_remapped`` (A.8): follow_pfn, else fixup_user_fault and
     follow_pfn again; -EAGAIN whenever mmap_sem was dropped.  v4.16 reports
     every remapped pfn writable (a340b3e229b2), v4.15 passes no ``writable``
@@ -146,8 +166,16 @@ def hva_to_pfn_remapped(kvm: Kvm, vma: Vma, addr: int, async_: OutParam, write_f
     return 0
 
 
-def hva_to_pfn(kvm: Kvm, addr: int, atomic: bool, async_: OutParam, write_fault: bool,
-               writable: OutParam, *, remapped_writable: bool = True) -> int:
+def hva_to_pfn(
+    kvm: Kvm,
+    addr: int,
+    atomic: bool,
+    async_: OutParam,
+    write_fault: bool,
+    writable: OutParam,
+    *,
+    remapped_writable: bool = True,
+) -> int:
     """``hva_to_pfn`` (A.3, v4.16): fast (atomic/async only), slow, then the
     vma walk under mmap_sem: hwpoison, remapped VM_IO|VM_PFNMAP, async."""
     BUG_ON(bool(atomic and async_), "BUG_ON(atomic && async)")
@@ -176,10 +204,21 @@ def hva_to_pfn(kvm: Kvm, addr: int, atomic: bool, async_: OutParam, write_fault:
                 result = KVM_PFN_ERR_FAULT
             elif vma.flags & (VM_IO | VM_PFNMAP):
                 if tr.enabled:
-                    tr.emit("find_vma_intersection", addr=hex(addr), vma=vma.name,
-                            flags="VM_IO|VM_PFNMAP" if vma.flags & VM_IO else "VM_PFNMAP")
-                r = hva_to_pfn_remapped(kvm, vma, addr, async_, write_fault,
-                                        writable if remapped_writable else None, pfn)
+                    tr.emit(
+                        "find_vma_intersection",
+                        addr=hex(addr),
+                        vma=vma.name,
+                        flags="VM_IO|VM_PFNMAP" if vma.flags & VM_IO else "VM_PFNMAP",
+                    )
+                r = hva_to_pfn_remapped(
+                    kvm,
+                    vma,
+                    addr,
+                    async_,
+                    write_fault,
+                    writable if remapped_writable else None,
+                    pfn,
+                )
                 if r == -EAGAIN:
                     if tr.enabled:
                         tr.emit("hva_to_pfn_retry", why="mmap_sem was dropped")
@@ -202,19 +241,32 @@ _STATUS = {
 }
 
 
-def generic_request(kvm: Kvm, request: HvaToPfnRequest, *,
-                    remapped_writable: bool = True) -> HvaToPfnResult:
+def generic_request(
+    kvm: Kvm, request: HvaToPfnRequest, *, remapped_writable: bool = True
+) -> HvaToPfnResult:
     """Run :func:`hva_to_pfn` for a request and package its outputs."""
     writable = OutParam("writable", False) if request.writable else OutParam.null("writable")
     async_ = OutParam("async", False) if request.async_ else OutParam.null("async")
-    pfn = hva_to_pfn(kvm, request.hva, request.atomic, async_, request.write_fault, writable,
-                     remapped_writable=remapped_writable)
+    pfn = hva_to_pfn(
+        kvm,
+        request.hva,
+        request.atomic,
+        async_,
+        request.write_fault,
+        writable,
+        remapped_writable=remapped_writable,
+    )
     status = _STATUS.get(pfn, OK)
     if status == ERR_FAULT and async_ and async_.get() is True:
         status = ASYNC
     if kvm.tracer.enabled:
-        kvm.tracer.emit("hva_to_pfn", hva=hex(request.hva), write_fault=request.write_fault,
-                        pfn=pfn_name(pfn), status=status)
+        kvm.tracer.emit(
+            "hva_to_pfn",
+            hva=hex(request.hva),
+            write_fault=request.write_fault,
+            pfn=pfn_name(pfn),
+            status=status,
+        )
     return HvaToPfnResult(
         status=status,
         pfn=pfn,
