@@ -126,12 +126,12 @@ def use(value: object, what: str) -> object:
     return value
 
 
-def ERR_PTR(err: int) -> ErrPtr:  # noqa: N802 - the kernel's name
+def ERR_PTR(err: int) -> ErrPtr:
     """``ERR_PTR(err)``; ``err`` must be a negative errno."""
     return ErrPtr(err)
 
 
-def IS_ERR(ptr: object, what: str = "IS_ERR") -> bool:  # noqa: N802
+def IS_ERR(ptr: object, what: str = "IS_ERR") -> bool:
     """``IS_ERR(ptr)``: true only for error pointers.  NULL is *not* an error.
 
     Oopses when ``ptr`` is uninitialised: the kernel would compare garbage.
@@ -141,7 +141,7 @@ def IS_ERR(ptr: object, what: str = "IS_ERR") -> bool:  # noqa: N802
     return isinstance(ptr, ErrPtr)
 
 
-def PTR_ERR(ptr: object, what: str = "PTR_ERR") -> int:  # noqa: N802
+def PTR_ERR(ptr: object, what: str = "PTR_ERR") -> int:
     """``PTR_ERR(ptr)``: the errno of an error pointer; 0 for NULL; for a real
     pointer, a meaningless non-errno value (we return 0 and callers compare
     it against errnos, as C code does)."""
@@ -168,7 +168,7 @@ def deref(ptr: object, what: str) -> int:
     return ptr
 
 
-def BUG_ON(cond: bool, what: str) -> None:  # noqa: N802
+def BUG_ON(cond: bool, what: str) -> None:
     """``BUG_ON(cond)``: oops when ``cond`` holds."""
     if cond:
         raise KernelOops(what, "bug")
@@ -181,7 +181,7 @@ class OutParam:
     unguarded ``*p = x`` does.  Reading an unwritten location gives UNINIT.
     """
 
-    __slots__ = ("is_null", "value", "name")
+    __slots__ = ("is_null", "name", "value")
 
     def __init__(self, name: str, value: object = UNINIT, *, is_null: bool = False) -> None:
         self.name = name

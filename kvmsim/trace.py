@@ -43,7 +43,7 @@ class Tracer:
     :param context: bound to every event (scenario, arch, strategy).
     """
 
-    __slots__ = ("enabled", "events", "_log", "_seq", "_step_ctx")
+    __slots__ = ("_log", "_seq", "_step_ctx", "enabled", "events")
 
     def __init__(self, enabled: bool = False, **context: Any) -> None:
         self.enabled = enabled

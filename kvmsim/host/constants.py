@@ -74,7 +74,8 @@ PTE_EXEC: Final = 0x008
 PTE_DIRTY: Final = 0x010
 PTE_YOUNG: Final = 0x020  # accessed
 PTE_SPECIAL: Final = 0x040  # no struct page to refcount (remap_pfn_range, vm_insert_pfn, zero page)
-PTE_NONCACHED: Final = 0x080  # cache-inhibited (_PAGE_NON_IDEMPOTENT / _PAGE_TOLERANT, pgprot_noncached)
+# cache-inhibited (_PAGE_NON_IDEMPOTENT / _PAGE_TOLERANT, pgprot_noncached)
+PTE_NONCACHED: Final = 0x080
 PTE_GUARDED: Final = 0x100  # guarded (no speculative access)
 PTE_PROTNONE: Final = 0x200  # NUMA hinting
 # Non-present swap-type entries: the pfn field then holds the old pfn.

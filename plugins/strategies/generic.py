@@ -1,5 +1,5 @@
 """Building blocks of the generic ``hva_to_pfn`` (virt/kvm/kvm_main.c,
-v4.16; kernel-semantics A.3–A.8), shared by the strategies that use them.
+v4.16; kernel-semantics A.3-A.8), shared by the strategies that use them.
 
 Each function models the kernel function of the same name.  ``writable`` is
 an :class:`~kvmsim.cmodel.OutParam` (NULL when the caller passed none);
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmsim.cmodel import EAGAIN, EHWPOISON, BUG_ON, OutParam
+from kvmsim.cmodel import BUG_ON, EAGAIN, EHWPOISON, OutParam
 from kvmsim.hooktypes import (
     ASYNC,
     ERR_FAULT,

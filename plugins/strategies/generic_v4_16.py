@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmsim_plugins.strategies.generic import generic_request
+
 from kvmsim import hookimpl
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
-from kvmsim_plugins.strategies.generic import generic_request
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm

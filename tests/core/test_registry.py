@@ -19,7 +19,9 @@ def _fresh_cache() -> Iterator[None]:
     registry.reset_cache()
 
 
-def fake_dist(tmp: Path, name: str, entry_points: str, modules: dict[str, str] | None = None) -> None:
+def fake_dist(
+    tmp: Path, name: str, entry_points: str, modules: dict[str, str] | None = None
+) -> None:
     """A ``*.dist-info`` with entry points (and optional modules) in ``tmp``."""
     info = tmp / f"{name}-1.0.dist-info"
     info.mkdir()
@@ -83,8 +85,9 @@ def strategy_info():
 def test_strategy_for_another_arch_is_refused_with_its_arches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_dist(tmp_path, "x86only", "[kvmsim.strategy]\nx86only = x86only_mod\n",
-              {"x86only_mod": STRAT})
+    fake_dist(
+        tmp_path, "x86only", "[kvmsim.strategy]\nx86only = x86only_mod\n", {"x86only_mod": STRAT}
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.reset_cache()
     with pytest.raises(PluginError) as e:
