@@ -158,6 +158,8 @@ class HvaToPfnRequest:
     :param writable: the caller passed a non-NULL ``writable`` pointer (it
         accepts a write upgrade on a read fault).
     :param page_out: the caller passed a ``struct page **`` (Paolo's sketch).
+    :param psize: the guest page size the arch needs mapped, in bytes (the HPT
+        handler's HPTE size, which its inline VM_PFNMAP test uses); 0 if none.
     """
 
     vcpu: int
@@ -170,6 +172,7 @@ class HvaToPfnRequest:
     async_: bool = False
     writable: bool = False
     page_out: bool = False
+    psize: int = 0
 
 
 @frozen(kw_only=True)

@@ -66,6 +66,7 @@ class StepReport:
     pfn: int | None = None
     writable: bool | None = None
     page_size: int | None = None
+    value: int | None = None
     verdicts: list[str] = field(factory=list)
     expect_failures: list[str] = field(factory=list)
     detail: str = ""
@@ -78,6 +79,7 @@ class StepReport:
             "pfn": self.pfn,
             "writable": self.writable,
             "page_size": self.page_size,
+            "value": self.value,
             "verdicts": list(self.verdicts),
             "expect_failures": list(self.expect_failures),
         }
@@ -309,6 +311,7 @@ class Simulation:
             mm.current = HOST_TASK
         report.outcome = r.outcome
         report.detail = r.detail
+        report.value = r.value
         t = r.translation
         if t is not None and t.pfn is not None:
             report.pfn = t.pfn

@@ -25,8 +25,10 @@ LIVELOCK = "livelock"
 class AccessResult:
     """How one guest access ended.
 
-    :param outcome: ``mapped``, ``mmio``, ``efault``, ``sigbus``,
-        ``guest_fault``, ``async_pf`` or ``livelock``.
+    :param outcome: ``mapped`` (completed through a stage-2 mapping of RAM),
+        ``mmio`` (completed on an I/O frame through stage 2, or by an exit to
+        userspace for emulation), ``efault``, ``sigbus``, ``guest_fault``,
+        ``async_pf`` or ``livelock``.
     :param translation: the final translate hit, if the access completed
         through stage 2.
     :param faults: how many stage-2 faults the access took.
@@ -68,7 +70,9 @@ def guest_access(
                         op=op,
                         claimed=r is not None,
                     )
-                return AccessResult(MAPPED, t, n, value=None if r is None else r.value)
+                # a frame with no struct page is I/O: the access is MMIO
+                # performed by the device through the stage-2 mapping
+                return AccessResult(MMIO, t, n, value=None if r is None else r.value)
             return AccessResult(MAPPED, t, n)
         if tr.enabled:
             tr.emit(
