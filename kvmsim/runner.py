@@ -304,9 +304,12 @@ class Simulation:
         mm = self.mm
         mm.current = f"vcpu{step.vcpu}"
         gpa = step.gpa if step.gpa is not None else 0
-        ea = int(step.params.get("ea", gpa)) if step.params else gpa
+        params = step.params
+        ea = int(params.get("ea", gpa))
+        value = int(params.get("value", 0))
+        width = int(params.get("width", 8))
         try:
-            r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read")
+            r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read", value, width)
         finally:
             mm.current = HOST_TASK
         report.outcome = r.outcome

@@ -58,10 +58,11 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         k.name: k
         for k in (
             # ea: the guest effective address, for MMUs that translate it
-            # (HPT); it defaults to gpa in the runner.
+            # (HPT); it defaults to gpa in the runner.  width: access size in
+            # bytes (default 8); value: what a store writes (default 0).
             StepKind(
                 "access",
-                {"vcpu": int, "gpa": int, "op": str, "ea": int},
+                {"vcpu": int, "gpa": int, "op": str, "ea": int, "width": int, "value": int},
                 required=("gpa", "op"),
                 faults=True,
             ),
