@@ -279,7 +279,13 @@ class Simulation:
                         # memory_failure needs a frame: fault the page in first
                         events.host_write(mm, addr())
                         pfn, _ = CheckContext(kvm).host_frame(addr())
-                    assert pfn is not None
+                    if pfn is None:
+                        raise self._err(
+                            f"nothing is mapped at {step.vma} + {step.offset:#x} to poison and "
+                            "a host write cannot fault a page in there; populate the vma "
+                            "or poison a writable page",
+                            f"step[{step.index}]",
+                        )
                     events.memory_failure(mm, pfn)
                 elif do == "migrate":
                     events.migrate_page(mm, addr())
