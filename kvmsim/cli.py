@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from kvmsim.errors import KvmsimError, UsageError
+from kvmsim.scenario.model import StepKind
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -41,11 +42,11 @@ def _load(path: str) -> object:
     )
 
 
-def _plugin_step_kinds() -> dict[str, object]:
+def _plugin_step_kinds() -> dict[str, StepKind]:
     """Step kinds every discovered arch and device plugin adds."""
     from kvmsim.registry import discover, load
 
-    out: dict[str, object] = {}
+    out: dict[str, StepKind] = {}
     for kind in ("arch", "device"):
         for entry in discover().get(kind, {}).values():
             try:

@@ -10,7 +10,7 @@ deadlock ends the run (a real one would end the task); a livelock does not
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field
 
@@ -209,7 +209,7 @@ class Simulation:
                     huge_shift=v.huge.bit_length() - 1 if v.huge else 0,
                     populate=v.populate,
                     pgoff=v.pgoff,
-                    pfn_kind=v.pfn_kind,
+                    pfn_kind=v.pfn_kind or "mmio",
                     fault_retry=v.fault_retry,
                 )
             self._vmas[v.name] = vma
@@ -311,9 +311,9 @@ class Simulation:
         mm.current = f"vcpu{step.vcpu}"
         gpa = step.gpa if step.gpa is not None else 0
         params = step.params
-        ea = int(params.get("ea", gpa))
-        value = int(params.get("value", 0))
-        width = int(params.get("width", 8))
+        ea = cast(int, params.get("ea", gpa))
+        value = cast(int, params.get("value", 0))
+        width = cast(int, params.get("width", 8))
         try:
             r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read", value, width)
         finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,17 @@ class Tracer:
             context_class=dict,
         ).bind(**context)
 
-    def _number(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def _number(
+        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         event_dict["seq"] = self._seq
         self._seq += 1
         return event_dict
 
-    def _store(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-        self.events.append(event_dict)
+    def _store(
+        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self.events.append(dict(event_dict))
         raise structlog.DropEvent
 
     def bind_step(self, **ctx: Any) -> None:
@@ -115,7 +119,7 @@ def to_chrome(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         vcpu = e.get("vcpu")
         key = "host" if vcpu is None else vcpu
         if key not in tids:
-            tid = 0 if key == "host" else int(vcpu) + 1
+            tid = 0 if vcpu is None else int(vcpu) + 1
             tids[key] = tid
             out.append(
                 {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from attrs import define, frozen
+from attrs import frozen
 
 from kvmsim.errors import ScenarioError
 
@@ -35,18 +35,15 @@ class Memslot:
         return self.base_gfn <= gfn < self.base_gfn + self.npages
 
 
-@define
 class Memslots:
     """The VM's memslots, sorted by ``base_gfn``; overlaps are refused."""
 
-    page_shift: int
-    slots: list[Memslot]
-    _bases: list[int]
+    __slots__ = ("_bases", "page_shift", "slots")
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift
-        self.slots = []
-        self._bases = []
+        self.slots: list[Memslot] = []
+        self._bases: list[int] = []
 
     def add(self, slot: Memslot, *, key: str = "memslot") -> None:
         """``KVM_SET_USER_MEMORY_REGION`` for a new slot; -EEXIST on overlap

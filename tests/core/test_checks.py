@@ -78,10 +78,12 @@ def host_pfn(s: Simulation, gpa: int) -> int:
     return pfn
 
 
-def leaf(gpa: int, pfn: int, *, writable: bool = True, noncached: bool = False,
-         seq: int = 0) -> Stage2Mapping:
-    return Stage2Mapping(gpa=gpa, size=PAGE, pfn=pfn, writable=writable, noncached=noncached,
-                         mmu_seq=seq)
+def leaf(
+    gpa: int, pfn: int, *, writable: bool = True, noncached: bool = False, seq: int = 0
+) -> Stage2Mapping:
+    return Stage2Mapping(
+        gpa=gpa, size=PAGE, pfn=pfn, writable=writable, noncached=noncached, mmu_seq=seq
+    )
 
 
 def test_healthy_state_is_silent(sim: tuple[Simulation, Crafted]) -> None:

@@ -44,15 +44,24 @@ def write(tmp_path: Path, text: str, name: str = "s.toml") -> str:
 def test_good_scenario_exits_0_and_json_has_the_contract(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(["run", write(tmp_path, GOOD), "--strategy", "generic_v4_16",
-                            "--json"], capsys)
+    code, out, _ = run_cli(
+        ["run", write(tmp_path, GOOD), "--strategy", "generic_v4_16", "--json"], capsys
+    )
     assert code == 0
     doc = json.loads(out)
     assert set(doc) >= {"scenario", "arch", "strategy", "passed", "steps", "verdicts"}
     assert doc["passed"] is True and doc["scenario"] == "cli-good"
     step = doc["steps"][0]
-    assert set(step) >= {"index", "do", "outcome", "pfn", "writable", "page_size", "verdicts",
-                         "expect_failures"}
+    assert set(step) >= {
+        "index",
+        "do",
+        "outcome",
+        "pfn",
+        "writable",
+        "page_size",
+        "verdicts",
+        "expect_failures",
+    }
     assert step["outcome"] == "mapped" and step["writable"] is True
     assert step["page_size"] == 65536 and isinstance(step["pfn"], int)
 
@@ -66,13 +75,19 @@ def test_failed_expectation_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 BAD_INPUTS = {
     "toml-syntax": (GOOD.replace('size = "1M"', 'size = "1M'), "s.toml"),
-    "unknown-key": (GOOD.replace('backing = "anon"', 'backing = "anon"\ncolour = 1'),
-                    "vma[0].colour"),
+    "unknown-key": (
+        GOOD.replace('backing = "anon"', 'backing = "anon"\ncolour = 1'),
+        "vma[0].colour",
+    ),
     "wrong-type": (GOOD.replace("gpa = 0x10000", 'gpa = "high"'), "step[0].gpa"),
-    "outside-vma": (GOOD + '\n[[step]]\ndo = "munmap"\nvma = "ram"\noffset = 0x200000\n',
-                    "step[1]"),
-    "memslot-missing-vma": (GOOD.replace('vma = "ram"\n[[step]]', 'vma = "rom"\n[[step]]'),
-                            "memslot[0].vma"),
+    "outside-vma": (
+        GOOD + '\n[[step]]\ndo = "munmap"\nvma = "ram"\noffset = 0x200000\n',
+        "step[1]",
+    ),
+    "memslot-missing-vma": (
+        GOOD.replace('vma = "ram"\n[[step]]', 'vma = "rom"\n[[step]]'),
+        "memslot[0].vma",
+    ),
     "unknown-device": (GOOD + '\n[[device]]\nkind = "nosuchdev"\n', "device[0].kind"),
     "unknown-step": (GOOD + '\n[[step]]\ndo = "teleport"\n', "step[1].do"),
     "memslot-not-page-aligned": (GOOD.replace("gpa = 0x0", "gpa = 0x1000"), "memslot[0].gpa"),
@@ -117,8 +132,9 @@ def test_bad_flags_and_names_exit_2_in_one_line(
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["run", str(tmp_path / "none.toml"), "--strategy", "generic_v4_16"],
-                           capsys)
+    code, _, err = run_cli(
+        ["run", str(tmp_path / "none.toml"), "--strategy", "generic_v4_16"], capsys
+    )
     assert code == 2 and "none.toml" in err
 
 
@@ -127,8 +143,9 @@ def test_trace_files_are_written_and_deterministic(
 ) -> None:
     path = write(tmp_path, GOOD)
     for name in ("a.jsonl", "b.jsonl", "c.json"):
-        assert main(["run", path, "--strategy", "generic_v4_16", "--trace",
-                     str(tmp_path / name)]) == 0
+        assert (
+            main(["run", path, "--strategy", "generic_v4_16", "--trace", str(tmp_path / name)]) == 0
+        )
     capsys.readouterr()
     a = (tmp_path / "a.jsonl").read_bytes()
     assert a == (tmp_path / "b.jsonl").read_bytes()
@@ -150,6 +167,7 @@ def test_plugins_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    r = subprocess.run([sys.executable, "-m", "kvmsim.cli", "plugins"], capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "kvmsim.cli", "plugins"], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0 and "ppc_radix" in r.stdout

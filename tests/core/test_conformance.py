@@ -1,5 +1,5 @@
 """Every entry point of every group loads, registers, passes check_pending,
-and (arches × strategies) runs the generic scenario; the dispatcher's direct
+and (every arch with every strategy) runs the generic scenario; the dispatcher's direct
 calls give exactly the traces pluggy's calls give."""
 
 from __future__ import annotations

@@ -52,8 +52,14 @@ def scenario_text(draw: st.DrawFn) -> str:
         sizes.append(size)
         prot = draw(st.sampled_from(["r", "rw", "rx", "rwx"]))
         shared = draw(st.booleans()) if backing != "pfnmap_fault" else True
-        lines += ["[[vma]]", f'name = "v{i}"', f"size = {size}", f'backing = "{backing}"',
-                  f'prot = "{prot}"', f"shared = {str(shared).lower()}"]
+        lines += [
+            "[[vma]]",
+            f'name = "v{i}"',
+            f"size = {size}",
+            f'backing = "{backing}"',
+            f'prot = "{prot}"',
+            f"shared = {str(shared).lower()}",
+        ]
         if huge:
             lines.append(f'huge = "{huge}"')
         if backing in ("pfnmap_linear", "pfnmap_fault", "mixedmap"):
@@ -67,8 +73,12 @@ def scenario_text(draw: st.DrawFn) -> str:
     slots = []
     for i in range(nv):
         if draw(st.booleans()) or i == 0:
-            lines += ["[[memslot]]", f"gpa = {gpa:#x}", f'vma = "v{i}"',
-                      f"readonly = {str(draw(st.booleans())).lower()}"]
+            lines += [
+                "[[memslot]]",
+                f"gpa = {gpa:#x}",
+                f'vma = "v{i}"',
+                f"readonly = {str(draw(st.booleans())).lower()}",
+            ]
             slots.append((gpa, sizes[i]))
             gpa += max(sizes[i], 0x200000) + 0x200000
     for _ in range(draw(st.integers(1, 6))):
@@ -76,13 +86,19 @@ def scenario_text(draw: st.DrawFn) -> str:
             i = draw(st.integers(0, nv - 1))
             kind = draw(st.sampled_from(HOST_STEPS))
             off = PAGE * draw(st.integers(0, sizes[i] // PAGE - 1))
-            lines += ["[[step]]", f'do = "{kind}"', f'vma = "v{i}"', f"offset = {off}",
-                      f"size = {PAGE}"]
+            lines += [
+                "[[step]]",
+                f'do = "{kind}"',
+                f'vma = "v{i}"',
+                f"offset = {off}",
+                f"size = {PAGE}",
+            ]
             if kind == "mprotect":
                 lines.append(f'prot = "{draw(st.sampled_from(["r", "rw"]))}"')
             if draw(st.booleans()):
-                point = draw(st.sampled_from(["after_hva_to_pfn", "before_create_pte",
-                                              "mmap_sem_dropped"]))
+                point = draw(
+                    st.sampled_from(["after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped"])
+                )
                 lines.append(f'at = "{point}"')
                 base, size = draw(st.sampled_from(slots))
                 lines += ["[[step]]", 'do = "access"', f"gpa = {base:#x}", 'op = "read"']
@@ -112,8 +128,23 @@ def test_random_valid_scenarios_run_to_completion(text: str, strategy: str) -> N
 @given(
     text=scenario_text(),
     cut=st.integers(0, 10_000),
-    junk=st.sampled_from(["", "=", '"', "[[step]]", "0x", "-1", "size = 0", "gpa = 7",
-                          'do = "access"', "op = 3", "\x00", "[vma]", "vma = 1"]),
+    junk=st.sampled_from(
+        [
+            "",
+            "=",
+            '"',
+            "[[step]]",
+            "0x",
+            "-1",
+            "size = 0",
+            "gpa = 7",
+            'do = "access"',
+            "op = 3",
+            "\x00",
+            "[vma]",
+            "vma = 1",
+        ]
+    ),
     strategy=st.sampled_from(STRATEGIES),
 )
 def test_mutated_scenarios_error_cleanly_or_run(
