@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from kvmsim.errors import KvmsimError, UsageError
-from kvmsim.scenario.model import StepKind
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -31,33 +30,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load(path: str) -> object:
-    from kvmsim.registry import discover
+    from kvmsim.registry import scenario_schema
     from kvmsim.scenario import load_scenario
 
-    kinds = discover()
-    return load_scenario(
-        path,
-        devices=sorted(kinds.get("device", {})),
-        step_kinds=_plugin_step_kinds(),
-    )
-
-
-def _plugin_step_kinds() -> dict[str, StepKind]:
-    """Step kinds every discovered arch and device plugin adds."""
-    from kvmsim.registry import discover, load
-
-    out: dict[str, StepKind] = {}
-    for kind in ("arch", "device"):
-        for entry in discover().get(kind, {}).values():
-            try:
-                plugin = load(entry)
-            except KvmsimError:
-                continue
-            fn = getattr(plugin, "step_kinds", None)
-            if fn is not None:
-                for sk in fn() or ():
-                    out[sk.name] = sk
-    return out
+    # plugin step kinds are the loader's default; devices are checked too
+    return load_scenario(path, devices=scenario_schema()[1])
 
 
 def _resolve_scenario(arg: str) -> str:
@@ -149,6 +126,26 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from kvmsim.report.commands import matrix_command
+
+    return matrix_command(args)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from kvmsim.report.commands import diff_command
+
+    return diff_command(args)
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from kvmsim.scaffold import write_skeleton
+
+    out = write_skeleton(args.kind, args.name, Path(args.output) if args.output else None)
+    print(f"wrote {args.kind} plugin {args.name!r} to {out}; next: pip install -e {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvmsim", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -165,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plugins)
     sc = sub.add_parser("scenarios", help="list builtin scenarios")
     sc.set_defaults(func=cmd_scenarios)
+    np_ = sub.add_parser("new-plugin", help="write a ready-to-install plugin skeleton")
+    np_.add_argument("kind", choices=("arch", "strategy", "device"), help="plugin kind")
+    np_.add_argument("name", help="plugin name (the entry-point name users type)")
+    np_.add_argument("--output", metavar="DIR", help="directory to create (default ./kvmsim-NAME)")
+    np_.set_defaults(func=cmd_new_plugin)
+    from kvmsim.report.commands import add_diff_arguments, add_matrix_arguments
+
+    mx = sub.add_parser("matrix", help="every scenario under every applicable arch and strategy")
+    add_matrix_arguments(mx)
+    mx.set_defaults(func=cmd_matrix)
+    df = sub.add_parser("diff", help="two strategies' decision traces side by side")
+    add_diff_arguments(df)
+    df.set_defaults(func=cmd_diff)
     return p
 
 

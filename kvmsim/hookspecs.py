@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         Translation,
     )
     from kvmsim.kvm.core import Kvm
-    from kvmsim.scenario.model import DeviceSpec, StepKind, StepSpec, VmaSpec
+    from kvmsim.scenario.model import DeviceKind, DeviceSpec, StepKind, StepSpec, VmaSpec
 
 PROJECT = "kvmsim"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -178,6 +178,29 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookspec
+def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
+    """Age the stage-2 entries over host virtual addresses ``[start, end)``:
+    clear their accessed (R) bits and say whether any was set.
+
+    Implemented by: arch plugins that model ageing; optional (an arch that
+    does not implement it is never young).
+    Called: by the core's MMU-notifier subscriber from ``clear_young``
+    (reclaim, page_idle, khugepaged; L.4), under ``kvm.mmu_lock``.  The guest's
+    next access to an aged entry takes a fault that sets R again (POWER9
+    radix: SET_RC).
+    Models: ``kvm_age_hva`` (``kvm_age_radix`` per gfn on ppc radix,
+    ``kvm_age_rmapp`` on x86).
+
+    :param kvm: the VM.
+    :param start: first host virtual address of the range.
+    :param end: first address past the range.
+    :returns: true if any entry in the range was young.
+
+    broadcast
+    """
+
+
+@hookspec
 def notifier_change_pte(kvm: Kvm, hva: int, pte: int) -> None:
     """A host PTE changed in place (COW break, KSM merge).
 
@@ -300,6 +323,21 @@ def device_info() -> DeviceInfo:
     Models: nothing.
 
     :returns: a :class:`~kvmsim.hooktypes.DeviceInfo`.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def device_kind() -> DeviceKind:
+    """Declare the keys this device accepts in a ``[[device]]`` table and in
+    ``device_reset`` steps, so the scenario loader can check them.
+
+    Implemented by: device plugins that take keys beyond ``kind``.
+    Called: when a scenario is loaded (once per process; the result is cached).
+    Models: nothing.
+
+    :returns: a :class:`kvmsim.scenario.model.DeviceKind` named as the device.
 
     firstresult
     """

@@ -232,7 +232,15 @@ class MmioResult:
 
 @frozen(kw_only=True)
 class StepResult:
-    """The result of a plugin-provided scenario step."""
+    """The result of a plugin-provided scenario step.
+
+    :param outcome: the step's outcome for the report (``done`` when None).
+    :param detail: a few words for the report.
+    :param expect_failures: expectations of the step's own keys that did not
+        hold (for example an hcall's ``expect_ret``), one sentence each; the
+        runner adds them to the step's expectation failures.
+    """
 
     outcome: str | None = None
     detail: str = ""
+    expect_failures: tuple[str, ...] = ()

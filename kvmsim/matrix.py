@@ -43,7 +43,7 @@ from typing import Any, Final
 
 from attrs import define, field, frozen
 
-from kvmsim.errors import KvmsimError, PluginError, UsageError
+from kvmsim.errors import KvmsimError, ScenarioError, UsageError
 
 __all__ = [
     "STATUSES",
@@ -582,9 +582,7 @@ def run(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-            futures = [
-                pool.submit(run_batch, b, trace, trace_cap) for b in _batches(cells, jobs)
-            ]
+            futures = [pool.submit(run_batch, b, trace, trace_cap) for b in _batches(cells, jobs)]
             for fut in as_completed(futures):
                 done = fut.result()
                 results.extend(done)
@@ -605,9 +603,7 @@ def _run_dask(
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise UsageError(
-            "--scheduler needs dask.distributed: pip install 'kvmsim[dask]'"
-        ) from None
+        raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
     try:
         client = Client(scheduler, timeout=10)
     except (OSError, TimeoutError) as exc:
@@ -616,9 +612,7 @@ def _run_dask(
     try:
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         batches = _batches(cells, max(jobs, nworkers))
-        futures = client.map(
-            run_batch, batches, trace=trace, trace_cap=trace_cap, pure=False
-        )
+        futures = client.map(run_batch, batches, trace=trace, trace_cap=trace_cap, pure=False)
         for fut in as_completed(futures):
             done = fut.result()
             results.extend(done)
@@ -643,7 +637,7 @@ def find_entry(name: str) -> ScenarioEntry:
     for e in entries:
         if e.name == name:
             if e.error:
-                raise PluginError(f"scenario {name!r} cannot be loaded: {e.error}")
+                raise ScenarioError(f"scenario {name!r} cannot be loaded: {e.error}")
             return e
     import difflib
 

@@ -46,12 +46,14 @@ class PluginEntry:
 
 
 _cache: dict[str, dict[str, PluginEntry]] | None = None
+_schema_cache: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 def reset_cache() -> None:
     """Forget what was discovered (tests that add distributions at run time)."""
-    global _cache
+    global _cache, _schema_cache
     _cache = None
+    _schema_cache = None
 
 
 def _dist_of(ep: EntryPoint) -> tuple[str, str]:
@@ -132,9 +134,18 @@ def _new_manager() -> pluggy.PluginManager:
 
 
 def info_of(kind: str, plugin: ModuleType | object) -> Any:
-    """Call one plugin's info hook (``arch_info``...) on that plugin alone."""
+    """Call one plugin's info hook (``arch_info``...) on that plugin alone.
+
+    :raises PluginError: the plugin's hookimpls do not match the specs (a
+        misspelled hook, a wrong argument), named with the plugin.
+    """
     pm = _new_manager()
-    pm.register(plugin)
+    name = getattr(plugin, "__name__", None) or type(plugin).__name__
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{kind} plugin {name!r} is invalid: {exc}") from None
     return getattr(pm.hook, INFO_HOOK[kind])()
 
 
@@ -147,6 +158,32 @@ def validate(plugin: object, name: str) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name!r} is invalid: {exc}") from None
+
+
+def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """What plugins add to the scenario schema: ``(step_kinds, device_kinds)``,
+    by name, from every discovered arch and device plugin (``step_kinds`` and
+    ``device_kind`` hooks).  Plugins that fail to load add nothing here; they
+    are reported when selected.  Cached with the discovery."""
+    global _schema_cache
+    if _schema_cache is None:
+        steps: dict[str, Any] = {}
+        devices: dict[str, Any] = {}
+        for kind in ("arch", "device"):
+            for name, entry in sorted(discover().get(kind, {}).items()):
+                try:
+                    plugin = load(entry)
+                except PluginError:
+                    continue
+                pm = _new_manager()
+                pm.register(plugin)
+                for kinds in pm.hook.step_kinds():
+                    for sk in kinds or ():
+                        steps[sk.name] = sk
+                if kind == "device":
+                    devices[name] = pm.hook.device_kind() or name
+        _schema_cache = (steps, devices)
+    return _schema_cache
 
 
 def describe_all() -> list[dict[str, Any]]:

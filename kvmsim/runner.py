@@ -166,6 +166,7 @@ class Simulation:
         )
         self.kvm.nr_vcpus = 1 + max((s.vcpu for s in scenario.steps), default=0)
         self._vmas: dict[str, Any] = {}
+        self._step_result: StepResult | None = None  # what the last plugin step returned
         self._seen: set[tuple[str, Any]] = set()
         self._setup()
 
@@ -297,10 +298,12 @@ class Simulation:
                     r = self.hooks.hook.device_step(kvm=kvm, step=step)
                     if r is None:
                         raise self._err("no device handled this step", f"step[{step.index}].do")
+                    self._step_result = r
                 else:
                     r = self.hooks.hook.arch_step(kvm=kvm, vcpu=step.vcpu, step=step)
                     if r is None:
                         raise self._err(f"no plugin handles step {do!r}", f"step[{step.index}].do")
+                    self._step_result = r
             finally:
                 mm.current = prev
 
@@ -361,8 +364,15 @@ class Simulation:
                             self.mm.race_points.pop(point)()
                     pending.clear()
                 else:
+                    self._step_result = None
                     self._host_event(step)()
-                    report.outcome = "done"
+                    # a plugin step may report its own outcome, detail and
+                    # failed expectations (an hcall's expect_ret)
+                    res = self._step_result
+                    report.outcome = res.outcome if res is not None and res.outcome else "done"
+                    if res is not None:
+                        report.detail = res.detail or report.detail
+                        report.expect_failures.extend(res.expect_failures)
             except KernelOops as exc:
                 report.outcome = "oops"
                 report.detail = str(exc)

@@ -476,7 +476,8 @@ def faultin_page(
 
     FOLL_NOWAIT gives ALLOW_RETRY|RETRY_NOWAIT: a VM_FAULT_RETRY then comes
     back without ``mmap_sem`` dropped.  VM_FAULT_RETRY → -EBUSY (and
-    ``*nonblocking = 0``); VM_FAULT_ERROR → ``vm_fault_to_errno``.
+    ``*nonblocking = 0`` unless RETRY_NOWAIT kept the lock); VM_FAULT_ERROR →
+    ``vm_fault_to_errno``.
     """
     fault_flags = 0
     if flags & FOLL_WRITE:
@@ -496,7 +497,8 @@ def faultin_page(
         BUG_ON(not err, "faultin_page: VM_FAULT_ERROR without an errno")
         return err, flags
     if ret & VM_FAULT_RETRY:
-        if nonblocking is not None:
+        # with RETRY_NOWAIT the fault kept mmap_sem: the caller still holds it
+        if nonblocking is not None and not fault_flags & FAULT_FLAG_RETRY_NOWAIT:
             nonblocking[0] = False
         if tr.enabled:
             tr.emit("faultin_page", address=address, fault=ret, ret=-EBUSY)

@@ -8,6 +8,25 @@ what was expected there; nothing else ever escapes, whatever the input
 Checks run in file order, and within a table unknown keys are reported before
 missing ones, because a misspelt key is the usual cause of a missing one and
 the unknown-key message suggests the right spelling.
+
+Known defects (``[[known]]``)
+-----------------------------
+A scenario's ``expect`` tables say what a *correct* kernel does.  A strategy
+that reproduces an old kernel's bug fails them; ``[[known]]`` records how, so
+``kvmsim matrix`` can tell a reproduced historical bug (``kfail``) from a
+simulator regression (``fail``)::
+
+    [[known]]
+    strategy = "generic_v4_16"       # the strategy's entry-point name
+    arch = "x86_ept"                 # optional: only on this arch (default: every arch)
+    verdicts = ["refcount_leak"]     # exactly the checker verdicts the run produces ([] allowed)
+    outcomes = { 2 = "livelock" }    # optional: step index -> what that step ended in
+    failures = { 2 = ["outcome"] }   # optional: step index -> the expect keys that fail there
+    reason = "L.1: kvm_release_pfn_clean skips the PG_reserved zero page, leaking gup's ref"
+
+``verdicts`` and ``reason`` are required; one record per (strategy, arch).
+``outcomes`` values are access outcomes or ``done`` / ``armed`` / ``none``
+(a step not run after an oops).  A record with ``arch`` wins over one without.
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ from kvmsim.scenario.model import (
     CORE_STEP_KEYS,
     EXPECT_KEYS,
     FRAME_WORDS,
+    KNOWN_STEP_OUTCOMES,
     OPS,
     OUTCOMES,
     PFN_BACKINGS,
@@ -39,6 +59,7 @@ from kvmsim.scenario.model import (
     DeviceSpec,
     Expect,
     FieldType,
+    KnownDefect,
     MemslotSpec,
     Scenario,
     StepKind,
@@ -84,7 +105,8 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
     }
 )
 
-_TOP_KEYS: Final = ("name", "description", "arch", "vma", "memslot", "device", "step")
+_TOP_KEYS: Final = ("name", "description", "arch", "vma", "memslot", "device", "step", "known")
+_KNOWN_KEYS: Final = ("strategy", "arch", "verdicts", "outcomes", "failures", "reason")
 _VMA_KEYS: Final = (
     "name",
     "size",
@@ -283,7 +305,8 @@ def load_scenario(
 
     :param devices: the device kinds available (device plugin names); when
         given, ``[[device]]`` kinds and device-backed vmas must be among them.
-    :param step_kinds: extra step kinds provided by plugins, by name.
+    :param step_kinds: extra step kinds provided by plugins, by name; by
+        default those of every installed plugin (``{}`` for none).
     :param arches: the arch names available; when given, ``arch`` must be one.
     :raises ScenarioError: the file cannot be read or is not a valid scenario.
     """
@@ -351,6 +374,7 @@ def parse_scenario(
         {d.kind for d in device_specs},
         _device_kinds(devices),
     )
+    known = _known(r, r.tables(doc, "known"), arch, steps)
     return Scenario(
         name=name,
         description=description,
@@ -360,10 +384,110 @@ def parse_scenario(
         devices=device_specs,
         steps=steps,
         source=source,
+        known=known,
     )
 
 
+def _known(
+    r: _Reader,
+    tables: list[Mapping[str, object]],
+    arch: str | None,
+    steps: tuple[StepSpec, ...],
+) -> tuple[KnownDefect, ...]:
+    """The ``[[known]]`` records (see the module docstring)."""
+    out: list[KnownDefect] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for i, t in enumerate(tables):
+        path = f"known[{i}]"
+        r.check_keys(t, path, _KNOWN_KEYS, required=("strategy", "verdicts", "reason"))
+        strategy = r.name(f"{path}.strategy", t["strategy"])
+        karch = r.name(f"{path}.arch", t["arch"]) if "arch" in t else None
+        if karch is not None and arch is not None and karch != arch:
+            r.fail(
+                f"{path}.arch",
+                f"the scenario runs only on {arch!r}",
+                f"no arch, or arch = {arch!r}",
+                karch,
+            )
+        if (strategy, karch) in seen:
+            r.fail(
+                f"{path}.strategy",
+                f"a record for this strategy and arch is already at known[{seen[strategy, karch]}]",
+                "one [[known]] per (strategy, arch)",
+                strategy,
+            )
+        seen[strategy, karch] = i
+        raw = t["verdicts"]
+        if not isinstance(raw, list):
+            r.fail(f"{path}.verdicts", "wrong type", "an array of verdict names", raw)
+        verdicts = [
+            r.enum(f"{path}.verdicts[{j}]", v, VERDICTS, "verdict") for j, v in enumerate(raw)
+        ]
+        reason = r.str_(f"{path}.reason", t["reason"]).strip()
+        if not reason:
+            r.fail(f"{path}.reason", "empty", "the kernel semantics the defect follows from")
+        outcomes: list[tuple[int, str]] = []
+        if "outcomes" in t:
+            for key, value in r.table(f"{path}.outcomes", t["outcomes"]).items():
+                step = _step_key(r, f"{path}.outcomes", key, steps)
+                outcomes.append(
+                    (
+                        step,
+                        r.enum(
+                            f"{path}.outcomes.{_keyname(key)}",
+                            value,
+                            KNOWN_STEP_OUTCOMES,
+                            "outcome",
+                        ),
+                    )
+                )
+        failures: list[tuple[int, tuple[str, ...]]] = []
+        if "failures" in t:
+            for key, value in r.table(f"{path}.failures", t["failures"]).items():
+                step = _step_key(r, f"{path}.failures", key, steps)
+                if not isinstance(value, list):
+                    r.fail(
+                        f"{path}.failures.{_keyname(key)}",
+                        "wrong type",
+                        "an array of expect keys",
+                        value,
+                    )
+                names = [
+                    r.enum(f"{path}.failures.{_keyname(key)}[{j}]", v, EXPECT_KEYS, "expect key")
+                    for j, v in enumerate(value)
+                ]
+                failures.append((step, tuple(sorted(set(names)))))
+        out.append(
+            KnownDefect(
+                strategy=strategy,
+                arch=karch,
+                verdicts=tuple(sorted(set(verdicts))),
+                outcomes=tuple(sorted(outcomes)),
+                failures=tuple(sorted(failures)),
+                reason=reason,
+            )
+        )
+    return tuple(out)
+
+
+def _step_key(r: _Reader, path: str, key: str, steps: tuple[StepSpec, ...]) -> int:
+    """A ``known.outcomes`` / ``known.failures`` key: a step index, as TOML text."""
+    if not key.isdigit() or int(key) >= len(steps):
+        r.fail(
+            f"{path}.{_keyname(key)}",
+            "not a step index",
+            f"an index from 0 to {len(steps) - 1}" if steps else "no steps to name",
+            key,
+        )
+    return int(key)
+
+
 def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
+    if extra is None:
+        # by default, the step kinds of every installed arch and device plugin
+        from kvmsim.registry import scenario_schema
+
+        extra = scenario_schema()[0]
     if not extra:
         return CORE_STEP_KINDS
     for name, kind in extra.items():

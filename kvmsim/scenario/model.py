@@ -228,6 +228,38 @@ class StepSpec:
     params: Params = field(factory=Params, converter=_to_params)
 
 
+#: What a recorded known defect may say a step ended in
+#: (``known.outcomes``): an access outcome, or a host event's ``done``,
+#: ``armed`` (a race event waiting for the next fault) or ``none`` (not run,
+#: because the kernel had already oopsed or deadlocked).
+KNOWN_STEP_OUTCOMES: Final = (*OUTCOMES, "done", "armed", "none")
+
+
+@frozen
+class KnownDefect:
+    """A strategy's recorded historical defect on this scenario (``[[known]]``).
+
+    The scenario's expectations say what a correct kernel does; a strategy
+    that reproduces an old kernel's bug fails them.  This record says how it
+    fails, so the matrix can tell "wrong here, as the old kernel was" (kfail)
+    from a simulator regression (fail).  A run matches the record when it
+    did not pass, the set of checker verdicts it produced equals
+    *verdicts*, every step in *outcomes* ended in that outcome, and every
+    step in *failures* failed exactly those ``expect`` keys.
+    """
+
+    strategy: str
+    arch: str | None  # None: on every arch the scenario runs on
+    verdicts: tuple[str, ...]  # sorted, each in VERDICTS
+    outcomes: tuple[tuple[int, str], ...] = ()  # (step index, KNOWN_STEP_OUTCOMES), sorted
+    failures: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (step, sorted EXPECT_KEYS)
+    reason: str = ""  # the kernel semantics it follows from
+
+    def applies(self, strategy: str, arch: str) -> bool:
+        """This record is about *strategy* on *arch*."""
+        return self.strategy == strategy and (self.arch is None or self.arch == arch)
+
+
 @frozen
 class Scenario:
     """A whole scenario file, validated."""
@@ -240,6 +272,12 @@ class Scenario:
     devices: tuple[DeviceSpec, ...]
     steps: tuple[StepSpec, ...]
     source: str  # the file name errors were (and would be) reported against
+    known: tuple[KnownDefect, ...] = ()  # recorded defects of strategies, [[known]]
+
+    def known_for(self, strategy: str, arch: str) -> tuple[KnownDefect, ...]:
+        """The recorded defects of *strategy* on *arch* (most specific first)."""
+        found = [k for k in self.known if k.applies(strategy, arch)]
+        return tuple(sorted(found, key=lambda k: k.arch is None))
 
     def vma(self, name: str) -> VmaSpec:
         """Return the vma called *name* (``KeyError`` if none)."""

@@ -1,12 +1,18 @@
 """POWER9 radix (partition-scoped) MMU under KVM HV, with the fault handler
-of v4.15, v4.16 or v4.17 as the selected strategy names."""
+of v4.15, v4.16 or v4.17 as the selected strategy names.
+
+Two arch entry points share this code: ``ppc_radix`` (64K base pages, as
+ppc64 distributions build) and ``ppc_radix_4k`` (:mod:`.radix4k`, 4K base
+pages).  Stage-2 leaves: the base page, 2M (PMD) and 1G (PUD; v4.17 only);
+a 52-bit guest real address space.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_radix import handler, mmu
-from kvmsim_plugins.ppc_radix.tree import PMD_SIZE, PUD_SIZE
+from kvmsim_plugins.ppc_radix.tree import GPA_BITS, PMD_SIZE, PUD_SIZE
 
 from kvmsim import hookimpl
 from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
@@ -18,24 +24,48 @@ if TYPE_CHECKING:
 NAME = "ppc_radix"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
 VERSIONS = ("v4.15", "v4.16", "v4.17")
+DEFAULT_VERSION = "v4.17"
+
+
+def make_arch_info(name: str, page_shift: int) -> ArchInfo:
+    """The identity card of a radix arch entry point with this base page size."""
+    kb = (1 << page_shift) >> 10
+    return ArchInfo(
+        name=name,
+        description=(
+            f"POWER9 radix partition-scoped MMU (KVM HV), {kb}K base pages, "
+            f"{GPA_BITS}-bit guest real addresses; fault handler v4.15/v4.16/v4.17"
+        ),
+        page_shift=page_shift,
+        page_sizes=(1 << page_shift, PMD_SIZE, PUD_SIZE),
+    )
+
+
+def init_state(kvm: Kvm, names: tuple[str, ...]) -> mmu.RadixState:
+    """``kvmppc_init_vm_radix``: an empty tree, and the handler version the
+    strategy selects under the first of ``names`` it lists (else its default)."""
+    handlers = kvm.strategy.handlers
+    version = next((handlers[n] for n in names if handlers.get(n)), "") or kvm.handler
+    version = version or DEFAULT_VERSION
+    if version not in VERSIONS:
+        from kvmsim.errors import PluginError
+
+        raise PluginError(
+            f"{names[0]} has no fault handler version {version!r} "
+            f"(strategy {kvm.strategy.name!r}); it has {', '.join(VERSIONS)}"
+        )
+    kvm.handler = version
+    return mmu.RadixState(kvm.page_shift, version)
 
 
 @hookimpl
 def arch_info() -> ArchInfo:
-    return ArchInfo(
-        name=NAME,
-        description="POWER9 radix partition-scoped MMU (KVM HV), fault handler v4.15/v4.16/v4.17",
-        page_shift=PAGE_SHIFT,
-        page_sizes=(1 << PAGE_SHIFT, PMD_SIZE, PUD_SIZE),
-    )
+    return make_arch_info(NAME, PAGE_SHIFT)
 
 
 @hookimpl
 def arch_init(kvm: Kvm) -> Any:
-    version = kvm.handler or "v4.17"
-    if version not in VERSIONS:
-        raise ValueError(f"ppc_radix has no fault handler version {version!r}; it has {VERSIONS}")
-    return mmu.RadixState(kvm.page_shift, version)
+    return init_state(kvm, (NAME,))
 
 
 @hookimpl
@@ -56,6 +86,11 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
 @hookimpl
 def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
     mmu.unmap_hva_range(kvm, start, end)
+
+
+@hookimpl
+def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
+    return mmu.age_hva_range(kvm, start, end)
 
 
 @hookimpl

@@ -54,10 +54,15 @@ def _ret(ret: int, detail: str = "") -> FaultResult:
 
 
 def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
-    """Entry point: the prologue every version shares (steps 1-4 of B.2)."""
+    """``kvmppc_book3s_radix_page_fault``, entry: the prologue every version
+    shares (steps 1-4 of B.2), then the selected version's body."""
     st: RadixState = kvm.arch
     tr = kvm.tracer
-    dsisr = fault.code
+    # kvmppc_handle_exit_hv: an HDSI passes the HDSISR on; an HISI
+    # (H_INST_STORAGE) sets fault_dar = pc and fault_dsisr = 0, dropping the
+    # HSRR1 cause (v4.15.1, v4.16.13, v4.17 book3s_hv.c).  So an instruction
+    # fetch reaches the handler as a plain read miss: no SET_RC fast path.
+    dsisr = 0 if fault.kind == "hisi" else fault.code
     ea = fault.ea
     if tr.enabled:
         tr.emit(

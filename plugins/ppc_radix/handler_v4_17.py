@@ -33,10 +33,11 @@ from kvmsim.kvm.pfn import gfn_to_hva_memslot, is_error_noslot_pfn, pfn_name
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
 
 
 def fault_v4_17(
-    kvm: Kvm, vcpu: int, st: RadixState, dsisr: int, gpa: int, gfn: int, ea: int, slot: object
+    kvm: Kvm, vcpu: int, st: RadixState, dsisr: int, gpa: int, gfn: int, ea: int, slot: Memslot
 ) -> FaultResult:
     """C.1: the handler after 31c8b0d0694a and its v4.17 neighbours."""
     tr = kvm.tracer
@@ -44,7 +45,7 @@ def fault_v4_17(
     ps = kvm.page_shift
     writing = bool(dsisr & DSISR_ISSTORE)
     upgrade_ok = True  # upgrade_p != NULL
-    if slot.readonly:  # type: ignore[attr-defined]
+    if slot.readonly:
         if writing:
             st.dsi_queued += 1
             return FaultResult(
@@ -67,7 +68,7 @@ def fault_v4_17(
         if not dsisr & (DSISR_BAD_FAULT_64S | DSISR_NOHPTE | DSISR_PROTFAULT | DSISR_SET_RC):
             return _ret(RESUME_GUEST, "SET_RC")
     mmu_seq = kvm.mmu_notifier_seq
-    hva = gfn_to_hva_memslot(slot, gfn, ps)  # type: ignore[arg-type]
+    hva = gfn_to_hva_memslot(slot, gfn, ps)
     upgrade_write = False
     pages: list[int] = []
     if upgrade_ok and gup.__get_user_pages_fast(kvm.mm, hva, 1, 1, pages) == 1:
@@ -82,7 +83,7 @@ def fault_v4_17(
             gfn,
             vcpu=vcpu,
             atomic=False,
-            async_=False,  # type: ignore[arg-type]
+            async_=False,
             write_fault=writing,
             writable=upgrade_ok,
         )

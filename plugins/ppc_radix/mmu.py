@@ -24,11 +24,16 @@ from kvmsim_plugins.ppc_radix.dsisr import (
     DSISR_NOHPTE,
     DSISR_PROTFAULT,
     DSISR_SET_RC,
+    SRR1_ISI_N_OR_G,
+    SRR1_ISI_NOPT,
 )
 from kvmsim_plugins.ppc_radix.tree import (
+    PGD_INDEX_MASK,
     PGD_SHIFT,
     PMD_SHIFT,
+    PMD_SIZE,
     PUD_SHIFT,
+    PUD_SIZE,
     RadixTree,
     Table,
     is_leaf,
@@ -39,6 +44,7 @@ from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
 from kvmsim.host.constants import (
     PTE_DIRTY,
     PTE_EXEC,
+    PTE_GUARDED,
     PTE_LEAF,
     PTE_NONCACHED,
     PTE_PFN_SHIFT,
@@ -64,69 +70,73 @@ class RadixState:
 
 
 def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
-    """The partition-scoped walk as POWER9 does it (L.2): an invalid entry →
-    NOHPTE; a leaf that does not allow the access → PROTFAULT; R (or C on a
-    store) clear → SET_RC; ISSTORE added for a store."""
+    """The partition-scoped walk as POWER9 does it (L.2).
+
+    Data side (HDSI, the HDSISR bits): an invalid entry anywhere → NOHPTE; a
+    present leaf that does not allow the access (store without write, load
+    without read or write) → PROTFAULT; R clear, or C clear on a store →
+    SET_RC (POWER9 does not set R/C itself); ISSTORE added for a store.
+    Instruction side (HISI, the cause in HSRR1): invalid → SRR1_ISI_NOPT; no
+    execute permission or guarded storage → SRR1_ISI_N_OR_G; R clear →
+    SET_RC.  Checks go validity, then permission, then R/C.
+
+    One dict lookup per level at most; no allocation on a hit but the result.
+    """
     tree: RadixTree = kvm.arch.tree
-    pud = tree.pgd.get(gpa >> PGD_SHIFT)
     pte = 0
     shift = 0
+    pud = tree.pgd.get((gpa >> PGD_SHIFT) & PGD_INDEX_MASK)
     if pud is not None:
-        assert isinstance(pud, dict)
-        e = pud.get((gpa >> PUD_SHIFT) & 511)
-        if isinstance(e, int):
-            pte, shift = e, PUD_SHIFT
+        e = pud.get((gpa >> PUD_SHIFT) & 511)  # type: ignore[union-attr]
+        if e.__class__ is int:
+            pte, shift = e, PUD_SHIFT  # type: ignore[assignment]
         elif e is not None:
-            e2 = e.get((gpa >> PMD_SHIFT) & 511)
-            if isinstance(e2, int):
-                pte, shift = e2, PMD_SHIFT
+            e2 = e.get((gpa >> PMD_SHIFT) & 511)  # type: ignore[union-attr]
+            if e2.__class__ is int:
+                pte, shift = e2, PMD_SHIFT  # type: ignore[assignment]
             elif e2 is not None:
-                v = e2.get((gpa >> tree.page_shift) & ((1 << tree.pte_bits) - 1), 0)
-                assert isinstance(v, int)
-                pte, shift = v, tree.page_shift
+                ps = tree.page_shift
+                pte = e2.get((gpa >> ps) & tree.pte_mask, 0)  # type: ignore[union-attr,assignment]
+                shift = ps
+    if op == "exec":
+        if not pte & PTE_PRESENT:
+            code = SRR1_ISI_NOPT
+        elif not pte & PTE_EXEC or pte & PTE_GUARDED:
+            code = SRR1_ISI_N_OR_G
+        elif not pte & PTE_YOUNG:
+            code = DSISR_SET_RC
+        else:
+            return _hit(tree, gpa, pte, shift)
+        return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=code, kind="hisi"))
     store = op == "write"
     if not pte & PTE_PRESENT:
         code = DSISR_NOHPTE
-    elif (
-        (store and not pte & PTE_WRITE)
-        or (op == "exec" and not pte & PTE_EXEC)
-        or (op == "read" and not pte & (PTE_READ | PTE_WRITE))
-    ):
+    elif (store and not pte & PTE_WRITE) or not pte & (PTE_READ | PTE_WRITE):
         code = DSISR_PROTFAULT
     elif not pte & PTE_YOUNG or (store and not pte & PTE_DIRTY):
         code = DSISR_SET_RC
     else:
-        pfn = (pte >> PTE_PFN_SHIFT) + ((gpa & ((1 << shift) - 1)) >> tree.page_shift)
-        return Translation(
-            pfn=pfn,
-            page_size=1 << shift,
-            writable=bool(pte & PTE_WRITE),
-            noncached=bool(pte & PTE_NONCACHED),
-        )
+        return _hit(tree, gpa, pte, shift)
     if store:
         code |= DSISR_ISSTORE
-    kind = "hisi" if op == "exec" else "hdsi"
-    return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=code, kind=kind))
+    return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=code, kind="hdsi"))
 
 
-def _clear_leaf(table: Table, idx: int, version: str) -> int:
-    """``kvmppc_radix_update_pte`` + tlbie: v4.17 clears the whole entry,
-    earlier versions only _PAGE_PRESENT.  Returns the old value."""
-    old = table.get(idx, 0)
-    assert isinstance(old, int)
-    if version in ("v4.15", "v4.16"):
-        table[idx] = old & ~PTE_PRESENT
-    else:
-        table.pop(idx, None)
-    return old
+def _hit(tree: RadixTree, gpa: int, pte: int, shift: int) -> Translation:
+    pfn = (pte >> PTE_PFN_SHIFT) + ((gpa & ((1 << shift) - 1)) >> tree.page_shift)
+    return Translation(
+        pfn=pfn,
+        page_size=1 << shift,
+        writable=bool(pte & PTE_WRITE),
+        noncached=bool(pte & PTE_NONCACHED),
+    )
 
 
 def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     """``kvmppc_create_pte``: install ``pte`` for ``gpa`` at ``level`` under
-    ``mmu_lock`` after the ``mmu_notifier_retry`` check."""
+    ``mmu_lock`` after the ``mmu_notifier_retry`` check (B.4, C.1 step 8)."""
     st: RadixState = kvm.arch
     tree = st.tree
-    version = st.version
     task = kvm.mm.current
     tr = kvm.tracer
     kvm.mmu_lock.lock(task)
@@ -144,8 +154,11 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                     mmu_notifier_count=kvm.mmu_notifier_count,
                 )
             return -EAGAIN
-        ret = _install(tree, gpa, pte | PTE_LEAF, level, version)
-        if ret == 0:
+        ret = _install(tree, gpa, pte | PTE_LEAF, level, st.version)
+        installed = ret == 0
+        if ret == _SAME:  # v4.17: "someone else set the same thing": 0, nothing written
+            ret = 0
+        if installed:
             leaf_shift = (tree.page_shift, PMD_SHIFT, PUD_SHIFT)[level]
             tree.seqs[gpa & ~((1 << leaf_shift) - 1)] = mmu_seq
         if tr.enabled:
@@ -156,6 +169,7 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                 pfn=hex(pte >> PTE_PFN_SHIFT),
                 write=bool(pte & PTE_WRITE),
                 ret=ret,
+                installed=installed,
                 mmu_seq=mmu_seq,
             )
         return ret
@@ -163,63 +177,90 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         kvm.mmu_lock.unlock(task)
 
 
+_SAME = 1  # _install's private result: the same leaf is already there
+
+
 def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> int:
-    pud = tree.pgd.setdefault(gpa >> PGD_SHIFT, {})
+    """The part of ``kvmppc_create_pte`` under the lock.  Returns 0 (a leaf
+    was written), ``_SAME`` (v4.17 found the identical leaf), ``-EAGAIN``
+    (v4.15: a large pmd is there) or ``-EBUSY`` (v4.15/v4.16: a pte page is
+    in the way of a 2M leaf)."""
+    v417 = version not in ("v4.15", "v4.16")
+    pgd = tree.pgd
+    gi = (gpa >> PGD_SHIFT) & PGD_INDEX_MASK
+    pud = pgd.get(gi)
+    if pud is None:
+        pud = pgd[gi] = {}
     assert isinstance(pud, dict)
     ui = (gpa >> PUD_SHIFT) & 511
+    pud_base = gpa & ~(PUD_SIZE - 1)
     e = pud.get(ui)
     if isinstance(e, int):
-        # a 1G leaf (only v4.17 makes them)
+        # pud_huge: only v4.17 makes 1G leaves, and its unmap zeroes the
+        # whole entry, so this is a valid 1G leaf.
         if level == 2 and e == pte:
-            return 0
-        pud.pop(ui)
+            return _SAME
+        pud.pop(ui)  # remove it (tlbie; dirty map)
+        tree.forget(pud_base, e, PUD_SHIFT)
         e = None
     if level == 2:
-        # v4.17: a pmd table in the way is freed and replaced
+        if e is not None:
+            # a pmd table in the way: v4.17 clears the pud, flushes the page
+            # walk cache and frees the table (every leaf under it goes)
+            tree.forget(pud_base, e, PUD_SHIFT)
         pud[ui] = pte
         return 0
     if e is None:
         e = pud[ui] = {}
     pmd: Table = e
     mi = (gpa >> PMD_SHIFT) & 511
+    pmd_base = gpa & ~(PMD_SIZE - 1)
     e2 = pmd.get(mi)
     if is_leaf(e2):
         if version == "v4.15":
-            return -EAGAIN  # pmd_large: "someone else" put a large page here
+            # pmd_large() is true for any entry with _PAGE_PTE, even one a
+            # v4.15 unmap left non-present: "someone else put a large page here"
+            return -EAGAIN
         assert isinstance(e2, int)
-        if version != "v4.16" and level == 1 and e2 == pte:
-            return 0
-        pmd.pop(mi)  # remove the existing 2M leaf, tlbie
+        if v417 and level == 1 and e2 == pte:
+            return _SAME
+        pmd.pop(mi)  # remove the existing 2M leaf (clear all bits, tlbie)
+        tree.forget(pmd_base, e2, PMD_SHIFT)
         e2 = None
+    elif level == 1 and e2 is not None and not v417:
+        return -EBUSY  # a page-table page is in the way: the caller retries small
     if level == 1:
         if e2 is not None:
-            if version in ("v4.15", "v4.16"):
-                return -EBUSY  # a page-table page is in the way: caller retries at 4K/64K
-            # v4.17 frees the page-table page and installs the large leaf
+            # v4.17: the pte page is cleared from the pmd and freed
+            tree.forget(pmd_base, e2, PMD_SHIFT)
         pmd[mi] = pte
         return 0
     if e2 is None:
         e2 = pmd[mi] = {}
     assert isinstance(e2, dict)
-    pi = (gpa >> tree.page_shift) & ((1 << tree.pte_bits) - 1)
+    pi = (gpa >> tree.page_shift) & tree.pte_mask
     old = e2.get(pi, 0)
     assert isinstance(old, int)
     if old & PTE_PRESENT:
-        if version not in ("v4.15", "v4.16") and old == pte:
-            return 0
-        # invalidate the old PTE (clear PRESENT, tlbie) before setting the new one
+        if v417 and old == pte:
+            return _SAME
+        # the old PTE is invalidated (clear PRESENT, tlbie, mark_page_dirty
+        # if it was dirty) before the new one is set
     e2[pi] = pte
     return 0
 
 
 def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
     """``kvm_unmap_hva_range_hv`` → ``kvm_unmap_radix`` for every gfn of every
-    memslot overlapping ``[start, end)``.  Clears leaves; drops no reference."""
+    memslot overlapping ``[start, end)``.  v4.15/v4.16 clear only
+    _PAGE_PRESENT (the entry keeps _PAGE_PTE and its pfn); v4.17 clears the
+    whole entry.  Drops no page reference (entries hold none)."""
     st: RadixState = kvm.arch
     if st is None:
         return
     tree = st.tree
     ps = tree.page_shift
+    whole = st.version not in ("v4.15", "v4.16")
     tr = kvm.tracer
     for _slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
         gpa = gfn_lo << ps
@@ -232,7 +273,11 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
                 continue
             v = table.get(idx, 0)
             if isinstance(v, int) and v & PTE_PRESENT:
-                _clear_leaf(table, idx, st.version)
+                if whole:
+                    table.pop(idx, None)
+                else:
+                    table[idx] = v & ~PTE_PRESENT
+                tree.seqs.pop(gpa & ~(step - 1), None)
                 if tr.enabled:
                     tr.emit(
                         "kvm_unmap_radix",
@@ -243,10 +288,57 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
             gpa = (gpa & ~(step - 1)) + step
 
 
+def age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
+    """``kvm_age_hva_hv`` → ``kvm_age_radix`` for every gfn of every memslot
+    overlapping ``[start, end)``: clear R (_PAGE_ACCESSED) on every present
+    young leaf; true if any was young.  v4.15.1, v4.16.13 and v4.17 agree
+    (and none flushes the TLB: "XXX need to flush tlb here?").  The guest's
+    next access to such a leaf takes a SET_RC fault."""
+    return _walk_age(kvm, start, end, clear=True)
+
+
+def test_age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
+    """``kvm_test_age_hva_hv`` → ``kvm_test_age_radix``: is any present leaf
+    over the range young?  Changes nothing."""
+    return _walk_age(kvm, start, end, clear=False)
+
+
+def _walk_age(kvm: Kvm, start: int, end: int, *, clear: bool) -> bool:
+    st: RadixState = kvm.arch
+    if st is None:
+        return False
+    tree = st.tree
+    ps = tree.page_shift
+    tr = kvm.tracer
+    young = False
+    for _slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
+        gpa = gfn_lo << ps
+        gpa_end = gfn_hi << ps
+        while gpa < gpa_end:
+            table, idx, shift = tree.find_pte(gpa)
+            step = 1 << (shift or ps)
+            if table is None:
+                gpa = _next_populated(tree, gpa)
+                continue
+            v = table.get(idx, 0)
+            if isinstance(v, int) and v & PTE_PRESENT and v & PTE_YOUNG:
+                young = True
+                if clear:
+                    table[idx] = v & ~PTE_YOUNG
+                    if tr.enabled:
+                        tr.emit("kvm_age_radix", gpa=hex(gpa & ~(step - 1)), size=step)
+                elif tr.enabled:
+                    tr.emit("kvm_test_age_radix", gpa=hex(gpa & ~(step - 1)), young=True)
+            # the kernel visits every gfn; after a large leaf the next gfns
+            # find the same leaf, already old, so skipping them changes nothing
+            gpa = (gpa & ~(step - 1)) + step
+    return young
+
+
 def _next_populated(tree: RadixTree, gpa: int) -> int:
     """The next gpa past the level that is missing at ``gpa`` (so a walk
     over an empty range costs one step per missing table, not per page)."""
-    pud = tree.pgd.get(gpa >> PGD_SHIFT)
+    pud = tree.pgd.get((gpa >> PGD_SHIFT) & PGD_INDEX_MASK)
     if pud is None:
         shift = PGD_SHIFT
     else:

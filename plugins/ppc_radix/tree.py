@@ -1,15 +1,18 @@
 """The partition-scoped radix tree KVM HV builds for a POWER9 guest
 (``kvm->arch.pgtable``), with Linux's radix geometry.
 
-Geometry (arch/powerpc/include/asm/book3s/64/radix-{4k,64k}.h): a 52-bit
-guest real address space; the PGD indexes bits 39..51 (13 bits), the PUD
-bits 30..38, the PMD bits 21..29, the PTE table the rest down to the page
-(9 bits with 4K pages, 5 with 64K).  Leaves can sit in the PUD (1G), the PMD
-(2M) or the PTE table.  Entries use the Linux PTE encoding (``PTE_*`` of
-:mod:`kvmsim.host.constants`, ``PTE_LEAF`` standing for ``_PAGE_PTE``).
+Geometry (arch/powerpc/include/asm/book3s/64/radix-{4k,64k}.h, the same in
+v4.15.1, v4.16.13 and v4.17): a 52-bit guest real address space; the PGD
+indexes bits 39..51 (13 bits), the PUD bits 30..38 (9), the PMD bits 21..29
+(9), the PTE table the rest down to the page (9 bits with 4K pages, 5 with
+64K).  Leaves can sit in the PUD (1G), the PMD (2M) or the PTE table.
+Entries use the Linux PTE encoding (``PTE_*`` of :mod:`kvmsim.host.constants`,
+``PTE_LEAF`` standing for ``_PAGE_PTE``, ``PTE_YOUNG``/``PTE_DIRTY`` for the
+R and C bits).
 
 Tables are dicts (absent = ``pXd_none``); a table slot holds an ``int`` for
-a leaf or a ``dict`` for the next table, so a walk is at most four lookups.
+a leaf (present or not) or a ``dict`` for the next table, so a walk is at
+most four dict lookups.  No object per page.
 """
 
 from __future__ import annotations
@@ -24,19 +27,27 @@ PMD_SHIFT = 21
 PUD_SIZE = 1 << PUD_SHIFT
 PMD_SIZE = 1 << PMD_SHIFT
 GPA_BITS = 52
+PGD_INDEX_MASK = (1 << (GPA_BITS - PGD_SHIFT)) - 1  # pgd_index masks with PTRS_PER_PGD - 1
 
 Table = dict[int, "int | Table"]
 
 
 class RadixTree:
-    """One partition-scoped tree.  ``seqs`` remembers, per leaf (keyed by its
-    base gpa), the ``mmu_notifier_seq`` its fault read, for the checkers."""
+    """One partition-scoped tree.
 
-    __slots__ = ("page_shift", "pgd", "pte_bits", "seqs")
+    ``seqs`` maps the base gpa of every leaf a fault installed to the
+    ``mmu_notifier_seq`` that fault read before resolving the pfn (the
+    stale-mapping checker's evidence).  A key is removed whenever its leaf
+    is cleared or replaced, so a present leaf's seq is always the one of
+    the fault that installed it.
+    """
+
+    __slots__ = ("page_shift", "pgd", "pte_bits", "pte_mask", "seqs")
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift
         self.pte_bits = PMD_SHIFT - page_shift
+        self.pte_mask = (1 << self.pte_bits) - 1
         self.pgd: Table = {}
         self.seqs: dict[int, int] = {}
 
@@ -47,7 +58,7 @@ class RadixTree:
         table holding the leaf slot for ``gpa``, the slot's index, and the
         leaf's shift (0 for the base page, as the kernel reports it).  The
         table is None when no leaf slot exists (a level is none)."""
-        pud = self.pgd.get(gpa >> PGD_SHIFT)
+        pud = self.pgd.get((gpa >> PGD_SHIFT) & PGD_INDEX_MASK)
         if pud is None:
             return None, 0, 0
         assert isinstance(pud, dict)
@@ -63,7 +74,7 @@ class RadixTree:
             return None, 0, 0
         if isinstance(pte, int):
             return pmd, j, PMD_SHIFT
-        return pte, (gpa >> self.page_shift) & ((1 << self.pte_bits) - 1), 0
+        return pte, (gpa >> self.page_shift) & self.pte_mask, 0
 
     def lookup(self, gpa: int) -> tuple[int, int]:
         """The leaf value covering ``gpa`` (0 if none) and its size shift."""
@@ -100,11 +111,30 @@ class RadixTree:
                         if e3 & PTE_PRESENT:
                             yield base2 | (pi << ps), ps, e3
 
+    # ------------------------------------------------------- seq bookkeeping
+
+    def forget(self, base: int, entry: int | Table | None, shift: int) -> None:
+        """Drop the seqs of ``entry`` (a leaf, or a whole table being freed)
+        whose slot covers ``base`` at level ``shift``."""
+        if entry is None:
+            return
+        if isinstance(entry, int):
+            self.seqs.pop(base, None)
+            return
+        if shift == PUD_SHIFT:  # a pmd table
+            for mi, e in entry.items():
+                self.forget(base | (mi << PMD_SHIFT), e, PMD_SHIFT)
+        else:  # a pte table
+            ps = self.page_shift
+            for pi in entry:
+                self.seqs.pop(base | (pi << ps), None)
+
 
 def leaf_pfn(pte: int) -> int:
     return pte >> PTE_PFN_SHIFT
 
 
 def is_leaf(entry: object) -> bool:
-    """``pmd_is_leaf``: an int with _PAGE_PTE (a cleared leaf keeps the bit)."""
+    """``pmd_is_leaf`` / ``pmd_large``: an int with _PAGE_PTE (a leaf whose
+    _PAGE_PRESENT was cleared by a v4.15/v4.16 unmap keeps the bit)."""
     return isinstance(entry, int) and bool(entry & PTE_LEAF)

@@ -8,6 +8,7 @@ an :class:`~kvmsim.cmodel.OutParam` (NULL when the caller passed none);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim.cmodel import BUG_ON, EAGAIN, EHWPOISON, OutParam
@@ -166,6 +167,11 @@ def hva_to_pfn_remapped(
     return 0
 
 
+RemappedFn = Callable[["Kvm", "Vma", int, OutParam, bool, "OutParam | None", OutParam], int]
+"""``hva_to_pfn_remapped(kvm, vma, addr, async, write_fault, writable, p_pfn)``:
+the version a strategy uses (v4.16 here; 5.13-era in ``refcount_guarded``)."""
+
+
 def hva_to_pfn(
     kvm: Kvm,
     addr: int,
@@ -175,9 +181,15 @@ def hva_to_pfn(
     writable: OutParam,
     *,
     remapped_writable: bool = True,
+    remapped: RemappedFn | None = None,
 ) -> int:
     """``hva_to_pfn`` (A.3, v4.16): fast (atomic/async only), slow, then the
-    vma walk under mmap_sem: hwpoison, remapped VM_IO|VM_PFNMAP, async."""
+    vma walk under mmap_sem: hwpoison, remapped VM_IO|VM_PFNMAP, async.
+
+    ``remapped`` replaces :func:`hva_to_pfn_remapped` (later kernels changed
+    only that helper on this path)."""
+    if remapped is None:
+        remapped = hva_to_pfn_remapped
     BUG_ON(bool(atomic and async_), "BUG_ON(atomic && async)")
     tr = kvm.tracer
     pfn = OutParam("pfn", 0)
@@ -210,7 +222,7 @@ def hva_to_pfn(
                         vma=vma.name,
                         flags="VM_IO|VM_PFNMAP" if vma.flags & VM_IO else "VM_PFNMAP",
                     )
-                r = hva_to_pfn_remapped(
+                r = remapped(
                     kvm,
                     vma,
                     addr,
@@ -242,9 +254,17 @@ _STATUS = {
 
 
 def generic_request(
-    kvm: Kvm, request: HvaToPfnRequest, *, remapped_writable: bool = True
+    kvm: Kvm,
+    request: HvaToPfnRequest,
+    *,
+    remapped_writable: bool = True,
+    remapped: RemappedFn | None = None,
 ) -> HvaToPfnResult:
-    """Run :func:`hva_to_pfn` for a request and package its outputs."""
+    """Run :func:`hva_to_pfn` for a request and package its outputs.
+
+    ``page`` stays None: the generic API hands back no page pointer; callers
+    release by pfn (``kvm_release_pfn_*``) or derive the page themselves
+    (PPC v4.17: ``pfn_valid && !PageReserved``)."""
     writable = OutParam("writable", False) if request.writable else OutParam.null("writable")
     async_ = OutParam("async", False) if request.async_ else OutParam.null("async")
     pfn = hva_to_pfn(
@@ -255,6 +275,7 @@ def generic_request(
         request.write_fault,
         writable,
         remapped_writable=remapped_writable,
+        remapped=remapped,
     )
     status = _STATUS.get(pfn, OK)
     if status == ERR_FAULT and async_ and async_.get() is True:

@@ -285,3 +285,20 @@ def test_mark_needs_io_on_cached_file_page(mm: Mm, rec: RecordingNotifier) -> No
     assert pages[0] != old and not vma.file.needs_io
     mm.phys.put_page(pages[0])
     assert mm.phys.others_refs() == {}
+
+
+def test_nowait_retry_keeps_nonblocking_so_the_lock_is_dropped_once() -> None:
+    """mm/gup.c v4.16 faultin_page: on VM_FAULT_RETRY, ``*nonblocking = 0``
+    only without FAULT_FLAG_RETRY_NOWAIT (the fault kept mmap_sem).  A
+    FOLL_NOWAIT get_user_pages_unlocked on a page needing I/O returns 0 and
+    leaves mmap_sem unheld."""
+    from kvmsim.host import Mm, PhysMem, gup
+    from kvmsim.host.constants import FOLL_NOWAIT
+
+    mm = Mm(PhysMem(12))
+    vma = mm.mmap(1 << 20, prot="rw", shared=False, name="ram")
+    mm.mark_needs_io(vma.start)
+    pages: list[int] = []
+    assert gup.get_user_pages_unlocked(mm, vma.start, 1, pages, FOLL_NOWAIT) == 0
+    assert pages == []
+    assert mm.mmap_sem.held_by() == {}

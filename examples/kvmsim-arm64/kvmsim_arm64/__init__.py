@@ -1,0 +1,89 @@
+"""kvmsim-arm64: an out-of-tree kvmsim arch plugin for Arm64 KVM (Linux v4.16).
+
+Stage-2 MMU as KVM v4.16 programs it (VTCR_EL2.T0SZ = 24: a 40-bit IPA
+space; SL0 = 1 with the 4K granule: levels 1 to 3), with 2M and 1G blocks,
+S2AP permissions, MemAttr (Normal write-back or Device-nGnRE), the access
+flag, and faults reported as ESR_EL2 instruction/data aborts; and the
+fault handler ``kvm_handle_guest_abort`` → ``user_mem_abort`` of
+virt/kvm/arm/mmu.c, which resolves frames with ``gfn_to_pfn_prot`` (the
+selected strategy's ``hva_to_pfn``).
+
+Installed with ``pip install ./examples/kvmsim-arm64``, it is found through
+its ``kvmsim.arch`` entry point ``arm64``; it imports only kvmsim's public API.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmsim import hookimpl
+from kvmsim.errors import PluginError
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
+from kvmsim_arm64 import abort, mmu
+from kvmsim_arm64.desc import IPA_BITS, PAGE_SHIFT, PMD_SIZE, PUD_SIZE
+
+if TYPE_CHECKING:
+    from kvmsim.hooktypes import Stage2Fault
+    from kvmsim.kvm.core import Kvm
+
+__version__ = "0.1.0"
+NAME = "arm64"
+HANDLERS = ("v4.16",)
+"""The fault-handler versions this plugin models (``StrategyInfo.handlers``)."""
+
+
+@hookimpl
+def arch_info() -> ArchInfo:
+    return ArchInfo(
+        name=NAME,
+        description=(
+            f"Arm64 stage-2 MMU (4K granule, {IPA_BITS}-bit IPA, levels 1-3), "
+            "ESR_EL2 aborts; user_mem_abort of v4.16"
+        ),
+        page_shift=PAGE_SHIFT,
+        page_sizes=(1 << PAGE_SHIFT, PMD_SIZE, PUD_SIZE),
+    )
+
+
+@hookimpl
+def arch_init(kvm: Kvm) -> Any:
+    """``kvm_arch_init_vm`` → ``kvm_alloc_stage2_pgd``: empty tables.  The
+    strategy picks the handler version; only v4.16 is modelled."""
+    version = kvm.handler or HANDLERS[0]
+    if version not in HANDLERS:
+        raise PluginError(
+            f"arch {NAME!r} models the fault handler of {', '.join(HANDLERS)} only; "
+            f"strategy {kvm.strategy.name!r} selects {version!r}"
+        )
+    kvm.handler = version
+    return mmu.Stage2(version)
+
+
+@hookimpl
+def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
+    return mmu.translate(kvm, gpa, ea, op)
+
+
+@hookimpl
+def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
+    return abort.kvm_handle_guest_abort(kvm, vcpu, fault)
+
+
+@hookimpl
+def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+    return mmu.create_pte(kvm, gpa, pte, level, mmu_seq)
+
+
+@hookimpl
+def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
+    mmu.unmap_hva_range(kvm, start, end)
+
+
+@hookimpl
+def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
+    return mmu.age_hva_range(kvm, start, end)
+
+
+@hookimpl
+def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
+    return mmu.mappings(kvm)

@@ -1,0 +1,36 @@
+"""Renderers for ``kvmsim matrix`` and ``kvmsim diff``.
+
+:func:`render` turns a :class:`~kvmsim.matrix.MatrixResult` into text in one
+of :data:`FORMATS`; :mod:`kvmsim.report.symbols` holds the cell symbols and
+their legend; :mod:`kvmsim.report.diff` aligns two decision traces.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from kvmsim.matrix import MatrixResult
+
+FORMATS: Final = ("table", "markdown", "json", "html")
+
+
+def render(result: MatrixResult, fmt: str, *, color: bool = False, width: int | None = None) -> str:
+    """*result* as ``table`` (rich, coloured when *color*), ``markdown``,
+    ``json`` (the documented contract) or ``html`` (one self-contained page)."""
+    if fmt == "json":
+        return json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n"
+    if fmt == "markdown":
+        from kvmsim.report.text import markdown
+
+        return markdown(result)
+    if fmt == "html":
+        from kvmsim.report.html import html
+
+        return html(result)
+    from kvmsim.report.text import table
+
+    return table(result, color=color, width=width)
+
+
+__all__ = ["FORMATS", "render"]

@@ -1,0 +1,96 @@
+"""The v5.7 body of ``kvmppc_book3s_hv_page_fault`` after ``mmu_seq``
+(cd758a9b57ee, "Use __gfn_to_pfn_memslot in HPT page fault handler";
+kernel-semantics C.2): gup-fast for a writable page, else the generic
+``__gfn_to_pfn_memslot`` (the strategy's ``hva_to_pfn``), then the host PTE
+for the size, address and cache attribute.
+
+Kept as merged: ``page = pfn_valid && !PageReserved ? pfn : NULL`` (so a
+zero-page reference taken by the slow gup is never dropped, L.1), and no
+``pte_present`` check on the host PTE (the 2020 "Handle non-present PTEs"
+follow-up added it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmsim_plugins.ppc_hpt.handler import RESUME_GUEST, FaultCtx, _ret, finish
+
+from kvmsim.cmodel import EFAULT
+from kvmsim.hooktypes import FaultResult
+from kvmsim.host import gup
+from kvmsim.host.constants import PTE_NONCACHED, PTE_PFN_SHIFT
+from kvmsim.kvm.pfn import is_error_noslot_pfn, pfn_name
+
+if TYPE_CHECKING:
+    from kvmsim.kvm.core import Kvm
+
+
+def resolve_v5_7(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultResult:
+    """C.2 second bullet."""
+    tr = kvm.tracer
+    phys = kvm.phys
+    ps = kvm.page_shift
+    hva = ctx.hva
+    write_ok = writing
+    pages: list[int] = []
+    page: int | None
+    if gup.__get_user_pages_fast(kvm.mm, hva, 1, 1, pages) == 1:
+        page = pages[0]
+        write_ok = True
+        if tr.enabled:
+            tr.emit("__get_user_pages_fast", hva=hex(hva), ret=1, pfn=hex(page))
+    else:
+        res = kvm.gfn_to_pfn_memslot(
+            ctx.memslot,
+            ctx.gfn,
+            vcpu=vcpu,
+            atomic=False,
+            async_=False,
+            write_fault=writing,
+            writable=True,
+        )
+        pfn = res.pfn
+        write_ok = res.writable
+        if tr.enabled:
+            tr.emit(
+                "__gfn_to_pfn_memslot", pfn=pfn_name(pfn), status=res.status, writable=res.writable
+            )
+        if is_error_noslot_pfn(pfn):
+            kvm.fire_point("after_hva_to_pfn")
+            return _ret(-EFAULT, f"__gfn_to_pfn_memslot: {pfn_name(pfn)}")
+        page = pfn if phys.pfn_valid(pfn) and not phys.PageReserved(pfn) else None
+    kvm.fire_point("after_hva_to_pfn")
+    # the host PTE gives the mapping size and the cache attribute
+    pte, shift = kvm.mm.pgtable.find_linux_pte(hva)
+    if pte is None:
+        if page is not None:
+            phys.put_page(page)
+        if tr.enabled:
+            tr.emit("resume_guest", why="__find_linux_pte found nothing")
+        return _ret(RESUME_GUEST, "host PTE gone: retry")
+    hpa = (pte >> PTE_PFN_SHIFT) << ps
+    pte_size = 1 << shift if shift else 1 << ps
+    is_ci = bool(pte & PTE_NONCACHED)
+    if pte_size > ctx.psize:
+        hpa |= hva & (pte_size - ctx.psize)
+    if tr.enabled:
+        tr.emit(
+            "hpt_resolved",
+            hpa=hex(hpa),
+            page=None if page is None else hex(page),
+            pte_size=pte_size,
+            is_ci=is_ci,
+            write_ok=write_ok,
+        )
+    return finish(
+        kvm,
+        ctx,
+        hpa=hpa,
+        pte_size=pte_size,
+        is_ci=is_ci,
+        write_ok=write_ok,
+        dirty_page=page,
+        put=page,
+        set_dirty_lock=True,
+    )

@@ -1,0 +1,83 @@
+"""x86-64 with VMX and EPT under KVM (TDP): the 4-level EPT, and the
+``tdp_page_fault`` handler of v4.16 with async page faults, hwpoison SIGBUS,
+MMIO SPTEs, THP and hugetlbfs levels, and dirty logging by write protection.
+
+See :mod:`.ept` (tables, SPTE bits, the hardware walk), :mod:`.handler`
+(the fault path), :mod:`.apf` (async page faults), :mod:`.steps` (scenario
+steps: ``swap_out``, ``async_pf``, ``apf_complete``, ``dirty_log``, ``age``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmsim_plugins.x86_ept import ept, handler, steps
+
+from kvmsim import hookimpl
+from kvmsim.errors import PluginError
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
+
+if TYPE_CHECKING:
+    from kvmsim.hooktypes import Stage2Fault
+    from kvmsim.kvm.core import Kvm
+    from kvmsim.scenario.model import StepKind, StepSpec
+
+NAME = "x86_ept"
+PAGE_SHIFT = 12
+VERSIONS = ("v4.16", "v6.13")
+
+
+@hookimpl
+def arch_info() -> ArchInfo:
+    return ArchInfo(
+        name=NAME,
+        description="x86-64 VMX EPT (4-level, 4K/2M/1G), TDP fault handler v4.16 (v6.13 release)",
+        page_shift=PAGE_SHIFT,
+        page_sizes=(1 << 12, 1 << 21, 1 << 30),
+    )
+
+
+@hookimpl
+def arch_init(kvm: Kvm) -> Any:
+    version = kvm.handler or "v4.16"
+    if version not in VERSIONS:
+        raise PluginError(
+            f"x86_ept has no fault handler version {version!r} "
+            f"(strategy {kvm.strategy.name!r} asks for it); it has {', '.join(VERSIONS)}"
+        )
+    return ept.EptState(version)
+
+
+@hookimpl
+def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
+    return ept.translate(kvm, gpa, op)
+
+
+@hookimpl
+def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
+    return handler.page_fault(kvm, vcpu, fault)
+
+
+@hookimpl
+def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+    return handler.create_pte(kvm, gpa, pte, level, mmu_seq)
+
+
+@hookimpl
+def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
+    ept.unmap_hva_range(kvm, start, end)
+
+
+@hookimpl
+def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
+    return ept.mappings(kvm)
+
+
+@hookimpl
+def step_kinds() -> list[StepKind]:
+    return list(steps.STEP_KINDS)
+
+
+@hookimpl
+def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
+    return steps.arch_step(kvm, vcpu, step)

@@ -1,0 +1,279 @@
+"""Scenario steps the x86 EPT plugin adds.
+
+- ``swap_out`` (``vma``, ``offset``, ``size``; one page by default): host
+  reclaim makes each page of the range need I/O on its next fault
+  (``Mm.mark_needs_io``: anonymous pages go to swap, file pages leave the
+  page cache), with the MMU-notifier calls reclaim makes.  This is how a
+  scenario gets a page that ``FOLL_NOWAIT`` gup cannot fault in, so that
+  ``hva_to_pfn`` sets ``*async``.
+- ``async_pf`` (``vcpu``, ``enable`` = true): the guest writes
+  ``MSR_KVM_ASYNC_PF_EN`` (``kvm_pv_enable_async_pf``).
+- ``apf_complete`` (``vcpu``): the kworker runs the vcpu's queued async-PF
+  work (``async_pf_execute``), then the vcpu's next entry processes the
+  completions: the page is prefaulted and "page ready" is injected
+  (``kvm_check_async_pf_completion``).
+- ``dirty_log`` (``slot``, ``action`` = ``enable`` | ``get`` | ``disable``,
+  optional ``expect_dirty``, the gpas a correct kernel reports): the
+  ``KVM_SET_USER_MEMORY_REGION`` flag change and the ``KVM_GET_DIRTY_LOG``
+  ioctl (kernel-semantics L.5), without PML (``slot_enable_log_dirty`` is
+  NULL: write protection).  The reported gpas are kept in
+  ``kvm.arch.dirty_reports`` and traced; a mismatch with ``expect_dirty``
+  is an expectation failure of the step.
+- ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
+  range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
+  the young SPTEs (``kvm.arch.young_reports``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Final, cast
+
+from kvmsim_plugins.x86_ept import apf
+from kvmsim_plugins.x86_ept.ept import (
+    EPT_W,
+    EptState,
+    age_hva_range,
+    drop_spte,
+    is_shadow_present_pte,
+    spte_to_pfn,
+)
+
+from kvmsim.errors import ScenarioError
+from kvmsim.hooktypes import StepResult
+from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, THP_SHIFT
+from kvmsim.kvm.pfn import kvm_is_reserved_pfn
+from kvmsim.scenario.model import FieldType, StepKind
+from kvmsim.scenario.sizes import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
+    from kvmsim.scenario.model import StepSpec
+
+_RANGE: Final[Mapping[str, FieldType]] = {"vma": str, "offset": int, "size": (int, str)}
+
+STEP_KINDS: Final = (
+    StepKind("swap_out", _RANGE, required=("vma",), default_size=PAGE_SIZE),
+    StepKind("async_pf", {"vcpu": int, "enable": bool}),
+    StepKind("apf_complete", {"vcpu": int}),
+    StepKind(
+        "dirty_log",
+        {"slot": int, "action": str, "expect_dirty": list},
+        required=("slot", "action"),
+    ),
+    StepKind("age", _RANGE, required=("vma",)),
+)
+NAMES: Final = frozenset(k.name for k in STEP_KINDS)
+DIRTY_ACTIONS: Final = ("enable", "get", "disable")
+
+
+def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
+    """Run one of this plugin's steps; None for any other."""
+    do = step.do
+    if do not in NAMES:
+        return None
+    if do == "swap_out":
+        return _swap_out(kvm, step)
+    if do == "async_pf":
+        apf.kvm_pv_enable_async_pf(kvm, vcpu, bool(step.params.get("enable", True)))
+        return StepResult(outcome="done")
+    if do == "apf_complete":
+        return _apf_complete(kvm, vcpu)
+    if do == "dirty_log":
+        return _dirty_log(kvm, step)
+    return _age(kvm, step)
+
+
+def _range(kvm: Kvm, step: StepSpec) -> tuple[int, int]:
+    vma = next((v for v in kvm.mm.vmas if v.name == step.vma), None)
+    if vma is None:
+        raise ScenarioError(
+            f"vma {step.vma!r} is not mapped any more", key=f"step[{step.index}].vma"
+        )
+    start = vma.start + step.offset
+    size = step.size if step.size is not None else PAGE_SIZE
+    return start, start + size
+
+
+def _swap_out(kvm: Kvm, step: StepSpec) -> StepResult:
+    start, end = _range(kvm, step)
+    ps = kvm.mm.page_size
+    for hva in range(start & ~(ps - 1), end, ps):
+        kvm.mm.mark_needs_io(hva)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("swap_out", start=hex(start), end=hex(end))
+    return StepResult(outcome="done", detail=f"{(end - start) // ps} page(s) need I/O")
+
+
+def _apf_complete(kvm: Kvm, vcpu: int) -> StepResult:
+    mm = kvm.mm
+    ran = apf.run_pending_work(kvm, vcpu)
+    prev = mm.current
+    mm.current = f"vcpu{vcpu}"
+    try:
+        done = apf.kvm_check_async_pf_completion(kvm, vcpu)
+    finally:
+        mm.current = prev
+    return StepResult(outcome="done", detail=f"{ran} work item(s) ran, {done} page(s) ready")
+
+
+def _slot(kvm: Kvm, step: StepSpec) -> Memslot:
+    sid = step.params["slot"]
+    for s in kvm.memslots.slots:
+        if s.id == sid:
+            return s
+    raise ScenarioError(
+        f"no memslot with id {sid} (memslots are numbered in file order from 0)",
+        key=f"step[{step.index}].slot",
+    )
+
+
+def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
+    action = step.params["action"]
+    if action not in DIRTY_ACTIONS:
+        raise ScenarioError(
+            "unknown dirty_log action",
+            key=f"step[{step.index}].action",
+            expected=", ".join(DIRTY_ACTIONS),
+            got=action,
+        )
+    slot = _slot(kvm, step)
+    st: EptState = kvm.arch
+    if action == "enable":
+        kvm_mmu_slot_enable_dirty_log(kvm, slot)
+        return StepResult(outcome="done")
+    if action == "disable":
+        kvm_mmu_slot_disable_dirty_log(kvm, slot)
+        return StepResult(outcome="done")
+    if slot.id not in st.dirty_bitmaps:
+        # kvm_get_dirty_log_protect: no dirty_bitmap → -ENOENT to QEMU
+        return StepResult(outcome="enoent", detail="dirty logging is not enabled on this slot")
+    gpas = kvm_get_dirty_log_protect(kvm, slot)
+    st.dirty_reports.append((step.index, slot.id, gpas))
+    want = step.params.get("expect_dirty")
+    if want is not None:
+        items = list(cast(Iterable[object], want))
+        if not all(isinstance(g, int) and not isinstance(g, bool) for g in items):
+            raise ScenarioError(
+                "wrong type",
+                key=f"step[{step.index}].expect_dirty",
+                expected="an array of guest physical addresses (integers)",
+                got=want,
+            )
+        expected = tuple(sorted(cast(list[int], items)))
+        if expected != gpas:
+            got_s = [hex(g) for g in gpas]
+            return StepResult(
+                outcome="done",
+                detail=f"dirty gpas {got_s}",
+                expect_failures=(
+                    f"expect_dirty: expected {[hex(g) for g in expected]}, got {got_s}",
+                ),
+            )
+    return StepResult(outcome="done", detail=f"dirty gpas {[hex(g) for g in gpas]}")
+
+
+def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
+    """``KVM_SET_USER_MEMORY_REGION`` adding ``KVM_MEM_LOG_DIRTY_PAGES``:
+    allocate the bitmap, then ``kvm_mmu_slot_apply_flags`` →
+    ``kvm_mmu_slot_remove_write_access``: under ``mmu_lock`` write-protect
+    every SPTE of the slot at every level with ``pt_protect = false``
+    (clear W only, keep HOST_WRITEABLE and MMU_WRITEABLE), flush."""
+    st: EptState = kvm.arch
+    if slot.id in st.dirty_bitmaps:
+        return
+    st.dirty_bitmaps[slot.id] = set()
+    n = _write_protect(kvm, slot, None)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvm_mmu_slot_remove_write_access", slot=slot.id, protected=n)
+
+
+def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
+    """``__rmap_write_protect(pt_protect = false)`` over the slot's SPTEs
+    (every level), or only over the 4K SPTEs of ``gfns`` (the masked
+    variant ``kvm_mmu_write_protect_pt_masked``)."""
+    st: EptState = kvm.arch
+    task = kvm.mm.current
+    start = slot.base_gfn << 12
+    end = (slot.base_gfn + slot.npages) << 12
+    n = 0
+    kvm.mmu_lock.lock(task)
+    try:
+        for table, idx, level, gpa in st.leaves_in(start, end):
+            v = table[idx]
+            assert isinstance(v, int)
+            if not is_shadow_present_pte(v) or not v & EPT_W:
+                continue
+            if gfns is not None and (level != 1 or (gpa >> 12) not in gfns):
+                continue
+            table[idx] = v & ~EPT_W
+            n += 1
+    finally:
+        kvm.mmu_lock.unlock(task)
+    return n
+
+
+def kvm_get_dirty_log_protect(kvm: Kvm, slot: Memslot) -> tuple[int, ...]:
+    """``kvm_vm_ioctl_get_dirty_log`` → ``kvm_get_dirty_log_protect``: take
+    the bitmap and clear it (``xchg``), write-protect the 4K SPTEs of the
+    gfns that were dirty, and return them (as gpas, sorted)."""
+    st: EptState = kvm.arch
+    bitmap = st.dirty_bitmaps[slot.id]
+    rel = sorted(bitmap)
+    bitmap.clear()
+    gfns = {slot.base_gfn + r for r in rel}
+    n = _write_protect(kvm, slot, gfns) if gfns else 0
+    gpas = tuple((slot.base_gfn + r) << 12 for r in rel)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit(
+            "kvm_get_dirty_log", slot=slot.id, dirty=[hex(g) for g in gpas], protected=n
+        )
+    return gpas
+
+
+def kvm_mmu_slot_disable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
+    """Clearing ``KVM_MEM_LOG_DIRTY_PAGES``: free the bitmap, then
+    ``kvm_mmu_zap_collapsible_sptes``: drop the 4K SPTEs of pfns that are
+    part of a THP the host maps with a PMD, so they refault as 2M.
+    hugetlbfs-backed 4K SPTEs are not zapped in v4.16 (the test is
+    ``PageTransCompoundMap``)."""
+    st: EptState = kvm.arch
+    if st.dirty_bitmaps.pop(slot.id, None) is None:
+        return
+    phys = kvm.phys
+    task = kvm.mm.current
+    start = slot.base_gfn << 12
+    end = (slot.base_gfn + slot.npages) << 12
+    zapped = 0
+    kvm.mmu_lock.lock(task)
+    try:
+        for table, idx, level, gpa in st.leaves_in(start, end):
+            v = table[idx]
+            assert isinstance(v, int)
+            if level != 1 or not is_shadow_present_pte(v):
+                continue
+            pfn = spte_to_pfn(v)
+            if kvm_is_reserved_pfn(phys, pfn) or not phys.PageTransCompound(pfn):
+                continue
+            hva = slot.userspace_addr + (gpa - start)
+            e, shift = kvm.mm.pgtable.find_linux_pte(hva)
+            if e is None or shift != THP_SHIFT or not e & PTE_PRESENT:
+                continue
+            if e >> PTE_PFN_SHIFT != phys.compound_head(pfn):
+                continue
+            drop_spte(kvm, table, idx, gpa, level)
+            zapped += 1
+    finally:
+        kvm.mmu_lock.unlock(task)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvm_mmu_zap_collapsible_sptes", slot=slot.id, zapped=zapped)
+
+
+def _age(kvm: Kvm, step: StepSpec) -> StepResult:
+    start, end = _range(kvm, step)
+    young = age_hva_range(kvm, start, end)
+    kvm.arch.young_reports.append((step.index, young))
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvm_age_hva", start=hex(start), end=hex(end), young=young)
+    return StepResult(outcome="done", detail=f"{young} young SPTE(s)")
