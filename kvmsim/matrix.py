@@ -150,25 +150,6 @@ def library_files() -> list[tuple[str, Path]]:
     return out
 
 
-def plugin_step_kinds() -> dict[str, Any]:
-    """The step kinds the discovered arch and device plugins add (a broken
-    plugin adds none; its cells report why)."""
-    from kvmsim.registry import discover, load
-
-    out: dict[str, Any] = {}
-    for kind in ("arch", "device"):
-        for entry in discover().get(kind, {}).values():
-            try:
-                plugin = load(entry)
-            except KvmsimError:
-                continue
-            fn = getattr(plugin, "step_kinds", None)
-            if fn is not None:
-                for sk in fn() or ():
-                    out[sk.name] = sk
-    return out
-
-
 _loaded: dict[str, Any] = {}
 
 
@@ -177,14 +158,11 @@ def load_library_scenario(path: str) -> Any:
     (cached per process: a worker loads each file once)."""
     sc = _loaded.get(path)
     if sc is None:
-        from kvmsim.registry import discover
+        from kvmsim.registry import scenario_schema
         from kvmsim.scenario import load_scenario
 
-        sc = load_scenario(
-            path,
-            devices=sorted(discover().get("device", {})),
-            step_kinds=plugin_step_kinds(),
-        )
+        # the loader takes every installed plugin's step kinds by default
+        sc = load_scenario(path, devices=scenario_schema()[1])
         _loaded[path] = sc
     return sc
 

@@ -176,7 +176,10 @@ def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
                 except PluginError:
                     continue
                 pm = _new_manager()
-                pm.register(plugin)
+                try:
+                    pm.register(plugin)
+                except pluggy.PluginValidationError:
+                    continue  # reported as a clear error when the plugin is selected
                 for kinds in pm.hook.step_kinds():
                     for sk in kinds or ():
                         steps[sk.name] = sk

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from kvmsim.checks import cache, frames, locks, outcome, perms, poison, refcount, stale
 from kvmsim.checks.context import CheckContext, Finding
+from kvmsim.scenario.model import VERDICTS
 
 Checker = Callable[[CheckContext], Iterable[Finding]]
 
@@ -26,20 +27,8 @@ CHECKERS: tuple[Checker, ...] = (
     cache.check,
 )
 
-VERDICT_NAMES = (
-    "wrong_frame",
-    "stale_mapping",
-    "refcount_leak",
-    "refcount_underflow",
-    "lock_leak",
-    "deadlock",
-    "oops",
-    "livelock",
-    "write_to_readonly",
-    "poison_mapped",
-    "cache_attr_mismatch",
-    "outside_memslot",
-)
+# The stable verdict names are the scenario schema's (expect.verdicts).
+VERDICT_NAMES = VERDICTS
 
 __all__ = ["CHECKERS", "VERDICT_NAMES", "CheckContext", "Checker", "Finding", "run_checks"]
 
