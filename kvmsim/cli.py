@@ -138,6 +138,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return diff_command(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kvmsim.bench import bench_command
+
+    return bench_command(args)
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from kvmsim.scaffold import write_skeleton
 
@@ -175,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     df = sub.add_parser("diff", help="two strategies' decision traces side by side")
     add_diff_arguments(df)
     df.set_defaults(func=cmd_diff)
+    from kvmsim.bench import add_arguments as add_bench_arguments
+
+    bn = sub.add_parser("bench", help="time the fault path: faults/s, hits/s, bytes per page")
+    add_bench_arguments(bn)
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

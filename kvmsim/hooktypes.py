@@ -24,12 +24,32 @@ class ArchInfo:
     :param page_shift: the host kernel's PAGE_SHIFT on this arch (16 for ppc64
         with 64K pages, 12 for x86-64); the host model and gfns use it.
     :param page_sizes: the stage-2 leaf sizes the arch can install, in bytes.
+    :param readonly_memslots: ``KVM_MEM_READONLY`` is accepted (the arch
+        defines ``__KVM_HAVE_READONLY_MEM``: x86, arm, arm64, mips; not
+        powerpc, where ``KVM_SET_USER_MEMORY_REGION`` fails with -EINVAL).
     """
 
     name: str
     description: str
     page_shift: int
     page_sizes: tuple[int, ...]
+    readonly_memslots: bool = True
+
+
+def unsupported(scenario: Any, arch: ArchInfo) -> str | None:
+    """Why ``arch`` cannot set ``scenario`` up as userspace asked, or None.
+
+    The runner refuses such a scenario (a bad input: the ioctl would fail) and
+    the matrix leaves the cell out.
+    """
+    if not arch.readonly_memslots:
+        for ms in scenario.memslots:
+            if ms.readonly:
+                return (
+                    f"{arch.name} has no read-only memslots: KVM_SET_USER_MEMORY_REGION "
+                    "rejects KVM_MEM_READONLY with -EINVAL (no __KVM_HAVE_READONLY_MEM)"
+                )
+    return None
 
 
 @frozen(kw_only=True)

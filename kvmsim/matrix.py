@@ -101,6 +101,7 @@ class ScenarioEntry:
     path: str
     library: str
     arch: str | None = None
+    readonly_memslots: bool = False
     error: str | None = None
 
 
@@ -178,7 +179,9 @@ def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[S
         except KvmsimError as exc:
             entries.append(ScenarioEntry(path.stem, str(path), lib, error=str(exc)))
             continue
-        entry = ScenarioEntry(sc.name, str(path), lib, sc.arch)
+        entry = ScenarioEntry(
+            sc.name, str(path), lib, sc.arch, any(m.readonly for m in sc.memslots)
+        )
         prev = names.get(sc.name)
         if prev is not None:
             entry = ScenarioEntry(
@@ -221,6 +224,21 @@ def _columns(arches: Sequence[str] | None, strategies: Sequence[str] | None) -> 
     return [Column(a, s) for a in use_arches for s in use_strats if applies[s](a)]
 
 
+def _readonly_memslot_arches(arches: Iterable[str]) -> dict[str, bool]:
+    """Which arches accept ``KVM_MEM_READONLY`` (``ArchInfo.readonly_memslots``);
+    an arch that does not load is given the benefit of the doubt (its cells
+    report why it does not load)."""
+    from kvmsim.registry import discover, info_of, load
+
+    out: dict[str, bool] = {}
+    for a in arches:
+        try:
+            out[a] = bool(info_of("arch", load(discover()["arch"][a])).readonly_memslots)
+        except KvmsimError:
+            out[a] = True
+    return out
+
+
 def plan(
     *,
     arches: Sequence[str] | None = None,
@@ -249,6 +267,7 @@ def plan(
     else:
         rows = all_entries
     known_arches = {c.arch for c in columns}
+    ro_ok = _readonly_memslot_arches(known_arches)
     notes: list[str] = []
     cells: list[CellSpec] = []
     for e in rows:
@@ -257,8 +276,15 @@ def plan(
                 notes.append(f"{e.name}: arch {e.arch!r} is not installed; not run")
             continue
         for c in columns:
-            if e.arch is None or e.arch == c.arch:
-                cells.append(CellSpec(e.name, e.path, c.arch, c.strategy, e.error))
+            if e.arch is not None and e.arch != c.arch:
+                continue
+            if e.readonly_memslots and not ro_ok[c.arch]:
+                # userspace cannot create the VM: KVM_MEM_READONLY is -EINVAL there
+                note = f"{e.name}: {c.arch} has no read-only memslots; not run there"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            cells.append(CellSpec(e.name, e.path, c.arch, c.strategy, e.error))
     used = {c.scenario for c in cells}
     return MatrixPlan(
         tuple(e for e in rows if e.name in used), tuple(columns), tuple(cells), tuple(notes)

@@ -17,7 +17,7 @@ from attrs import define, field
 from kvmsim.checks import CheckContext, Finding, run_checks
 from kvmsim.cmodel import KernelOops
 from kvmsim.errors import ScenarioError
-from kvmsim.hooktypes import StepResult
+from kvmsim.hooktypes import StepResult, unsupported
 from kvmsim.host import Mm, PhysMem, events, map_backing
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.kvm.core import Kvm
@@ -215,6 +215,10 @@ class Simulation:
                 )
             self._vmas[v.name] = vma
         shift = self.phys.page_shift
+        why = unsupported(sc, self.arch_info)
+        if why is not None:
+            bad = next((m.index for m in sc.memslots if m.readonly), 0)
+            raise self._err(why, f"memslot[{bad}].readonly")
         for ms in sc.memslots:
             key = f"memslot[{ms.index}]"
             for what, val in (("gpa", ms.gpa), ("offset", ms.offset), ("size", ms.size)):

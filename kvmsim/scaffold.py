@@ -373,6 +373,7 @@ from kvmsim.errors import ScenarioError
 from kvmsim.hooktypes import DeviceInfo, MmioResult
 from kvmsim.host import remap_pfn_range
 from kvmsim.host.constants import PTE_CACHE_BITS, PTE_NONCACHED, VM_IO, VM_PFNMAP
+from kvmsim.scenario import DeviceKind
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -393,6 +394,12 @@ class Device:
 @hookimpl
 def device_info() -> DeviceInfo:
     return DeviceInfo(name=NAME, description="$name MMIO device (skeleton: register file)")
+
+
+@hookimpl
+def device_kind() -> DeviceKind:
+    # the keys a [[device]] table of this kind may carry, for the loader
+    return DeviceKind(NAME, fields={"pages": int})
 
 
 @hookimpl

@@ -68,7 +68,9 @@ class Tracer:
     def _store(
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        self.events.append(dict(event_dict))
+        # structlog built this dict afresh for this event (a copy of the bound
+        # context updated with the call's keywords): keep it, no second copy.
+        self.events.append(event_dict)  # type: ignore[arg-type]
         raise structlog.DropEvent
 
     def bind_step(self, **ctx: Any) -> None:
@@ -101,9 +103,27 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_ENCODER = json.JSONEncoder(sort_keys=True)
+
+
+def _flat(event: dict[str, Any]) -> bool:
+    """Does ``json`` encode this event exactly as ``_jsonable`` would? True
+    when every value is a scalar or a list/tuple of scalars (most events):
+    then nothing needs ``repr`` and no nested dict has non-string keys."""
+    for v in event.values():
+        if isinstance(v, _SCALARS):
+            continue
+        if isinstance(v, (list, tuple)) and all(isinstance(x, _SCALARS) for x in v):
+            continue
+        return False
+    return True
+
+
 def to_jsonl(events: Iterable[dict[str, Any]]) -> str:
     """JSON Lines, one event per line, keys sorted (deterministic)."""
-    return "".join(json.dumps(_jsonable(e), sort_keys=True) + "\n" for e in events)
+    enc = _ENCODER.encode
+    return "".join((enc(e) if _flat(e) else enc(_jsonable(e))) + "\n" for e in events)
 
 
 def to_chrome(events: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class CheckContext:
     outcome: str | None = None
     detail: str = ""
     _mappings: list[Stage2Mapping] | None = None
+    _slot_frames: set[int] | None = None
 
     @property
     def mappings(self) -> list[Stage2Mapping]:
@@ -42,6 +43,22 @@ class CheckContext:
         if self._mappings is None:
             self._mappings = list(self.kvm.hooks.hook.stage2_mappings(kvm=self.kvm) or ())
         return self._mappings
+
+    def memslot_frames(self) -> set[int]:
+        """Every frame the host maps inside some memslot's hva range (what the
+        guest may legitimately reach), computed once per step and only when a
+        checker needs it."""
+        if self._slot_frames is None:
+            kvm = self.kvm
+            ps = kvm.page_shift
+            frames: set[int] = set()
+            for slot in kvm.memslots.slots:
+                for i in range(slot.npages):
+                    pfn, _ = self.host_frame(slot.userspace_addr + (i << ps))
+                    if pfn is not None:
+                        frames.add(pfn)
+            self._slot_frames = frames
+        return self._slot_frames
 
     def gpa_to_hva(self, gpa: int) -> int | None:
         """The hva a guest physical address maps to through the memslots."""

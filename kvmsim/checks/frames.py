@@ -13,22 +13,9 @@ from collections.abc import Iterator
 from kvmsim.checks.context import CheckContext, Finding, sample_offsets
 
 
-def _memslot_frames(ctx: CheckContext) -> set[int]:
-    kvm = ctx.kvm
-    ps = kvm.page_shift
-    frames: set[int] = set()
-    for slot in kvm.memslots.slots:
-        for i in range(slot.npages):
-            pfn, _ = ctx.host_frame(slot.userspace_addr + (i << ps))
-            if pfn is not None:
-                frames.add(pfn)
-    return frames
-
-
 def check(ctx: CheckContext) -> Iterator[Finding]:
     kvm = ctx.kvm
     page = 1 << kvm.page_shift
-    inside: set[int] | None = None
     for m in ctx.mappings:
         for off in sample_offsets(m.size, page):
             gpa = m.gpa + off
@@ -51,9 +38,7 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
                     f"stage-2 maps gpa {gpa:#x} to pfn {s2pfn:#x}, "
                     f"the host maps hva {hva:#x} to pfn {host_pfn:#x}",
                 )
-                if inside is None:
-                    inside = _memslot_frames(ctx)
-                if s2pfn not in inside:
+                if s2pfn not in ctx.memslot_frames():
                     yield Finding(
                         "outside_memslot",
                         ("frame", gpa, s2pfn),

@@ -4,7 +4,8 @@ A leaf resolved before an invalidation of its hva range completed (its
 ``mmu_seq`` is older than the sequence number that invalidation ended with)
 is stale: ``mmu_notifier_retry`` exists to forbid exactly that.  A leaf over
 an hva the host does not map, with no such invalidation, maps a frame the
-host never put there: a wrong frame.
+host never put there: a wrong frame, and one outside the memslots too when
+no memslot's host mapping has that frame.
 """
 
 from __future__ import annotations
@@ -43,3 +44,9 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
                 f"stage-2 maps gpa {m.gpa:#x} to pfn {m.pfn:#x} "
                 f"but the host maps nothing at hva {hva:#x}",
             )
+            if m.pfn not in ctx.memslot_frames():
+                yield Finding(
+                    "outside_memslot",
+                    ("frame", m.gpa, m.pfn),
+                    f"pfn {m.pfn:#x} mapped at gpa {m.gpa:#x} backs no memslot",
+                )

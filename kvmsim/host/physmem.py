@@ -2,9 +2,11 @@
 
 Models ``mm/page_alloc.c`` and the page refcount/flag helpers of
 ``include/linux/mm.h`` and ``page-flags.h`` (v4.16) for the frames the
-simulation uses.  There is no object per page: refcounts, flags, compound
-orders and owners live in dicts keyed by pfn, and a page that was never
-allocated simply has no entry (refcount 0, no flags).
+simulation uses.  There is no object per page: refcounts, flags, host
+references and owners live in compact arrays indexed by pfn
+(:mod:`kvmsim.host.pfnarray`, a few bytes per frame), compound orders and
+the sparse "others" counts in dicts keyed by pfn; a page that was never
+allocated reads as refcount 0, no flags.
 
 Reference accounting for checkers: besides the real refcount, the model
 records how many references the host itself holds on each page
@@ -29,6 +31,7 @@ from kvmsim.host.constants import (
     PG_RESERVED,
     PG_THP,
 )
+from kvmsim.host.pfnarray import PfnArray, PfnOwner
 
 __all__ = ["Anomaly", "PhysMem"]
 
@@ -90,15 +93,15 @@ class PhysMem:
         self.kernel_pages = kernel_pages
         # empty_zero_page sits in the kernel's .bss, near the end of the image.
         self.zero_pfn = kernel_pages - 1
-        self.refcount: dict[int, int] = {}
+        self.refcount = PfnArray("i", ram_pages)
         """page_count per page: on the head for compound pages, per page otherwise."""
-        self.flags: dict[int, int] = {}
+        self.flags = PfnArray("I", ram_pages)
         """PG_* flags; page-level flags of a compound page sit on the head."""
         self.order: dict[int, int] = {}
         """compound order of every compound head."""
-        self.owner: dict[int, str] = {}
+        self.owner = PfnOwner(ram_pages)
         """who allocated the page (head or single page)."""
-        self.host_refs: dict[int, int] = {}
+        self.host_refs = PfnArray("i", ram_pages)
         """references the host model itself holds, per refcounted page."""
         self._others: dict[int, int] = {}
         self.anomalies: list[Anomaly] = []

@@ -12,7 +12,7 @@ from kvmsim.cmodel import KernelOops
 __all__ = ["Deadlock", "RwSem"]
 
 
-class Deadlock(Exception):  # noqa: N818 - the name other modules use
+class Deadlock(Exception):
     """An acquisition would wait for ever.
 
     :param lock: the lock's name.

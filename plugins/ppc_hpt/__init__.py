@@ -1,5 +1,5 @@
 """POWER9 hashed page table (HPT) MMU under KVM HV, with the fault handler of
-v4.15/v4.16 or v5.7 as the selected strategy names.
+v4.15/v4.16, v5.7 or v6.13 as the selected strategy names.
 
 The guest owns the HPT's contents: it enters translations with the
 ``H_ENTER`` hypercall and removes them with ``H_REMOVE``.  KVM fills an
@@ -37,7 +37,21 @@ behind it).  An access whose ``ea`` equals its ``gpa`` (the default when
 the guest's own DSI handler (``hash_page``) H_ENTERs it on demand (64K,
 read/write; WIMG M for RAM, I|G for a memslot QEMU backs with a
 VM_IO/VM_PFNMAP/VM_MIXEDMAP vma, which the guest knows as a device region),
-as a Linux guest does, so scenarios written for other arches run here too.
+so scenarios written for other arches run here too.
+
+RAM is different: a Linux guest bolts its whole linear mapping at boot
+(``htab_initialize`` → ``htab_bolt_mapping``, H_ENTER per page), long before
+any scenario step.  So at ``arch_init`` (after the scenario's set-up, before
+step 0) the guest H_ENTERs every page of a RAM memslot the host already
+maps (those entries go in valid and are on the rmap chains, so later
+invalidations make them absent); every other RAM page had no host PTE at
+boot and so was entered *absent*.  Absent entries are on no rmap chain and
+nothing in the host changes them, so the model enters them lazily, at the
+page's first access, with ``at_boot`` (the host page table of boot, not of
+now): a page QEMU touches later (``host_write``) still faults into
+``kvmppc_book3s_hv_page_fault`` on first guest access, as on real hardware.
+Device regions are ``ioremap``ped, which on hash only sets the Linux PTE:
+their HPTEs really are inserted at first access.
 
 Guest SLB model: 256M segments, ea → va one to one, VSID
 ``GUEST_VSID_BASE + ESID`` (0x12340 + ESID), supervisor key 0 (a kernel
@@ -77,7 +91,7 @@ if TYPE_CHECKING:
 
 NAME = "ppc_hpt"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
-VERSIONS = ("v4.15", "v4.16", "v5.7")
+VERSIONS = ("v4.15", "v4.16", "v5.7", "v6.13")
 PAGE_SIZES = (1 << 16, 1 << 24)
 
 HCALL_STEP = StepKind(
@@ -102,9 +116,10 @@ def arch_info() -> ArchInfo:
     return ArchInfo(
         name=NAME,
         description="POWER9 hashed page table (KVM HV): H_ENTER, absent HPTEs, rmap; "
-        "fault handler v4.15/v4.16/v5.7",
+        "fault handler v4.15/v4.16/v5.7/v6.13",
         page_shift=PAGE_SHIFT,
         page_sizes=PAGE_SIZES,
+        readonly_memslots=False,  # no __KVM_HAVE_READONLY_MEM on powerpc
     )
 
 
@@ -116,7 +131,47 @@ def arch_init(kvm: Kvm) -> Any:
             f"ppc_hpt has no fault handler version {version!r} "
             f"(strategy {kvm.strategy.name!r}); it has {', '.join(VERSIONS)}"
         )
-    return HptState(kvm.page_shift, version)
+    st = HptState(kvm.page_shift, version)
+    kvm.arch = st
+    _bolt_linear_mapping(kvm, st)
+    return st
+
+
+def _is_device_slot(kvm: Kvm, gpa: int) -> bool | None:
+    """None: no memslot; True: QEMU backs it with a VM_IO/VM_PFNMAP/VM_MIXEDMAP
+    vma (a device region in the guest's device tree); False: RAM."""
+    slot = kvm.memslots.gfn_to_memslot(gpa >> kvm.page_shift)
+    if slot is None:
+        return None
+    vma = kvm.mm.find_vma(slot.userspace_addr)
+    return vma is not None and bool(vma.flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP))
+
+
+def _bolt_linear_mapping(kvm: Kvm, st: HptState) -> None:
+    """The guest's boot: ``htab_bolt_mapping`` of its RAM (64K pages, WIMG M,
+    read/write).  Only pages with a host PTE are entered here; the others
+    went in absent, which the model realises at first touch (package
+    docstring)."""
+    ps = kvm.page_shift
+    pgtable = kvm.mm.pgtable
+    prev = kvm.mm.current
+    kvm.mm.current = "vcpu0"
+    try:
+        for slot in kvm.memslots.slots:
+            if _is_device_slot(kvm, slot.base_gfn << ps):
+                continue
+            start = slot.userspace_addr
+            end = start + (slot.npages << ps)
+            hvas = {hva for hva, _pte in pgtable.ptes_in(start, end)}
+            for hva, shift, _e in pgtable.huge_in(start, end):
+                lo, hi = max(hva, start), min(hva + (1 << shift), end)
+                hvas.update(range(lo, hi, 1 << ps))
+            for hva in sorted(hvas):
+                gpa = (slot.base_gfn << ps) + (hva - start)
+                st.bolted.add(gpa)
+                guest_h_enter(kvm, gpa, gpa, 16, HPTE_R_M, True, True)
+    finally:
+        kvm.mm.current = prev
 
 
 @hookimpl
@@ -145,15 +200,23 @@ def _guest_hash_page(kvm: Kvm, fault: Stage2Fault) -> FaultResult:
     RAM cacheable (WIMG M) and device memory as ``ioremap`` does (I|G); it
     knows which is which from the device tree, where QEMU describes a
     memslot backed by a VM_IO/VM_PFNMAP/VM_MIXEDMAP vma as a device region."""
-    wimg = HPTE_R_M
-    slot = kvm.memslots.gfn_to_memslot(fault.gpa >> kvm.page_shift)
-    if slot is not None:
-        vma = kvm.mm.find_vma(slot.userspace_addr)
-        if vma is not None and vma.flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP):
-            wimg = HPTE_R_I | HPTE_R_G
-    ret, index = guest_h_enter(kvm, fault.ea, fault.gpa, 16, wimg, True, True)
+    st: HptState = kvm.arch
+    device = _is_device_slot(kvm, fault.gpa)
+    wimg = HPTE_R_I | HPTE_R_G if device else HPTE_R_M
+    page = fault.gpa & ~0xFFFF
+    # RAM not bolted yet: the boot-time H_ENTER, made when there was no host PTE
+    at_boot = device is False and page not in st.bolted
+    if device is False:
+        st.bolted.add(page)
+    ret, index = guest_h_enter(kvm, fault.ea, fault.gpa, 16, wimg, True, True, at_boot=at_boot)
     if kvm.tracer.enabled:
-        kvm.tracer.emit("guest_hash_page", ea=hex(fault.ea), ret=hcall_name(ret), index=hex(index))
+        kvm.tracer.emit(
+            "guest_hash_page",
+            ea=hex(fault.ea),
+            ret=hcall_name(ret),
+            index=hex(index),
+            bolted_at_boot=at_boot,
+        )
     if ret != H_SUCCESS:
         return FaultResult(
             action="guest_fault", ret=ret, detail=f"guest hash_page: H_ENTER {hcall_name(ret)}"

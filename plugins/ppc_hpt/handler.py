@@ -8,6 +8,8 @@ version the selected strategy names:
   ``hva_to_pfn`` (:mod:`.handler_v4_15`).
 - ``v5.7`` (cd758a9b57ee, C.2): ``__get_user_pages_fast(write)``, else
   ``__gfn_to_pfn_memslot``, then the host PTE (:mod:`.handler_v5_7`).
+- ``v6.13`` (0865ba14b4ee, E): ``__kvm_faultin_pfn`` and v5.7's tail,
+  releasing exactly the page the strategy hands back (:mod:`.handler_v6_13`).
 
 This module holds what both share: the prefilter, the prologue up to
 ``mmu_seq``, and the tail from the page-size check to ``out_put``; the
@@ -191,7 +193,9 @@ def hv_page_fault(kvm: Kvm, vcpu: int, ea: int, dsisr: int) -> FaultResult:
     writing = bool(dsisr & DSISR_ISSTORE)
     hva = memslot.userspace_addr + ((gfn - memslot.base_gfn) << ps)
     ctx = FaultCtx(index, hpte0, hpte1, hpte2, r, psize, gpa, gfn, gfn_base, hva, memslot, mmu_seq)
-    if st.version == "v5.7":
+    if st.version == "v6.13":
+        from kvmsim_plugins.ppc_hpt.handler_v6_13 import resolve_v6_13 as resolve
+    elif st.version == "v5.7":
         from kvmsim_plugins.ppc_hpt.handler_v5_7 import resolve_v5_7 as resolve
     else:
         from kvmsim_plugins.ppc_hpt.handler_v4_15 import resolve_v4_15 as resolve

@@ -30,7 +30,6 @@ def resolve_v5_7(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultResu
     """C.2 second bullet."""
     tr = kvm.tracer
     phys = kvm.phys
-    ps = kvm.page_shift
     hva = ctx.hva
     write_ok = writing
     pages: list[int] = []
@@ -60,6 +59,18 @@ def resolve_v5_7(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultResu
             kvm.fire_point("after_hva_to_pfn")
             return _ret(-EFAULT, f"__gfn_to_pfn_memslot: {pfn_name(pfn)}")
         page = pfn if phys.pfn_valid(pfn) and not phys.PageReserved(pfn) else None
+    return host_pte_tail(kvm, ctx, page, write_ok)
+
+
+def host_pte_tail(kvm: Kvm, ctx: FaultCtx, page: int | None, write_ok: bool) -> FaultResult:
+    """What v5.7 and v6.13 share after the lookup: the host PTE
+    (``__find_linux_pte``; none → release the page, ``RESUME_GUEST``) gives
+    the size, the address and ``is_ci``; then :func:`finish`, which dirties
+    (``set_page_dirty_lock``) and puts ``page`` — the only reference dropped."""
+    tr = kvm.tracer
+    ps = kvm.page_shift
+    hva = ctx.hva
+    phys = kvm.phys
     kvm.fire_point("after_hva_to_pfn")
     # the host PTE gives the mapping size and the cache attribute
     pte, shift = kvm.mm.pgtable.find_linux_pte(hva)

@@ -69,7 +69,9 @@ def slot_is_aligned(base_gfn: int, npages: int, pagesize: int, page_shift: int) 
     return not base_gfn & mask and not npages & mask
 
 
-def do_h_enter(kvm: Kvm, flags: int, pte_index: int, pteh: int, ptel: int) -> tuple[int, int]:
+def do_h_enter(
+    kvm: Kvm, flags: int, pte_index: int, pteh: int, ptel: int, *, at_boot: bool = False
+) -> tuple[int, int]:
     """``kvmppc_do_h_enter``: returns ``(H_*, pte_index used)``.
 
     With a present host PTE the entry goes in valid, pointing at the host
@@ -78,6 +80,11 @@ def do_h_enter(kvm: Kvm, flags: int, pte_index: int, pteh: int, ptel: int) -> tu
     HPTE; a cache-inhibited HPTE over RAM is silently made cacheable).  With
     no host PTE it goes in absent, so the first access faults; with no
     memslot, absent with storage key 31 (emulated MMIO).
+
+    :param at_boot: the call is one the guest made at boot (bolting its
+        linear mapping), when the host had no PTE for the page yet; the model
+        performs it when the guest first touches the page (see the package
+        docstring), so the host page table of *now* must not be consulted.
     """
     st: HptState = kvm.arch
     ps = kvm.page_shift
@@ -106,7 +113,10 @@ def do_h_enter(kvm: Kvm, flags: int, pte_index: int, pteh: int, ptel: int) -> tu
             return H_PARAMETER, -1
         rmap_gfn = gfn
         hva = memslot.userspace_addr + ((gfn - memslot.base_gfn) << ps)
-        pte, hpage_shift = kvm.mm.pgtable.find_linux_pte(hva)
+        if at_boot:
+            pte, hpage_shift = None, 0  # nothing mapped there when it was issued
+        else:
+            pte, hpage_shift = kvm.mm.pgtable.find_linux_pte(hva)
         found = pte is not None  # ptep != NULL
         if found:
             host_pte_size = 1 << hpage_shift if hpage_shift else 1 << ps
@@ -248,11 +258,20 @@ def guest_ptel(gpa: int, pshift: int, base_shift: int, wimg: int, writable: bool
 
 
 def guest_h_enter(
-    kvm: Kvm, ea: int, gpa: int, pshift: int, wimg: int, writable: bool, exe: bool
+    kvm: Kvm,
+    ea: int,
+    gpa: int,
+    pshift: int,
+    wimg: int,
+    writable: bool,
+    exe: bool,
+    *,
+    at_boot: bool = False,
 ) -> tuple[int, int]:
-    """What a Linux guest's ``hash_page`` does to insert a translation: hash
-    the ea through its SLB, H_ENTER into the primary PTEG, and on
-    H_PTEG_FULL into the secondary one.  Records the slot for H_REMOVE.
+    """What a Linux guest's ``hash_page`` (or, at boot, ``htab_bolt_mapping``)
+    does to insert a translation: hash the ea through its SLB, H_ENTER into
+    the primary PTEG, and on H_PTEG_FULL into the secondary one.  Records
+    the slot for H_REMOVE.  ``at_boot``: see :func:`do_h_enter`.
     Returns ``(H_*, index)``."""
     st: HptState = kvm.arch
     esid = ea >> SID_SHIFT
@@ -262,9 +281,11 @@ def guest_h_enter(
     v = guest_hpte_v(ea, vsid, pshift)
     r = guest_ptel(gpa, pshift, base, wimg, writable, exe)
     h = hpt_hash(vsid, ea, base, st.mask)
-    ret, index = do_h_enter(kvm, 0, h << 3, v, r)
+    ret, index = do_h_enter(kvm, 0, h << 3, v, r, at_boot=at_boot)
     if ret == H_PTEG_FULL:
-        ret, index = do_h_enter(kvm, 0, (h ^ st.mask) << 3, v | HPTE_V_SECONDARY, r)
+        ret, index = do_h_enter(
+            kvm, 0, (h ^ st.mask) << 3, v | HPTE_V_SECONDARY, r, at_boot=at_boot
+        )
     if ret == H_SUCCESS:
         st.entered[ea >> pshift << pshift] = index
     return ret, index

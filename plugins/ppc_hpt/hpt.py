@@ -107,6 +107,7 @@ class HptState:
 
     __slots__ = (
         "back",
+        "bolted",
         "dsi_queued",
         "entered",
         "forw",
@@ -146,6 +147,9 @@ class HptState:
         self.rmap_locks: dict[int, str] = {}
         self.seg_shift: dict[int, int] = {}  # ESID → base page shift (guest SLB model)
         self.entered: dict[int, int] = {}  # ea page → HPTE index (the guest's slot record)
+        # linear-mapping pages (ea == gpa) the guest has bolted so far; the
+        # rest of the RAM memslots was bolted absent at boot (see __init__)
+        self.bolted: set[int] = set()
         self.pgfault: dict[int, PgFault] = {}
         self.pending: Install | None = None
         self.mmu_ready = True  # HPT resizing is not modelled

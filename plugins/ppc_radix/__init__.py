@@ -1,5 +1,5 @@
 """POWER9 radix (partition-scoped) MMU under KVM HV, with the fault handler
-of v4.15, v4.16 or v4.17 as the selected strategy names.
+of v4.15, v4.16, v4.17 or v6.13 as the selected strategy names.
 
 Two arch entry points share this code: ``ppc_radix`` (64K base pages, as
 ppc64 distributions build) and ``ppc_radix_4k`` (:mod:`.radix4k`, 4K base
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 NAME = "ppc_radix"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
-VERSIONS = ("v4.15", "v4.16", "v4.17")
+VERSIONS = ("v4.15", "v4.16", "v4.17", "v6.13")
 DEFAULT_VERSION = "v4.17"
 
 
@@ -34,10 +34,13 @@ def make_arch_info(name: str, page_shift: int) -> ArchInfo:
         name=name,
         description=(
             f"POWER9 radix partition-scoped MMU (KVM HV), {kb}K base pages, "
-            f"{GPA_BITS}-bit guest real addresses; fault handler v4.15/v4.16/v4.17"
+            f"{GPA_BITS}-bit guest real addresses; fault handler v4.15/v4.16/v4.17/v6.13"
         ),
         page_shift=page_shift,
         page_sizes=(1 << page_shift, PMD_SIZE, PUD_SIZE),
+        # powerpc never defines __KVM_HAVE_READONLY_MEM: the handlers' read-only
+        # slot branches exist in the source but userspace cannot reach them
+        readonly_memslots=False,
     )
 
 

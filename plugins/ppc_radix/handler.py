@@ -9,9 +9,14 @@ The selected strategy names the version (``StrategyInfo.handlers``):
   must put, ``prot`` for the vma's pgprot, or ``retry`` for the RFC's -EAGAIN.
 - ``v4.17``: gup-fast for a writable page, else the generic
   ``__gfn_to_pfn_memslot`` (the strategy's generic ``hva_to_pfn``).
+- ``v6.13``: ``kvmppc_book3s_instantiate_page`` after the 2024 rework
+  (kernel-semantics E): ``__kvm_faultin_pfn`` for every fault, the host PTE
+  for every pfn, and the release of exactly the page the strategy handed
+  back (``kvm_release_faultin_page``).
 
 This module holds the prologue every version shares; the versions'
-bodies are in :mod:`.handler_v4_15` and :mod:`.handler_v4_17`.
+bodies are in :mod:`.handler_v4_15`, :mod:`.handler_v4_17` and
+:mod:`.handler_v6_13`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from kvmsim_plugins.ppc_radix.dsisr import (
     dsisr_names,
 )
 from kvmsim_plugins.ppc_radix.mmu import RadixState
+from kvmsim_plugins.ppc_radix.tree import GPA_BITS
 
 from kvmsim.cmodel import EFAULT
 from kvmsim.hooktypes import EFAULT as A_EFAULT
@@ -94,13 +100,45 @@ def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
         from kvmsim_plugins.ppc_radix.handler_v4_17 import fault_v4_17
 
         return fault_v4_17(kvm, vcpu, st, dsisr, gpa, gfn, ea, slot)
+    if st.version == "v6.13":
+        from kvmsim_plugins.ppc_radix.handler_v6_13 import fault_v6_13
+
+        return fault_v6_13(kvm, vcpu, st, dsisr, gpa, gfn, ea, slot)
     from kvmsim_plugins.ppc_radix.handler_v4_15 import fault_v4_15_16
 
     return fault_v4_15_16(kvm, vcpu, st, dsisr, gpa, gfn, slot)
 
 
+# The host (process) page table on radix covers 52 bits of address like the
+# partition-scoped one: pgd_index() is (ea >> PGDIR_SHIFT) & (PTRS_PER_PGD - 1)
+# and every lower index is masked the same way, so a walk never looks at
+# bits 52..63 (radix-{4k,64k}.h: 13 + 9 + 9 + 9|5 index bits + page shift).
+HOST_PGTABLE_BITS = GPA_BITS
+HOST_PGTABLE_MASK = (1 << HOST_PGTABLE_BITS) - 1
+
+
+def find_linux_pte(kvm: Kvm, hva: int) -> tuple[int | None, int]:
+    """``__find_linux_pte(vcpu->arch.pgdir, hva, NULL, &shift)`` (and
+    ``find_current_mm_pte``): the host PTE mapping ``hva`` and its shift (0
+    for a base page).  There is no check that ``hva`` is a user address: a
+    kernel address such as ``KVM_HVA_ERR_RO_BAD`` (what ``gfn_to_hva_memslot``
+    gives for a read-only memslot) walks the user table at the address whose
+    bits above 51 are dropped, as the index macros do."""
+    walked = hva & HOST_PGTABLE_MASK
+    if walked != hva:
+        tr = kvm.tracer
+        if tr.enabled:
+            tr.emit(
+                "__find_linux_pte",
+                hva=hex(hva),
+                walked=hex(walked),
+                why="pgd_index masks the address: a kernel hva aliases a user one",
+            )
+    return kvm.mm.pgtable.find_linux_pte(walked)
+
+
 def _host_pte(kvm: Kvm, hva: int) -> int | None:
     """``find_current_mm_pte`` / ``__find_linux_pte`` on the host mm: the
     entry (possibly not present) or None."""
-    pte, _shift = kvm.mm.pgtable.find_linux_pte(hva)
+    pte, _shift = find_linux_pte(kvm, hva)
     return pte

@@ -13,7 +13,7 @@ from kvmsim_plugins.ppc_radix.dsisr import (
     DSISR_PROTFAULT,
     DSISR_SET_RC,
 )
-from kvmsim_plugins.ppc_radix.handler import _PTE_BASE, RESUME_GUEST, _ret
+from kvmsim_plugins.ppc_radix.handler import _PTE_BASE, RESUME_GUEST, _ret, find_linux_pte
 from kvmsim_plugins.ppc_radix.mmu import RadixState
 from kvmsim_plugins.ppc_radix.tree import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, PUD_SIZE
 
@@ -119,7 +119,9 @@ def fault_v4_17(
         pte = (pfn << PTE_PFN_SHIFT) | pgflags
     else:
         # copy the host PTE to get its attribute bits (cache-inhibited...)
-        hpte, shift = kvm.mm.pgtable.find_linux_pte(hva)
+        # __find_linux_pte(vcpu->arch.pgdir, hva): on a read-only memslot hva
+        # is KVM_HVA_ERR_RO_BAD, and the walk lands on its user alias
+        hpte, shift = find_linux_pte(kvm, hva)
         if hpte is None:
             raise KernelOops(
                 "pte = *ptep with __find_linux_pte() == NULL "

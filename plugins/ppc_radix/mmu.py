@@ -200,6 +200,9 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
         # whole entry, so this is a valid 1G leaf.
         if level == 2 and e == pte:
             return _SAME
+        if level == 2 and version == "v6.13" and e & PTE_PRESENT:
+            pud[ui] = e | pte  # "valid 1GB page here already, add our extra bits"
+            return 0
         pud.pop(ui)  # remove it (tlbie; dirty map)
         tree.forget(pud_base, e, PUD_SHIFT)
         e = None
@@ -224,6 +227,9 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
         assert isinstance(e2, int)
         if v417 and level == 1 and e2 == pte:
             return _SAME
+        if level == 1 and version == "v6.13" and e2 & PTE_PRESENT:
+            pmd[mi] = e2 | pte  # "valid 2MB page here already, add our extra bits"
+            return 0
         pmd.pop(mi)  # remove the existing 2M leaf (clear all bits, tlbie)
         tree.forget(pmd_base, e2, PMD_SHIFT)
         e2 = None
@@ -244,6 +250,11 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
     if old & PTE_PRESENT:
         if v417 and old == pte:
             return _SAME
+        if version == "v6.13":
+            # later kernels keep the entry and OR in the new bits (kvmppc_radix_update_pte;
+            # WARN_ON_ONCE if PTE_BITS_MUST_MATCH differ)
+            e2[pi] = old | pte
+            return 0
         # the old PTE is invalidated (clear PRESENT, tlbie, mark_page_dirty
         # if it was dirty) before the new one is set
     e2[pi] = pte

@@ -41,7 +41,7 @@ def strategy_info() -> StrategyInfo:
     return StrategyInfo(
         name="cedric_reviewed",
         description="the RFC after review: VM_IO|VM_PFNMAP outer test, exported generic helper",
-        arches=("ppc_radix",),
+        arches=("ppc_radix", "ppc_radix_4k"),
         handlers={"ppc_radix": "v4.15"},
         kernel="v4.15 + RFC with Ben's and Paolo's review",
     )

@@ -42,7 +42,7 @@ def strategy_info() -> StrategyInfo:
     return StrategyInfo(
         name="cedric_rfc",
         description="the RFC as posted: hva_to_pfn_remapped copied into the v4.15 radix handler",
-        arches=("ppc_radix",),
+        arches=("ppc_radix", "ppc_radix_4k"),
         handlers={"ppc_radix": "v4.15"},
         kernel="v4.15 + RFC 20180208160303.19016-1-clg@kaod.org",
     )

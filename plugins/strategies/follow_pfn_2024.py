@@ -81,7 +81,15 @@ KVM_PFN_ERR_NEEDS_IO = KVM_PFN_ERR_FAULT + 3  # the 6.13 value after RO_FAULT
 KVM_PFN_ERR_SIGPENDING = KVM_PFN_ERR_FAULT + 4
 
 
-HANDLERS_NOW = {"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"}
+# radix has its v6.13 handler (kvmppc_book3s_instantiate_page with
+# kvm_release_faultin_page); the other arches keep their latest older one
+HANDLERS_NOW = {
+    "ppc_radix": "v6.13",
+    "ppc_radix_4k": "v6.13",
+    "ppc_hpt": "v6.13",  # book3s_64_mmu_hv.c after 0865ba14b4ee: releases only page
+    "x86_ept": "v6.13",  # tdp_page_fault releasing only refcounted_page (E.9)
+    "*": "v4.16",
+}
 HANDLERS_WANTED = {"*": "v6.13"}
 """A handler that releases exactly ``HvaToPfnResult.page`` (kvm_release_faultin_page)."""
 

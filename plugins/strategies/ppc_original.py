@@ -40,7 +40,7 @@ def strategy_info() -> StrategyInfo:
     return StrategyInfo(
         name="ppc_original",
         description="v4.15 PPC HV handlers: gup_fast, else VM_PFNMAP -> vm_pgoff + offset (no PTE)",
-        arches=("ppc_radix", "ppc_hpt"),
+        arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.15", "ppc_hpt": "v4.15"},
         kernel="v4.15 (radix blob 58618f644c56)",
     )

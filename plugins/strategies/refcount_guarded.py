@@ -44,7 +44,9 @@ def strategy_info() -> StrategyInfo:
         name="refcount_guarded",
         description="generic path + bd2fae8da794 (PTE write check) + f8be156be163 (CVE-2021-22543)",
         arches=("*",),
-        handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
+        # x86: 5.13's direct_page_fault, whose release helpers use v5.6's
+        # kvm_is_reserved_pfn (the zero page is released, L.1)
+        handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "x86_ept": "v5.13", "*": "v4.16"},
         kernel="5.13 (f8be156be163 on bd2fae8da794)",
     )
 

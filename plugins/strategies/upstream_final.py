@@ -41,7 +41,7 @@ def strategy_info() -> StrategyInfo:
     return StrategyInfo(
         name="upstream_final",
         description="merged PPC handlers calling __gfn_to_pfn_memslot (radix v4.17, HPT v5.7)",
-        arches=("ppc_radix", "ppc_hpt"),
+        arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7"},
         kernel="v4.17 (31c8b0d0694a); HPT v5.7 (cd758a9b57ee)",
     )

@@ -1,6 +1,8 @@
 """x86-64 with VMX and EPT under KVM (TDP): the 4-level EPT, and the
 ``tdp_page_fault`` handler of v4.16 with async page faults, hwpoison SIGBUS,
-MMIO SPTEs, THP and hugetlbfs levels, and dirty logging by write protection.
+MMIO SPTEs, THP and hugetlbfs levels, and dirty logging by write protection;
+handler versions v5.13 (``direct_page_fault``) and v6.13 (release rule) for
+the strategies of those eras (see :mod:`.handler`).
 
 See :mod:`.ept` (tables, SPTE bits, the hardware walk), :mod:`.handler`
 (the fault path), :mod:`.apf` (async page faults), :mod:`.steps` (scenario
@@ -24,14 +26,14 @@ if TYPE_CHECKING:
 
 NAME = "x86_ept"
 PAGE_SHIFT = 12
-VERSIONS = ("v4.16", "v6.13")
+VERSIONS = ("v4.16", "v5.13", "v6.13")
 
 
 @hookimpl
 def arch_info() -> ArchInfo:
     return ArchInfo(
         name=NAME,
-        description="x86-64 VMX EPT (4-level, 4K/2M/1G), TDP fault handler v4.16 (v6.13 release)",
+        description="x86-64 VMX EPT (4-level, 4K/2M/1G), TDP fault handler v4.16, v5.13, v6.13",
         page_shift=PAGE_SHIFT,
         page_sizes=(1 << 12, 1 << 21, 1 << 30),
     )

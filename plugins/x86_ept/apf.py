@@ -176,7 +176,7 @@ def kvm_check_async_pf_completion(kvm: Kvm, vcpu: int) -> int:
     """``kvm_check_async_pf_completion``: for each done work, prefault the
     page (``kvm_arch_async_page_ready``) and tell the guest
     (``kvm_arch_async_page_present``).  Returns how many completed."""
-    from kvmsim_plugins.x86_ept.handler import tdp_page_fault
+    from kvmsim_plugins.x86_ept.handler import mmu_page_fault
 
     a: ApfVcpu = kvm.arch.vcpu_apf(vcpu)
     n = 0
@@ -185,7 +185,8 @@ def kvm_check_async_pf_completion(kvm: Kvm, vcpu: int) -> int:
         if work is None:
             break
         # kvm_arch_async_page_ready: direct map, so always re-fault
-        tdp_page_fault(kvm, vcpu, work.gva, 0, True)
+        # (mmu->page_fault with prefault = true)
+        mmu_page_fault(kvm, vcpu, work.gva, 0, True)
         kvm_arch_async_page_present(kvm, a, work)
         a.queue.remove(work)
         n += 1

@@ -319,16 +319,34 @@ def translate(kvm: Kvm, gpa: int, op: str) -> Translation:
 # ---------------------------------------------------------------------- SPTE helpers
 
 
-def kvm_set_pfn_accessed(phys: PhysMem, pfn: int) -> None:
+def kvm_is_reserved_pfn_v5_6(phys: PhysMem, pfn: int) -> bool:
+    """``kvm_is_reserved_pfn`` from 7df003c85218 (v5.6) on: PageReserved and
+    not the zero pfn for a valid pfn, true for a pfn with no struct page.
+    The zero page is no longer "reserved", so the release helpers drop the
+    reference gup took on it (L.1)."""
+    if phys.pfn_valid(pfn):
+        return phys.PageReserved(pfn) and not phys.is_zero_pfn(pfn)
+    return True
+
+
+def is_reserved_pfn(kvm: Kvm, pfn: int) -> bool:
+    """``kvm_is_reserved_pfn`` of the handler version's kernel: v4.16's
+    (A.9: the zero page counts as reserved) or v5.6's (it does not)."""
+    if kvm.arch.version == "v4.16":
+        return kvm_is_reserved_pfn(kvm.phys, pfn)
+    return kvm_is_reserved_pfn_v5_6(kvm.phys, pfn)
+
+
+def kvm_set_pfn_accessed(kvm: Kvm, pfn: int) -> None:
     """``kvm_set_pfn_accessed``: mark_page_accessed unless reserved."""
-    if not kvm_is_reserved_pfn(phys, pfn):
-        phys.mark_page_accessed(pfn)
+    if not is_reserved_pfn(kvm, pfn):
+        kvm.phys.mark_page_accessed(pfn)
 
 
-def kvm_set_pfn_dirty(phys: PhysMem, pfn: int) -> None:
+def kvm_set_pfn_dirty(kvm: Kvm, pfn: int) -> None:
     """``kvm_set_pfn_dirty``: SetPageDirty unless reserved."""
-    if not kvm_is_reserved_pfn(phys, pfn):
-        phys.SetPageDirty(pfn)
+    if not is_reserved_pfn(kvm, pfn):
+        kvm.phys.SetPageDirty(pfn)
 
 
 def mmu_spte_clear_track_bits(kvm: Kvm, spte: int) -> None:
@@ -338,9 +356,9 @@ def mmu_spte_clear_track_bits(kvm: Kvm, spte: int) -> None:
         return
     pfn = spte_to_pfn(spte)
     if spte & EPT_A:
-        kvm_set_pfn_accessed(kvm.phys, pfn)
+        kvm_set_pfn_accessed(kvm, pfn)
     if spte & EPT_D:
-        kvm_set_pfn_dirty(kvm.phys, pfn)
+        kvm_set_pfn_dirty(kvm, pfn)
 
 
 def drop_spte(kvm: Kvm, table: Table, idx: int, gpa: int, level: int) -> int:

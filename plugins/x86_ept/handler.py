@@ -13,6 +13,20 @@ Handler versions (``StrategyInfo.handlers``):
 
 - ``v4.16``: as above; references are released by pfn
   (``kvm_release_pfn_clean``), so the zero page's gup reference leaks (L.1).
+- ``v5.13``: ``kvm_tdp_page_fault`` → ``direct_page_fault`` of 5.13 (legacy
+  MMU; the TDP MMU was off by default until 5.15), in what the model can
+  express: ``kvm_is_reserved_pfn`` excludes the zero page (7df003c85218,
+  v5.6), so the release helpers drop its gup reference; the level is chosen
+  under ``mmu_lock`` after the retry check by ``kvm_mmu_hugepage_adjust``
+  (the host page-table level at the hva of a compound page, no
+  ``mmap_sem`` and no vma page size), moving no reference; the one
+  ``kvm_release_pfn_clean(pfn)`` of the pfn ``hva_to_pfn`` returned sits
+  at ``out_unlock``; a fault on a memslot being deleted or moved
+  (``KVM_MEMSLOT_INVALID``) is retried; the retry check is skipped for a
+  NOSLOT pfn.  Not modelled: ``mmu_notifier_retry_hva``'s range test (the
+  model never checks while an invalidation is in progress) and the NX
+  huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
+  multihit erratum).
 - ``v6.13``: the same flow with the 2024 release rule (kernel-semantics E.9):
   only ``result.page`` (``*refcounted_page``) is released, by page
   (``kvm_release_faultin_page``), and ``transparent_hugepage_adjust`` moves
@@ -53,6 +67,7 @@ from kvmsim_plugins.x86_ept.ept import (
     PT_DIRECTORY_LEVEL,
     PT_MAX_HUGEPAGE_LEVEL,
     PT_PAGE_TABLE_LEVEL,
+    PT_PDPE_LEVEL,
     SPTE_HOST_WRITEABLE,
     SPTE_MMU_WRITEABLE,
     SPTE_PFN_SHIFT,
@@ -61,6 +76,7 @@ from kvmsim_plugins.x86_ept.ept import (
     drop_spte,
     is_last_spte,
     is_mmio_spte,
+    is_reserved_pfn,
     is_shadow_present_pte,
     kvm_set_pfn_accessed,
     kvm_set_pfn_dirty,
@@ -156,7 +172,7 @@ def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
             error_code=hex(error_code),
             handler=kvm.arch.version,
         )
-    r, event, detail = tdp_page_fault(kvm, vcpu, fault.gpa, error_code, False)
+    r, event, detail = mmu_page_fault(kvm, vcpu, fault.gpa, error_code, False)
     a: apf.ApfVcpu = kvm.arch.vcpu_apf(vcpu)
     if event == "sigbus":
         # RET_PF_RETRY, but the vcpu thread has SIGBUS pending: KVM_RUN
@@ -173,6 +189,17 @@ def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
     if r == RET_PF_EMULATE:
         return FaultResult(action=MMIO, ret=r, detail=detail or "RET_PF_EMULATE")
     return FaultResult(action=A_EFAULT, ret=r, detail=detail or f"KVM_RUN returns {errno_name(r)}")
+
+
+def mmu_page_fault(
+    kvm: Kvm, vcpu: int, gpa: int, error_code: int, prefault: bool
+) -> tuple[int, str | None, str]:
+    """``vcpu->arch.mmu->page_fault`` of the handler version: v4.16's
+    ``tdp_page_fault`` (also under the v6.13 release rule) or 5.13's
+    ``kvm_tdp_page_fault``."""
+    if kvm.arch.version == "v5.13":
+        return direct_page_fault(kvm, vcpu, gpa, error_code, prefault)
+    return tdp_page_fault(kvm, vcpu, gpa, error_code, prefault)
 
 
 def tdp_page_fault(
@@ -242,6 +269,85 @@ def tdp_page_fault(
             kvm_release_pfn_clean(kvm.phys, pfn)
         return RET_PF_RETRY, None, "mmu_notifier_retry"
     return r, None, ""
+
+
+def direct_page_fault(
+    kvm: Kvm, vcpu: int, gpa: int, error_code: int, prefault: bool
+) -> tuple[int, str | None, str]:
+    """``kvm_tdp_page_fault`` → ``direct_page_fault`` (5.13, legacy MMU):
+    the largest level the guest MTRRs allow (uniform here: 1G), the lockless
+    ``fast_page_fault`` walking to the leaf, ``mmu_notifier_seq``,
+    ``try_async_pf``, ``handle_abnormal_pfn``, then under ``mmu_lock`` the
+    retry check and ``__direct_map`` (``create_pte``), and at ``out_unlock``
+    one ``kvm_release_pfn_clean`` of the pfn ``hva_to_pfn`` returned, with
+    v5.6's ``kvm_is_reserved_pfn`` (the zero page is released)."""
+    st: EptState = kvm.arch
+    tr = kvm.tracer
+    gfn = gpa >> 12
+    write = bool(error_code & PFERR_WRITE_MASK)
+    # kvm_tdp_page_fault: kvm_mtrr_check_gfn_range_consistency holds at every
+    # level (uniform guest MTRRs), so max_level = KVM_MAX_HUGEPAGE_LEVEL.
+    # page_fault_handle_page_track: no gfn is write-tracked.
+    max_level = PT_PDPE_LEVEL
+    if tr.enabled:
+        tr.emit(
+            "kvm_tdp_page_fault",
+            gpa=hex(gpa),
+            error_code=hex(error_code),
+            max_level=max_level,
+            prefault=prefault,
+        )
+    if fast_page_fault(kvm, vcpu, gpa, PT_PAGE_TABLE_LEVEL, error_code):
+        return RET_PF_RETRY, None, "fast_page_fault"
+    mmu_seq = kvm.mmu_notifier_seq
+    slot = kvm.memslots.gfn_to_memslot(gfn)
+    if slot is not None and slot.flags & KVM_MEMSLOT_INVALID:
+        # try_async_pf: retry until the memslot update has zapped the old
+        # SPTEs, rather than install an MMIO SPTE for the gfn
+        if tr.enabled:
+            tr.emit("try_async_pf", gfn=hex(gfn), retry="KVM_MEMSLOT_INVALID")
+        return RET_PF_RETRY, None, "memslot being deleted or moved"
+    handled, res = try_async_pf(kvm, vcpu, prefault, gfn, gpa, write)
+    kvm.fire_point("after_hva_to_pfn")
+    if handled:
+        a: apf.ApfVcpu = st.vcpu_apf(vcpu)
+        event = "not_present" if not a.halt_requested else None
+        return RET_PF_RETRY, event, "async PF: page not present"
+    assert res is not None
+    pfn = res.pfn
+    # handle_abnormal_pfn (EPT caches MMIO SPTEs: shadow_mmio_value != 0)
+    if is_error_pfn(pfn):
+        return kvm_handle_bad_page(kvm, vcpu, gfn, pfn)
+    if is_noslot_pfn(pfn) and tr.enabled:
+        tr.emit("vcpu_cache_mmio_info", gfn=hex(gfn))
+    flags = 0
+    if write:
+        flags |= REQ_WRITE_FAULT
+    if res.writable:
+        flags |= REQ_MAP_WRITABLE
+    if prefault:
+        flags |= REQ_PREFAULT
+    kvm.fire_point("before_create_pte")
+    r = kvm.hooks.create_pte(
+        kvm=kvm,
+        gpa=gpa & ~0xFFF,
+        pte=(pfn << SPTE_PFN_SHIFT) | flags,
+        level=max_level - 1,
+        mmu_seq=mmu_seq,
+    )
+    # out_unlock: write_unlock(mmu_lock), then kvm_release_pfn_clean(pfn)
+    # whether the fault was retried or mapped
+    kvm_release_pfn_clean_v5_6(kvm, pfn)
+    if r == -EAGAIN:
+        return RET_PF_RETRY, None, "mmu_notifier_retry"
+    return r, None, ""
+
+
+def kvm_release_pfn_clean_v5_6(kvm: Kvm, pfn: int) -> None:
+    """``kvm_release_pfn_clean`` with v5.6's ``kvm_is_reserved_pfn``: put_page
+    unless an error/NOSLOT pfn or reserved; the zero page is not reserved."""
+    if not is_error_noslot_pfn(pfn) and not is_reserved_pfn(kvm, pfn):
+        kvm.phys.put_page(pfn)
 
 
 # ---------------------------------------------------------------------- level selection
@@ -492,6 +598,8 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     kvm_level = level + 1
     kvm.mmu_lock.lock(task)
     try:
+        if kvm.arch.version == "v5.13":
+            return _direct_map_v5_13(kvm, gfn, pfn, flags, kvm_level, mmu_seq)
         if kvm.mmu_notifier_retry(mmu_seq):
             if tr.enabled:
                 tr.emit(
@@ -517,6 +625,89 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         )
     finally:
         kvm.mmu_lock.unlock(task)
+
+
+def _direct_map_v5_13(
+    kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq: int
+) -> int:
+    """The part of 5.13 ``direct_page_fault`` under ``mmu_lock``: the retry
+    check (skipped for a NOSLOT pfn), then ``__direct_map``, which starts
+    with ``kvm_mmu_hugepage_adjust``."""
+    tr = kvm.tracer
+    if not is_noslot_pfn(pfn) and kvm.mmu_notifier_retry(mmu_seq):
+        if tr.enabled:
+            tr.emit(
+                "mmu_notifier_retry",
+                gfn=hex(gfn),
+                mmu_seq=mmu_seq,
+                mmu_notifier_seq=kvm.mmu_notifier_seq,
+                mmu_notifier_count=kvm.mmu_notifier_count,
+            )
+        return -EAGAIN
+    # make_mmu_pages_available: there is always room
+    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level)
+    base_gfn = gfn & ~(pages_per_hpage(level) - 1)
+    return direct_map(
+        kvm,
+        bool(flags & REQ_WRITE_FAULT),
+        bool(flags & REQ_MAP_WRITABLE),
+        level,
+        base_gfn,
+        pfn,
+        bool(flags & REQ_PREFAULT),
+        mmu_seq,
+    )
+
+
+def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:
+    """``host_pfn_mapping_level`` (5.13): 4K unless the pfn is part of a
+    compound page (hugetlbfs or THP; ZONE_DEVICE is not modelled); else the
+    level of the host page-table leaf at the gfn's hva
+    (``lookup_address_in_mm``), found with ``__gfn_to_hva_memslot``, which
+    skips the read-only test of ``gfn_to_hva``."""
+    if not kvm.phys.PageCompound(pfn):
+        return PT_PAGE_TABLE_LEVEL
+    hva = slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
+    e, shift = kvm.mm.pgtable.find_linux_pte(hva)
+    if e is None:
+        return PT_PAGE_TABLE_LEVEL
+    if shift >= level_shift(PT_PDPE_LEVEL):
+        return PT_PDPE_LEVEL
+    if shift >= level_shift(PT_DIRECTORY_LEVEL):
+        return PT_DIRECTORY_LEVEL
+    return PT_PAGE_TABLE_LEVEL
+
+
+def kvm_mmu_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, max_level: int) -> tuple[int, int]:
+    """``kvm_mmu_hugepage_adjust`` (5.13), under ``mmu_lock`` after the retry
+    check: 4K for an error/NOSLOT or reserved pfn (v5.6 rule), for no slot
+    and for a slot with dirty logging (``gfn_to_memslot_dirty_bitmap``);
+    else the largest level the slot's ``disallow_lpage`` allows
+    (``kvm_mmu_max_mapping_level``), capped by the host mapping; the pfn is
+    aligned down to that level.  No reference moves (unlike v4.16's
+    ``transparent_hugepage_adjust``).  Returns (level, pfn)."""
+    st: EptState = kvm.arch
+    level = PT_PAGE_TABLE_LEVEL
+    if max_level > PT_PAGE_TABLE_LEVEL and not (
+        is_error_noslot_pfn(pfn) or is_reserved_pfn(kvm, pfn)
+    ):
+        slot = kvm.memslots.gfn_to_memslot(gfn)
+        if (
+            slot is not None
+            and not slot.flags & KVM_MEMSLOT_INVALID
+            and slot.id not in st.dirty_bitmaps
+        ):
+            lvl = min(max_level, LPAGE_LEVEL)
+            while lvl > PT_PAGE_TABLE_LEVEL and lpage_disallowed(slot, gfn, lvl):
+                lvl -= 1
+            if lvl > PT_PAGE_TABLE_LEVEL:
+                level = min(host_pfn_mapping_level(kvm, gfn, pfn, slot), lvl)
+    if level > PT_PAGE_TABLE_LEVEL:
+        # VM_BUG_ON((gfn & mask) != (pfn & mask)): compiled out (no DEBUG_VM)
+        pfn &= ~(pages_per_hpage(level) - 1)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvm_mmu_hugepage_adjust", gfn=hex(gfn), level=level, pfn=pfn_name(pfn))
+    return level, pfn
 
 
 def page_trans_compound_map(kvm: Kvm, pfn: int, gfn: int) -> bool:
@@ -699,7 +890,7 @@ def mmu_set_spte(
             write_fault=write_fault,
             mmu_seq=mmu_seq,
         )
-    if st.version != "v6.13":
+    if st.version == "v4.16":
         kvm_release_pfn_clean(kvm.phys, pfn)
     return ret
 
@@ -759,9 +950,9 @@ def mmu_spte_update(kvm: Kvm, table: Table, idx: int, new: int) -> None:
         return
     pfn = spte_to_pfn(old)
     if old & EPT_A and not new & EPT_A:
-        kvm_set_pfn_accessed(kvm.phys, pfn)
+        kvm_set_pfn_accessed(kvm, pfn)
     if old & EPT_D and not new & EPT_D:
-        kvm_set_pfn_dirty(kvm.phys, pfn)
+        kvm_set_pfn_dirty(kvm, pfn)
 
 
 # ---------------------------------------------------------------------- v6.13 release
@@ -789,7 +980,9 @@ __all__ = [
     "RET_PF_EMULATE",
     "RET_PF_RETRY",
     "create_pte",
+    "direct_page_fault",
     "mapping_level",
+    "mmu_page_fault",
     "page_fault",
     "tdp_page_fault",
 ]

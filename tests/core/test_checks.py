@@ -111,6 +111,8 @@ def test_mapping_over_nothing_is_a_wrong_frame(sim: tuple[Simulation, Crafted]) 
     s, c = sim
     c.maps = [leaf(0x20000, host_pfn(s, 0x10000))]  # the host maps nothing at 0x20000
     assert names(s) == {"wrong_frame"}
+    c.maps = [leaf(0x20000, 4)]  # ... and a kernel frame that backs no memslot
+    assert names(s) == {"wrong_frame", "outside_memslot"}
 
 
 def test_stale_mapping_after_an_invalidation_it_survived(sim: tuple[Simulation, Crafted]) -> None:

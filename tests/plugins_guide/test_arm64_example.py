@@ -86,7 +86,7 @@ def test_generic_scenarios_on_arm64() -> None:
     v4.16 arm64 itself (ARM64_V4_16_DEFECTS)."""
     scenarios = generic_scenarios()
     assert any(sc.name == "anon-write-first-touch" for sc in scenarios)
-    reference = next((a for a in ("x86_ept", "ppc_radix_4k", "ppc_radix") if a in discover()["arch"]))
+    reference = next(a for a in ("x86_ept", "ppc_radix_4k", "ppc_radix") if a in discover()["arch"])
     unexplained = []
     for sc in scenarios:
         report = run(sc, "arm64")
@@ -130,6 +130,10 @@ def test_matrix_column() -> None:
     assert not [c for c in by_name.values() if c["status"] == "error"]
     for name, expected in ARM64_V4_16_DEFECTS.items():
         assert set(by_name[name]["verdicts"]) == expected
+    # the example's own library (kvmsim.scenarios entry point) runs and passes
+    own = {n: c for n, c in by_name.items() if n.startswith("arm64-")}
+    assert set(own) == {"arm64-thp-block", "arm64-exec-then-store"}
+    assert all(c["status"] == "pass" for c in own.values()), own
 
 
 def test_the_example_distributions_own_tests_pass(arm64_installed: Path) -> None:

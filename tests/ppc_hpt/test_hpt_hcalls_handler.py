@@ -10,6 +10,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     HPTE_R_R,
     HPTE_V_ABSENT,
     HPTE_V_VALID,
+    KVMPPC_RMAP_INDEX,
     KVMPPC_RMAP_PRESENT,
 )
 
@@ -68,10 +69,15 @@ expect = { outcome = "guest_fault" }
     report = sim.run()
     assert report.passed, [s.expect_failures for s in report.steps]
     st: HptState = sim.kvm.arch
-    # kvmppc_do_h_remove: the slot is free, the rmap chain of gfn 1 empty
+    # kvmppc_do_h_remove: the slot is free and off the rmap chain of gfn 1,
+    # which keeps only the guest's boot-time bolted linear entry for gpa 0x10000
+    # (populated RAM: valid since boot, htab_bolt_mapping → H_ENTER, B.5)
     assert not st.v.get(0x90BA8, 0) & (HPTE_V_VALID | HPTE_V_ABSENT)
-    assert not st.rmap.get(1, 0) & KVMPPC_RMAP_PRESENT
-    assert sim.kvm.hooks.hook.stage2_mappings(kvm=sim.kvm) == []
+    linear = st.entered[0x10000]
+    assert st.rmap.get(1, 0) & KVMPPC_RMAP_PRESENT
+    assert st.rmap[1] & KVMPPC_RMAP_INDEX == linear
+    assert st.forw[linear] == linear  # a chain of one
+    assert [m.gpa for m in sim.kvm.hooks.hook.stage2_mappings(kvm=sim.kvm) if m.gpa == 0x10000]
 
 
 def test_wrong_expect_ret_is_an_expectation_failure() -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from kvmsim.runner import RunReport, Simulation
 from kvmsim.scenario import builtin_scenarios
 
@@ -37,6 +35,7 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
         "ept-pfnmap-linear",
+        "ept-readonly-pfnmap-store",
         "ept-thp-2m",
     }
 
@@ -194,3 +193,14 @@ expect_dirty = [0x4000]
     report = make_sim(text, strategy=STRATEGY).run()
     assert not report.passed
     assert report.steps[2].expect_failures == ["expect_dirty: expected ['0x4000'], got ['0x3000']"]
+
+
+def test_readonly_mmio_pfnmap_load_is_mapped_writable_in_v4_16(make_sim: Any) -> None:
+    _sim, report = _run(make_sim, "ept-readonly-pfnmap-store")
+    # A.8/L.3: v4.16's hva_to_pfn_remapped reports the read-only MMIO pfn
+    # writable (a340b3e229b2), so the load's SPTE is writable (the recorded
+    # defect) and the store hits it instead of faulting: no RO_FAULT.
+    assert [s.outcome for s in report.steps] == ["mmio"] * 3
+    assert report.steps[0].verdicts == ["write_to_readonly"]
+    assert not _events(report, "kvm_handle_bad_page")
+    assert not _events(report, "kvm_page_fault", step=1)

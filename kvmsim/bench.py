@@ -1,0 +1,507 @@
+"""``kvmsim bench``: throughput and memory of the fault path (issue 11).
+
+Workloads, modelled on the kernel's KVM selftests
+(``tools/testing/selftests/kvm``):
+
+- ``demand_paging`` (demand_paging_test): N vcpus, each writing every page
+  of its own slice of guest memory once; every access is a first-touch
+  stage-2 fault that faults the host page in through ``hva_to_pfn``.
+- ``reaccess``: demand-page everything (untimed), then access every page
+  again; every access is a translate hit.  Also reports raw ``translate``
+  calls per second (the arch hook alone, what the hit target is about).
+- ``dirty_log`` (dirty_log_test, x86_ept only): demand-page, enable dirty
+  logging on the slot, then rounds of "every vcpu writes its slice, then
+  ``KVM_GET_DIRTY_LOG``", driven through the arch's ``dirty_log`` step.
+- ``matrix``: the whole scenario matrix (:mod:`kvmsim.matrix`), timed.
+- ``dispatch``: the demand-paging fault path three ways in one run: as
+  shipped (the per-simulation Dispatcher), hand-wired with direct calls to
+  the plugins' functions, and through pluggy's relay on every call.
+
+Every figure is wall time of one process; nothing here is asserted by a
+unit test (tests/bench only checks the JSON's shape).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kvmsim.errors import UsageError
+from kvmsim.scenario.sizes import format_size, parse_size
+
+WORKLOADS = ("demand_paging", "reaccess", "dirty_log", "matrix", "dispatch")
+KEYS = (
+    "workload",
+    "arch",
+    "strategy",
+    "page_size",
+    "pages",
+    "vcpus",
+    "trace",
+    "seconds",
+    "faults_per_s",
+    "hits_per_s",
+    "bytes_per_page",
+)
+
+_SCENARIO = """
+name = "bench-{workload}"
+description = "anonymous guest RAM for kvmsim bench"
+arch = "{arch}"
+[[vma]]
+name = "ram"
+size = {size}
+backing = "{backing}"
+prot = "rw"
+{huge}
+[[memslot]]
+gpa = 0
+vma = "ram"
+"""
+
+
+def _rss() -> int:
+    """Resident set size now, in bytes (Linux ``/proc/self/statm``)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak is the best we have
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Mem:
+    """Memory grown by a workload: RSS by default, tracemalloc on request
+    (exact Python allocations, but it slows everything ~2x)."""
+
+    def __init__(self, exact: bool) -> None:
+        self.exact = exact
+        gc.collect()
+        if exact:
+            tracemalloc.start()
+            self.base = tracemalloc.get_traced_memory()[0]
+        else:
+            self.base = _rss()
+
+    def grown(self) -> int:
+        if self.exact:
+            cur = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            return cur - self.base
+        return max(0, _rss() - self.base)
+
+
+def _build(args: Any, *, direct: bool = True, trace: bool | None = None) -> tuple[Any, int, int]:
+    """The simulation for one guest of ``args.mem`` bytes: ``(sim, pages,
+    page_size)``, where a page is the arch's base page or ``--page-size``."""
+    from kvmsim.registry import build_manager
+    from kvmsim.testing import build_sim
+
+    _, a_info, _ = build_manager(arch=args.arch, strategy=args.strategy)
+    base = 1 << a_info.page_shift
+    psize = args.page_size or base
+    if psize < base or psize & (psize - 1):
+        raise UsageError(
+            f"--page-size {format_size(psize)}: {args.arch} pages are {format_size(base)}; "
+            "give the base page size or a larger power of two (a hugetlbfs backing)"
+        )
+    if args.mem < psize or args.mem % psize:
+        raise UsageError(
+            f"--mem {format_size(args.mem)}: must be a positive multiple of the page size "
+            f"{format_size(psize)}"
+        )
+    huge = f'huge = "{psize >> 10}K"' if psize > base else ""
+    text = _SCENARIO.format(
+        workload=args.workload,
+        arch=args.arch,
+        size=args.mem,
+        backing="hugetlbfs" if psize > base else "anon",
+        huge=huge,
+    )
+    sim = build_sim(
+        text, strategy=args.strategy, trace=args.trace if trace is None else trace, direct=direct
+    )
+    sim.kvm.nr_vcpus = args.vcpus
+    return sim, args.mem // psize, psize
+
+
+def _slices(pages: int, vcpus: int, psize: int) -> list[tuple[int, range]]:
+    """Each vcpu's slice of guest memory, as demand_paging_test splits it."""
+    per = pages // vcpus
+    out = []
+    for v in range(vcpus):
+        lo = v * per
+        hi = pages if v == vcpus - 1 else lo + per
+        out.append((v, range(lo * psize, hi * psize, psize)))
+    return out
+
+
+def _touch(sim: Any, slices: list[tuple[int, range]], op: str = "write") -> tuple[int, int]:
+    """Every vcpu accesses every page of its slice once: ``(faults, accesses)``.
+
+    :raises RuntimeError: an access did not complete through stage 2 (the
+        benchmark measures the mapped path only).
+    """
+    from kvmsim.kvm.vcpu import guest_access
+
+    kvm = sim.kvm
+    mm = sim.mm
+    faults = 0
+    n = 0
+    for vcpu, gpas in slices:
+        mm.current = f"vcpu{vcpu}"
+        for gpa in gpas:
+            r = guest_access(kvm, vcpu, gpa, gpa, op)
+            if r.outcome != "mapped":
+                raise RuntimeError(f"access to {gpa:#x} ended {r.outcome}: {r.detail}")
+            faults += r.faults
+        n += len(gpas)
+    mm.current = "qemu"
+    return faults, n
+
+
+def _finish_trace(sim: Any) -> float:
+    """Write the run's trace as JSON Lines (to a temp file); seconds spent."""
+    from kvmsim.trace import write_trace
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        write_trace(Path(d) / "bench.jsonl", sim.tracer.events)
+    return time.perf_counter() - t0
+
+
+def _result(args: Any, **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "workload": args.workload,
+        "arch": args.arch,
+        "strategy": args.strategy,
+        "page_size": None,
+        "pages": None,
+        "vcpus": args.vcpus,
+        "trace": bool(args.trace),
+        "seconds": None,
+        "faults_per_s": None,
+        "hits_per_s": None,
+        "bytes_per_page": None,
+    }
+    out.update(kw)
+    return out
+
+
+def _rate(n: int, dt: float) -> float:
+    return round(n / dt, 1) if dt > 0 else 0.0
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def demand_paging(args: Any) -> dict[str, Any]:
+    sim, pages, psize = _build(args)
+    mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
+    sl = _slices(pages, args.vcpus, psize)
+    t0 = time.perf_counter()
+    faults, _ = _touch(sim, sl)
+    dt = time.perf_counter() - t0
+    if args.trace:
+        dt += _finish_trace(sim)
+    grown = mem.grown()
+    return _result(
+        args,
+        page_size=psize,
+        pages=pages,
+        seconds=round(dt, 4),
+        faults_per_s=_rate(faults, dt),
+        bytes_per_page=round(grown / pages, 1),
+        faults=faults,
+        us_per_fault=round(dt / faults * 1e6, 2) if faults else None,
+        memory_method="tracemalloc" if args.tracemalloc else "rss",
+    )
+
+
+def reaccess(args: Any) -> dict[str, Any]:
+    sim, pages, psize = _build(args)
+    mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
+    sl = _slices(pages, args.vcpus, psize)
+    _touch(sim, sl)
+    grown = mem.grown()
+    rounds = max(1, args.rounds)
+    t0 = time.perf_counter()
+    faults = 0
+    hits = 0
+    for _ in range(rounds):
+        f, n = _touch(sim, sl, "read")
+        faults += f
+        hits += n - f
+    dt = time.perf_counter() - t0
+    # the translate hook alone on mapped addresses (the arch's walk)
+    kvm = sim.kvm
+    translate = kvm.hooks.translate
+    t1 = time.perf_counter()
+    ncalls = 0
+    for _ in range(rounds):
+        for vcpu, gpas in sl:
+            for gpa in gpas:
+                translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=gpa, op="read")
+            ncalls += len(gpas)
+    dt_t = time.perf_counter() - t1
+    if args.trace:
+        dt += _finish_trace(sim)
+    return _result(
+        args,
+        page_size=psize,
+        pages=pages,
+        seconds=round(dt, 4),
+        faults_per_s=_rate(faults, dt) if faults else None,
+        hits_per_s=_rate(hits, dt),
+        bytes_per_page=round(grown / pages, 1),
+        translate_per_s=_rate(ncalls, dt_t),
+        rounds=rounds,
+        memory_method="tracemalloc" if args.tracemalloc else "rss",
+    )
+
+
+def dirty_log(args: Any) -> dict[str, Any]:
+    from kvmsim.scenario.model import Params, StepSpec
+
+    sim, pages, psize = _build(args)
+    mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
+    kinds = {k.name for k in _flatten(sim.hooks.hook.step_kinds())}
+    if "dirty_log" not in kinds:
+        raise UsageError(
+            f"--workload dirty_log: arch {args.arch!r} has no dirty_log step (try --arch x86_ept)"
+        )
+    sl = _slices(pages, args.vcpus, psize)
+    _touch(sim, sl)
+    grown = mem.grown()
+    kvm = sim.kvm
+    arch_step = sim.hooks.hook.arch_step
+    idx = [0]
+
+    def ioctl(action: str) -> Any:
+        idx[0] += 1
+        step = StepSpec(idx[0], "dirty_log", params=Params.of({"slot": 0, "action": action}))
+        r = arch_step(kvm=kvm, vcpu=0, step=step)
+        if r is None or r.outcome != "done":
+            raise RuntimeError(f"dirty_log {action}: {r}")
+        return r
+
+    sim.mm.current = "qemu"
+    ioctl("enable")
+    rounds = max(1, args.rounds)
+    t0 = time.perf_counter()
+    faults = 0
+    hits = 0
+    for _ in range(rounds):
+        f, n = _touch(sim, sl)
+        faults += f
+        hits += n - f
+        sim.mm.current = "qemu"
+        ioctl("get")
+    dt = time.perf_counter() - t0
+    if args.trace:
+        dt += _finish_trace(sim)
+    return _result(
+        args,
+        page_size=psize,
+        pages=pages,
+        seconds=round(dt, 4),
+        faults_per_s=_rate(faults, dt),
+        hits_per_s=_rate(hits, dt) if hits else None,
+        bytes_per_page=round(grown / pages, 1),
+        rounds=rounds,
+        faults=faults,
+        memory_method="tracemalloc" if args.tracemalloc else "rss",
+    )
+
+
+def _flatten(groups: Any) -> list[Any]:
+    return [k for g in groups or () for k in g or ()]
+
+
+def matrix(args: Any) -> dict[str, Any]:
+    from kvmsim import matrix as mx
+
+    p = mx.plan(
+        arches=[args.arch] if args.arch_given else None,
+        strategies=[args.strategy] if args.strategy_given else None,
+    )
+    t0 = time.perf_counter()
+    res = mx.run(p, jobs=args.jobs, trace=args.trace)
+    dt = time.perf_counter() - t0
+    out = _result(args, seconds=round(dt, 3))
+    out.update(
+        arch=args.arch if args.arch_given else None,
+        strategy=args.strategy if args.strategy_given else None,
+        vcpus=None,
+        cells=len(p.cells),
+        cells_per_s=_rate(len(p.cells), dt),
+        jobs=args.jobs,
+        summary=res.summary_line(),
+    )
+    return out
+
+
+class _HandWired:
+    """The hot hooks wired by hand to the plugins' functions (what the
+    Dispatcher would be if it cost nothing); every other hook via pluggy."""
+
+    def __init__(self, pm: Any) -> None:
+        from kvmsim.registry import HOT_HOOKS
+
+        self.hook = pm.hook
+        for name in HOT_HOOKS:
+            impls = getattr(pm.hook, name).get_hookimpls()
+            fn = impls[0].function if len(impls) == 1 else getattr(pm.hook, name)
+            setattr(self, name, fn)
+        self.notifier_invalidate = pm.hook.notifier_invalidate
+        self.notifier_change_pte = pm.hook.notifier_change_pte
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
+def dispatch(args: Any) -> dict[str, Any]:
+    """The demand-paging fault path three ways, interleaved (best of
+    ``--rounds``), so the machine's state affects all three alike."""
+    modes: dict[str, Callable[[], Any]] = {
+        "dispatcher": lambda: _build(args, trace=False),
+        "direct": lambda: _hand_wired(args),
+        "pluggy": lambda: _build(args, direct=False, trace=False),
+    }
+    best: dict[str, float] = {}
+    pages = psize = faults = 0
+    for _ in range(max(1, args.rounds)):
+        for mode, make in modes.items():
+            sim, pages, psize = make()
+            sl = _slices(pages, args.vcpus, psize)
+            gc.collect()
+            t0 = time.perf_counter()
+            faults, _ = _touch(sim, sl)
+            dt = time.perf_counter() - t0
+            best[mode] = min(best.get(mode, dt), dt)
+            del sim
+    rates = {m: _rate(faults, dt) for m, dt in best.items()}
+    return _result(
+        args,
+        page_size=psize,
+        pages=pages,
+        trace=False,
+        seconds=round(best["dispatcher"], 4),
+        faults_per_s=rates["dispatcher"],
+        direct_faults_per_s=rates["direct"],
+        pluggy_faults_per_s=rates["pluggy"],
+        dispatcher_vs_direct=round(best["dispatcher"] / best["direct"], 3),
+        pluggy_vs_direct=round(best["pluggy"] / best["direct"], 3),
+    )
+
+
+def _hand_wired(args: Any) -> tuple[Any, int, int]:
+    sim, pages, psize = _build(args, trace=False)
+    sim.hooks = sim.kvm.hooks = _HandWired(sim.pm)
+    return sim, pages, psize
+
+
+RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "demand_paging": demand_paging,
+    "reaccess": reaccess,
+    "dirty_log": dirty_log,
+    "matrix": matrix,
+    "dispatch": dispatch,
+}
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(p: Any) -> None:
+    """The ``kvmsim bench`` flags."""
+    p.add_argument("--workload", default="demand_paging", choices=WORKLOADS)
+    p.add_argument("--arch", default=None, help="arch plugin (default ppc_radix)")
+    p.add_argument("--strategy", default=None, help="strategy plugin (default generic_v4_16)")
+    p.add_argument("--mem", default="256M", help="guest memory, e.g. 4M, 1G (default 256M)")
+    p.add_argument(
+        "--page-size", default=None, help="backing page size (default: the arch's base page)"
+    )
+    p.add_argument("--vcpus", type=int, default=1, help="vcpus sharing the memory (default 1)")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="re-access/dirty rounds; dispatch: repeats"
+    )
+    p.add_argument("--jobs", type=int, default=1, help="matrix worker processes (default 1)")
+    p.add_argument(
+        "--trace",
+        dest="tracing",  # not ``trace``: the CLI reads that as a trace file name
+        action="store_true",
+        help="record the trace and write it as JSON Lines (to a temp file)",
+    )
+    p.add_argument(
+        "--tracemalloc", action="store_true", help="exact Python allocation figures (slower)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _size(value: str, flag: str) -> int:
+    from kvmsim.errors import ScenarioError
+
+    try:
+        return parse_size(value, flag, align=1)
+    except ScenarioError as exc:
+        raise UsageError(f"{flag} {value!r}: {exc.args[0] if exc.args else exc}") from None
+
+
+def run_bench(args: Any) -> dict[str, Any]:
+    """Check the flags, run the workload, return its figures."""
+    args.trace = bool(getattr(args, "tracing", False))
+    args.arch_given = args.arch is not None
+    args.strategy_given = args.strategy is not None
+    args.arch = args.arch or "ppc_radix"
+    args.strategy = args.strategy or "generic_v4_16"
+    args.mem = _size(args.mem, "--mem")
+    args.page_size = _size(args.page_size, "--page-size") if args.page_size else None
+    if args.vcpus < 1:
+        raise UsageError(f"--vcpus {args.vcpus}: at least 1")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds {args.rounds}: at least 1")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: at least 1")
+    if args.workload != "matrix":
+        # unknown or unfit plugin names: the registry's one-line PluginError
+        from kvmsim.registry import build_manager
+
+        build_manager(arch=args.arch, strategy=args.strategy)
+    return RUNNERS[args.workload](args)
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """One result as an aligned two-column table."""
+    rows = []
+    for k, v in r.items():
+        if isinstance(v, float):
+            v = f"{v:,.1f}"
+        elif isinstance(v, int) and not isinstance(v, bool) and k in ("pages", "faults"):
+            v = f"{v:,}"
+        elif k == "page_size" and v:
+            v = format_size(v)
+        rows.append((k, "-" if v is None else str(v)))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def bench_command(args: Any) -> int:
+    """``kvmsim bench``: exit 0, or 2 for bad flags (raised as UsageError)."""
+    r = run_bench(args)
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+    else:
+        print(format_table(r))
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = ["KEYS", "WORKLOADS", "add_arguments", "bench_command", "run_bench"]

@@ -1,0 +1,123 @@
+"""The x86 handler versions a strategy selects for its era: v5.13
+(``direct_page_fault`` with v5.6's ``kvm_is_reserved_pfn``) for
+refcount_guarded, v6.13 (release only ``refcounted_page``) for
+follow_pfn_2024.  Each asserts what that kernel's code does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmsim_plugins.x86_ept import ept, handler
+
+from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
+from kvmsim.kvm.pfn import kvm_is_reserved_pfn
+from kvmsim.runner import RunReport
+from kvmsim.scenario import builtin_scenarios
+
+LIB = {p.stem: p for p in builtin_scenarios()}
+
+HEAD = """
+name = "t"
+arch = "x86_ept"
+[[vma]]
+name = "ram"
+size = "8M"
+backing = "anon"
+[[memslot]]
+gpa = 0
+vma = "ram"
+"""
+
+
+def _access(gpa: int, op: str) -> str:
+    return f'[[step]]\\ndo = "access"\\ngpa = {gpa:#x}\\nop = "{op}"\\n'
+
+
+def _events(report: RunReport, name: str, step: int | None = None) -> list[dict[str, Any]]:
+    return [
+        e for e in report.events if e["event"] == name and (step is None or e.get("step") == step)
+    ]
+
+
+def test_each_strategy_selects_its_eras_x86_handler(make_sim: Any) -> None:
+    versions = {
+        s: make_sim(HEAD, strategy=s).kvm.arch.version
+        for s in ("generic_v4_16", "refcount_guarded", "follow_pfn_2024")
+    }
+    assert versions == {
+        "generic_v4_16": "v4.16",
+        "refcount_guarded": "v5.13",
+        "follow_pfn_2024": "v6.13",
+    }
+
+
+def test_v5_6_kvm_is_reserved_pfn_excludes_only_the_zero_page(make_sim: Any) -> None:
+    sim = make_sim(HEAD, strategy="refcount_guarded")
+    phys = sim.phys
+    zero = phys.zero_pfn
+    mmio = phys.alloc_mmio(1)
+    # L.1 / 7df003c85218: the PG_reserved zero page stops counting as
+    # reserved; a pfn with no struct page still does.
+    assert kvm_is_reserved_pfn(phys, zero)
+    assert not ept.kvm_is_reserved_pfn_v5_6(phys, zero)
+    assert ept.kvm_is_reserved_pfn_v5_6(phys, mmio)
+
+
+def test_v5_13_releases_the_zero_page_reference(make_sim: Any) -> None:
+    sim = make_sim(LIB["ept-anon-read-zero-page"], strategy="refcount_guarded")
+    report = sim.run()
+    s0 = report.steps[0]
+    # L.1: slow gup took a reference on the zero page; direct_page_fault's
+    # kvm_release_pfn_clean (v5.6 rule) drops it: no leak, unlike v4.16.
+    assert (s0.outcome, s0.writable, s0.pfn) == ("mapped", False, sim.phys.zero_pfn)
+    assert report.passed, report.to_json()
+    assert sim.phys.others_refs() == {}
+    # the level is chosen under mmu_lock by kvm_mmu_hugepage_adjust, not by
+    # v4.16's mapping_level (which took mmap_sem for vma_kernel_pagesize)
+    assert _events(report, "kvm_mmu_hugepage_adjust", step=0)
+    assert not _events(report, "tdp_page_fault")
+
+
+def test_v5_13_levels_come_from_the_host_page_tables(make_sim: Any) -> None:
+    # kvm_mmu_hugepage_adjust → host_pfn_mapping_level: a THP the host maps
+    # with a PMD gives 2M, a 1G hugetlbfs page 1G; dirty logging forces 4K
+    # (gfn_to_memslot_dirty_bitmap).  No reference moves between tail and
+    # head, and the one release of the faulting pfn balances gup's.
+    for name in ("ept-thp-2m", "ept-hugetlbfs-1g", "ept-dirty-log"):
+        sim = make_sim(LIB[name], strategy="refcount_guarded")
+        report = sim.run()
+        assert report.passed, (name, report.to_json())
+        assert sim.phys.others_refs() == {}, name
+
+
+def test_v5_13_read_only_pfnmap_store_is_emulated(make_sim: Any) -> None:
+    sim = make_sim(LIB["ept-readonly-pfnmap-store"], strategy="refcount_guarded")
+    report = sim.run()
+    assert report.passed, report.to_json()
+    # bd2fae8da794: the store's write fault on a read-only PTE gives
+    # KVM_PFN_ERR_RO_FAULT; kvm_handle_bad_page emulates it (RET_PF_EMULATE,
+    # an MMIO exit on x86, H step 6) instead of failing KVM_RUN.
+    (bad,) = _events(report, "kvm_handle_bad_page", step=1)
+    assert (bad["pfn"], bad["ret"]) == ("KVM_PFN_ERR_RO_FAULT", "RET_PF_EMULATE")
+
+
+def test_v5_13_retries_a_fault_on_a_memslot_being_moved(make_sim: Any) -> None:
+    sim = make_sim(HEAD, strategy="refcount_guarded")
+    slot = sim.kvm.memslots.gfn_to_memslot(0x10)
+    assert slot is not None
+    object.__setattr__(slot, "flags", slot.flags | KVM_MEMSLOT_INVALID)
+    # try_async_pf (5.13): KVM_MEMSLOT_INVALID → RET_PF_RETRY, before any
+    # hva_to_pfn and without an MMIO SPTE for the gfn
+    r, event, _ = handler.direct_page_fault(sim.kvm, 0, 0x10000, handler.PFERR_USER_MASK, False)
+    assert (r, event) == (handler.RET_PF_RETRY, None)
+    assert not sim.kvm.arch.root
+
+
+def test_v6_13_follow_pfn_2024_balances_every_reference(make_sim: Any) -> None:
+    for name in ("ept-anon-read-zero-page", "ept-pfnmap-linear", "gen-unrefcounted-pfnmap"):
+        sim = make_sim(LIB[name], arch="x86_ept", strategy="follow_pfn_2024")
+        report = sim.run()
+        # E.9: only refcounted_page is released: the zero page's reference is
+        # dropped, PFNMAP pfns carry none and are not put (no underflow)
+        assert report.passed, (name, report.to_json())
+        assert sim.phys.others_refs() == {}, name
