@@ -171,8 +171,6 @@ def hva_to_pfn_remapped(kvm: Kvm, vma: Vma, kfp: KvmFollowPfn, p_pfn: OutParam) 
     if r:
         unlocked = OutParam("unlocked", False)
         r = gup.fixup_user_fault(mm, kfp.hva, FAULT_FLAG_WRITE if kfp.write else 0, unlocked)
-        if tr.enabled:
-            tr.emit("fixup_user_fault", ret=r, unlocked=unlocked.get())
         if unlocked.get():
             return -EAGAIN
         if r:

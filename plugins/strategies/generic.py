@@ -139,23 +139,16 @@ def hva_to_pfn_remapped(
     follow_pfn again; -EAGAIN whenever mmap_sem was dropped.  v4.16 reports
     every remapped pfn writable (a340b3e229b2), v4.15 passes no ``writable``
     (``None`` here).  No check of the PTE's write bit in either."""
-    tr = kvm.tracer
     pfn = OutParam("pfn")
     r = gup.follow_pfn(vma, addr, pfn)
-    if tr.enabled:
-        tr.emit("follow_pfn", addr=hex(addr), ret=r)
     if r:
         unlocked = OutParam("unlocked", False)
         r = gup.fixup_user_fault(kvm.mm, addr, FAULT_FLAG_WRITE if write_fault else 0, unlocked)
-        if tr.enabled:
-            tr.emit("fixup_user_fault", ret=r, unlocked=unlocked.get())
         if unlocked.get():
             return -EAGAIN
         if r:
             return r
         r = gup.follow_pfn(vma, addr, pfn)
-        if tr.enabled:
-            tr.emit("follow_pfn", addr=hex(addr), ret=r, again=True)
         if r:
             return r
     if writable is not None and writable:

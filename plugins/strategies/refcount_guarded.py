@@ -71,8 +71,6 @@ def hva_to_pfn_remapped(
     if r:
         unlocked = OutParam("unlocked", False)
         r = gup.fixup_user_fault(mm, addr, FAULT_FLAG_WRITE if write_fault else 0, unlocked)
-        if tr.enabled:
-            tr.emit("fixup_user_fault", ret=r, unlocked=unlocked.get())
         if unlocked.get():
             return -EAGAIN
         if r:
