@@ -83,3 +83,44 @@ def markdown(result: MatrixResult) -> str:
         "`·` the scenario does not run on this arch."
     )
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_START = "<!-- matrix-summary:start (generated: do not edit; see tests/matrix) -->"
+SUMMARY_END = "<!-- matrix-summary:end -->"
+
+
+def strategy_summary(result: MatrixResult) -> str:
+    """Per strategy and arch, the verdicts its known defects produce in the
+    matrix (``kfail`` cells), for the generated section of docs/strategies.md.
+
+    ``✓`` means every cell of that column passes; a ``**fail**`` marker would
+    mean the matrix disagrees with what the records claim.
+    """
+    arches = sorted({c.arch for c in result.plan.columns})
+    strategies = sorted({c.strategy for c in result.plan.columns})
+    lines = [
+        SUMMARY_START,
+        "",
+        "| strategy | " + " | ".join(arches) + " |",
+        "|---|" + "|".join("---" for _ in arches) + "|",
+    ]
+    for s in strategies:
+        row = []
+        for a in arches:
+            cells = [r for r in result.ordered() if r.strategy == s and r.arch == a]
+            if not cells:
+                row.append("·")
+                continue
+            bad = [r for r in cells if r.status in ("fail", "xpass", "error")]
+            verdicts = sorted({v for r in cells if r.status == "kfail" for v in r.verdicts})
+            other = sum(1 for r in cells if r.status == "kfail" and not r.verdicts)
+            text = ", ".join(f"`{v}`" for v in verdicts)
+            if other:
+                text += (", " if text else "") + "outcome only"
+            text = text or "✓"
+            if bad:
+                text += f" **{len(bad)} fail**"
+            row.append(text)
+        lines.append(f"| `{s}` | " + " | ".join(row) + " |")
+    lines += ["", SUMMARY_END]
+    return "\n".join(lines)

@@ -26,16 +26,12 @@ Christopherson's rework "KVM: Stop grabbing references to PFNMAP'd pages"
   nothing; stage-2 safety of PFNMAP pfns rests on MMU notifiers alone.
 
 An arch handler must release exactly ``result.page`` (never derive a page
-from the pfn, as the v4.17 PPC handler and the v4.16 x86 handler do).  No
-arch plugin has such a handler version yet, so for now this strategy selects
-the latest ones there are (radix v4.17, HPT v5.7, others v4.16); with those,
-a RAM-backed PFNMAP pfn (no reference taken here) is ``put_page``d by the
-handler (a refcount underflow that belongs to the handler pairing, not to the
-2024 code), and the zero page reference leaks (the handler skips
-PG_reserved pages; v6.13 releases it).  :data:`HANDLERS_WANTED` is the
-selection to switch to once the arches provide ``v6.13``; the trace event
-``follow_pfn_release_contract`` flags every result whose release the
-selected handler gets wrong.
+from the pfn, as the v4.17 PPC handler and the v4.16 x86 handler do): the
+builtin arches' ``v6.13`` handlers do (radix ``kvmppc_book3s_instantiate_page``,
+HPT after 0865ba14b4ee, x86 releasing ``refcounted_page``).  An arch with no
+such version (``"*"``: v4.16) pairs the 2024 code with an older release rule;
+the trace event ``follow_pfn_release_contract`` flags every result whose
+release such a handler gets wrong.
 """
 
 from __future__ import annotations
@@ -81,17 +77,14 @@ KVM_PFN_ERR_NEEDS_IO = KVM_PFN_ERR_FAULT + 3  # the 6.13 value after RO_FAULT
 KVM_PFN_ERR_SIGPENDING = KVM_PFN_ERR_FAULT + 4
 
 
-# radix has its v6.13 handler (kvmppc_book3s_instantiate_page with
-# kvm_release_faultin_page); the other arches keep their latest older one
-HANDLERS_NOW = {
-    "ppc_radix": "v6.13",
+# the handlers that release exactly HvaToPfnResult.page (kvm_release_faultin_page)
+HANDLERS = {
+    "ppc_radix": "v6.13",  # kvmppc_book3s_instantiate_page
     "ppc_radix_4k": "v6.13",
-    "ppc_hpt": "v6.13",  # book3s_64_mmu_hv.c after 0865ba14b4ee: releases only page
-    "x86_ept": "v6.13",  # tdp_page_fault releasing only refcounted_page (E.9)
-    "*": "v4.16",
+    "ppc_hpt": "v6.13",  # book3s_64_mmu_hv.c after 0865ba14b4ee
+    "x86_ept": "v6.13",  # releasing only refcounted_page (E.9)
+    "*": "v4.16",  # an arch without a 2024 handler: see follow_pfn_release_contract
 }
-HANDLERS_WANTED = {"*": "v6.13"}
-"""A handler that releases exactly ``HvaToPfnResult.page`` (kvm_release_faultin_page)."""
 
 
 @hookimpl
@@ -100,7 +93,7 @@ def strategy_info() -> StrategyInfo:
         name="follow_pfn_2024",
         description="v6.13 kvm_follow_pfn: fast path always, no reference on PFNMAP pfns",
         arches=("*",),
-        handlers=HANDLERS_NOW,
+        handlers=HANDLERS,
         kernel="v6.13 (kvm-no-struct-page, merge 5cb1659f4120)",
     )
 

@@ -15,9 +15,9 @@ only for atomic/async callers, slow gup, write upgrade, hwpoison check).
 Deliberate simplification: ``kvm_is_reserved_pfn`` is v4.16's, so the zero
 page counts as reserved (v5.6's 7df003c85218 excluded it); no PFNMAP vma maps
 the zero page, so the remapped path's decisions are unaffected.  Handlers:
-radix v4.17, HPT v5.7, others v4.16 (the handlers PPC and x86 had when the
-fix landed differ from those only in ways this model does not express on
-this path).
+radix v4.17, HPT v5.7 (the PPC handlers of the time differ from those only in
+ways this model does not express on this path), x86 v5.13 (whose release
+helpers carry v5.6's zero-page fix), others v4.16.
 """
 
 from __future__ import annotations

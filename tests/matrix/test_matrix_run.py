@@ -178,20 +178,6 @@ def test_library_has_at_least_30_scenarios() -> None:
     assert generic and all(e.arch is None for e in generic)
 
 
-def test_markdown_table_in_docs_is_current() -> None:
-    # docs/matrix-table.md is regenerated with
-    #   kvmsim matrix --format markdown --output docs/matrix-table.md
-    doc = ROOT / "docs" / "matrix-table.md"
-    if not doc.exists():
-        pytest.skip("docs/matrix-table.md not generated yet")
-    from kvmsim.report import render
-
-    assert render(run(plan(), jobs=2), "markdown") == doc.read_text(), (
-        "docs/matrix-table.md is out of date: regenerate it with "
-        "kvmsim matrix --format markdown --output docs/matrix-table.md"
-    )
-
-
 def test_diff_marks_the_first_divergence(capsys: pytest.CaptureFixture[str]) -> None:
     # generic_v4_16 (behind the v4.17 handler) and ppc_original (v4.15) take
     # different gup paths for the same read fault (A.3 vs B.2), so the

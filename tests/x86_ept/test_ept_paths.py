@@ -235,12 +235,7 @@ def test_bad_dirty_log_action_is_a_scenario_error(make_sim: Any) -> None:
         make_sim(text, strategy=STRATEGY).run()
 
 
-def test_v6_13_handler_releases_only_the_refcounted_page(
-    make_sim: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import kvmsim_plugins.strategies.follow_pfn_2024 as f24
-
-    monkeypatch.setattr(f24, "HANDLERS_NOW", {**f24.HANDLERS_NOW, "x86_ept": "v6.13"})
+def test_v6_13_handler_releases_only_the_refcounted_page(make_sim: Any) -> None:
     text = (
         """
 name = "v613"
@@ -282,6 +277,6 @@ def test_unknown_handler_version_is_refused(make_sim: Any, monkeypatch: pytest.M
 
     from kvmsim.errors import PluginError
 
-    monkeypatch.setattr(f24, "HANDLERS_NOW", {"*": "v9.99"})
+    monkeypatch.setattr(f24, "HANDLERS", {"*": "v9.99"})
     with pytest.raises(PluginError, match=r"no fault handler version 'v9\.99'"):
         make_sim(HEAD, strategy="follow_pfn_2024")
