@@ -469,6 +469,23 @@ def _follow_trans_huge_pmd(
     return page, (1 << (THP_SHIFT - ps)) - 1
 
 
+def _gup_fault_flags(flags: int, nonblocking: list[bool] | None) -> int:
+    """The fault flags gup's faults use (``faultin_page`` and
+    ``follow_hugetlb_page`` build them the same way): FOLL_WRITE → WRITE;
+    a ``nonblocking`` caller allows a retry; FOLL_NOWAIT asks for a retry
+    without dropping mmap_sem; FOLL_TRIED marks the second attempt."""
+    fault_flags = 0
+    if flags & FOLL_WRITE:
+        fault_flags |= FAULT_FLAG_WRITE
+    if nonblocking is not None:
+        fault_flags |= FAULT_FLAG_ALLOW_RETRY
+    if flags & FOLL_NOWAIT:
+        fault_flags |= FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_RETRY_NOWAIT
+    if flags & FOLL_TRIED:
+        fault_flags |= FAULT_FLAG_TRIED
+    return fault_flags
+
+
 def faultin_page(
     mm: Mm, vma: Vma, address: int, flags: int, nonblocking: list[bool] | None
 ) -> tuple[int, int]:
@@ -479,15 +496,7 @@ def faultin_page(
     ``*nonblocking = 0`` unless RETRY_NOWAIT kept the lock); VM_FAULT_ERROR →
     ``vm_fault_to_errno``.
     """
-    fault_flags = 0
-    if flags & FOLL_WRITE:
-        fault_flags |= FAULT_FLAG_WRITE
-    if nonblocking is not None:
-        fault_flags |= FAULT_FLAG_ALLOW_RETRY
-    if flags & FOLL_NOWAIT:
-        fault_flags |= FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_RETRY_NOWAIT
-    if flags & FOLL_TRIED:
-        fault_flags |= FAULT_FLAG_TRIED
+    fault_flags = _gup_fault_flags(flags, nonblocking)
     ret = handle_mm_fault(mm, vma, address, fault_flags)
     tr = mm.tracer
     if ret & VM_FAULT_ERROR:
@@ -532,15 +541,7 @@ def follow_hugetlb_page(
         d = mm.pgtable.huge.get(hs)
         e = d.get(vaddr >> hs) if d is not None else None
         if e is None or not e & PTE_PRESENT or (flags & FOLL_WRITE and not e & PTE_WRITE):
-            fault_flags = 0
-            if flags & FOLL_WRITE:
-                fault_flags |= FAULT_FLAG_WRITE
-            if nonblocking is not None:
-                fault_flags |= FAULT_FLAG_ALLOW_RETRY
-            if flags & FOLL_NOWAIT:
-                fault_flags |= FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_RETRY_NOWAIT
-            if flags & FOLL_TRIED:
-                fault_flags |= FAULT_FLAG_TRIED
+            fault_flags = _gup_fault_flags(flags, nonblocking)
             ret = hugetlb_fault(mm, vma, vaddr, fault_flags)
             if mm.tracer.enabled:
                 mm.tracer.emit("hugetlb_fault", address=vaddr, flags=fault_flags, result=ret)
