@@ -14,10 +14,10 @@ from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResu
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.kvm.memslot import Memslot, Memslots
 from kvmsim.kvm.pfn import (
-    KVM_HVA_ERR_RO_BAD,
     KVM_PFN_ERR_RO_FAULT,
     KVM_PFN_NOSLOT,
     gfn_to_hva_many,
+    kvm_hva_err_ro_bad,
     kvm_is_error_hva,
 )
 from kvmsim.trace import DISABLED, Tracer
@@ -126,7 +126,7 @@ class Kvm:
         ``writable`` pointer; a read-only slot NULLs it (no write upgrade)."""
         tr = self.tracer
         addr = gfn_to_hva_many(slot, gfn, write_fault, self.page_shift)
-        if addr == KVM_HVA_ERR_RO_BAD:
+        if addr == kvm_hva_err_ro_bad(self.page_shift):
             if tr.enabled:
                 tr.emit("gfn_to_pfn_memslot", gfn=gfn, result="KVM_PFN_ERR_RO_FAULT")
             return HvaToPfnResult(status=ERR_RO_FAULT, pfn=KVM_PFN_ERR_RO_FAULT)

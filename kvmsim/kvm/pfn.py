@@ -23,7 +23,12 @@ KVM_PFN_ERR_HWPOISON: Final = KVM_PFN_ERR_MASK + 1
 KVM_PFN_ERR_RO_FAULT: Final = KVM_PFN_ERR_MASK + 2
 
 KVM_HVA_ERR_BAD: Final = PAGE_OFFSET
-KVM_HVA_ERR_RO_BAD: Final = PAGE_OFFSET + 1  # PAGE_OFFSET + PAGE_SIZE: any kernel address
+
+
+def kvm_hva_err_ro_bad(page_shift: int) -> int:
+    """``KVM_HVA_ERR_RO_BAD``: ``PAGE_OFFSET + PAGE_SIZE`` (a kernel address,
+    so ``kvm_is_error_hva`` holds; its value depends on the page size)."""
+    return PAGE_OFFSET + (1 << page_shift)
 
 
 def is_error_pfn(pfn: int) -> bool:
@@ -61,7 +66,7 @@ def gfn_to_hva_many(slot: Memslot | None, gfn: int, write: bool, page_shift: int
     if slot is None or slot.flags & KVM_MEMSLOT_INVALID:
         return KVM_HVA_ERR_BAD
     if slot.readonly and write:
-        return KVM_HVA_ERR_RO_BAD
+        return kvm_hva_err_ro_bad(page_shift)
     return slot.userspace_addr + ((gfn - slot.base_gfn) << page_shift)
 
 

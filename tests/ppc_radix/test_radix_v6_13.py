@@ -9,7 +9,10 @@ from kvmsim_plugins.ppc_radix.handler import HOST_PGTABLE_MASK, find_linux_pte
 from kvmsim_plugins.ppc_radix.handler_v6_13 import kvm_release_faultin_page
 
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, PTE_READ
-from kvmsim.kvm.pfn import KVM_HVA_ERR_RO_BAD
+from kvmsim.kvm.pfn import kvm_hva_err_ro_bad
+
+# KVM_HVA_ERR_RO_BAD on ppc_radix: PAGE_OFFSET + 64K
+KVM_HVA_ERR_RO_BAD = kvm_hva_err_ro_bad(16)
 from kvmsim.scenario import builtin_scenarios
 from kvmsim.testing import build_sim
 
