@@ -83,6 +83,7 @@ HANDLERS = {
     "ppc_radix_4k": "v6.13",
     "ppc_hpt": "v6.13",  # book3s_64_mmu_hv.c after 0865ba14b4ee
     "x86_ept": "v6.13",  # releasing only refcounted_page (E.9)
+    "arm64": "v6.13",  # the out-of-tree example (examples/kvmsim-arm64): user_mem_abort
     "*": "v4.16",  # an arch without a 2024 handler: see follow_pfn_release_contract
 }
 

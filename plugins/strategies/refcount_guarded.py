@@ -17,7 +17,8 @@ page counts as reserved (v5.6's 7df003c85218 excluded it); no PFNMAP vma maps
 the zero page, so the remapped path's decisions are unaffected.  Handlers:
 radix v4.17, HPT v5.7 (the PPC handlers of the time differ from those only in
 ways this model does not express on this path), x86 v5.13 (whose release
-helpers carry v5.6's zero-page fix), others v4.16.
+helpers carry v5.6's zero-page fix), arm64 v5.13 when the out-of-tree example
+is installed (likewise), others v4.16.
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         # x86: 5.13's direct_page_fault, whose release helpers use v5.6's
         # kvm_is_reserved_pfn (the zero page is released, L.1)
-        handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "x86_ept": "v5.13", "*": "v4.16"},
+        handlers={
+            "ppc_radix": "v4.17",
+            "ppc_hpt": "v5.7",
+            "x86_ept": "v5.13",
+            "arm64": "v5.13",  # the out-of-tree example (examples/kvmsim-arm64)
+            "*": "v4.16",
+        },
         kernel="5.13 (f8be156be163 on bd2fae8da794)",
     )
 

@@ -121,7 +121,8 @@ def test_matrix_column() -> None:
         "matrix", "--arch", "arm64", "--strategy", STRATEGY, "--format", "json",
         "--no-progress", "--jobs", "1",
     )  # fmt: skip
-    assert r.returncode in (0, 1), r.stderr  # 1: some cell failed
+    # every cell passes or reproduces a recorded v4.16 arm64 defect
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     cells: list[dict[str, Any]] = json.loads(r.stdout)["cells"]
     by_name = {c["scenario"]: c for c in cells if c["arch"] == "arm64"}
     generic = {sc.name for sc in generic_scenarios()}

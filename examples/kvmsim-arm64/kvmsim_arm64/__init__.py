@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 NAME = "arm64"
-HANDLERS = ("v4.16",)
-"""The fault-handler versions this plugin models (``StrategyInfo.handlers``)."""
+HANDLERS = ("v4.16", "v5.13", "v6.13")
+"""The fault-handler versions this plugin models (``StrategyInfo.handlers``):
+v4.16 (abort.py), and the ``user_mem_abort`` of 5.13 and 6.13 (abort_later.py)."""
 
 
 @hookimpl
@@ -38,7 +39,7 @@ def arch_info() -> ArchInfo:
         name=NAME,
         description=(
             f"Arm64 stage-2 MMU (4K granule, {IPA_BITS}-bit IPA, levels 1-3), "
-            "ESR_EL2 aborts; user_mem_abort of v4.16"
+            "ESR_EL2 aborts; user_mem_abort of v4.16 (also v5.13, v6.13)"
         ),
         page_shift=PAGE_SHIFT,
         page_sizes=(1 << PAGE_SHIFT, PMD_SIZE, PUD_SIZE),
@@ -48,7 +49,7 @@ def arch_info() -> ArchInfo:
 @hookimpl
 def arch_init(kvm: Kvm) -> Any:
     """``kvm_arch_init_vm`` → ``kvm_alloc_stage2_pgd``: empty tables.  The
-    strategy picks the handler version; only v4.16 is modelled."""
+    strategy picks the handler version (``HANDLERS``); none selected is v4.16."""
     version = kvm.handler or HANDLERS[0]
     if version not in HANDLERS:
         raise PluginError(

@@ -1,5 +1,8 @@
 """The stage-2 abort handler of Linux v4.16 for arm64: ``kvm_handle_guest_abort``
-and ``user_mem_abort`` (virt/kvm/arm/mmu.c).
+and ``user_mem_abort`` (virt/kvm/arm/mmu.c).  The v5.13 and v6.13
+``user_mem_abort`` are in abort_later.py; ``kvm_handle_guest_abort`` is
+shared (its decisions the model expresses did not change), except that
+those versions turn -ENOEXEC into a prefetch abort for the guest.
 
 Written only against kvmsim's public API: the ``Kvm`` attributes
 (``memslots``, ``mm``, ``phys``, ``mmu_notifier_seq``, ``gfn_to_pfn_memslot``,
@@ -31,7 +34,7 @@ from kvmsim.kvm.pfn import (
     kvm_set_pfn_dirty,
     pfn_name,
 )
-from kvmsim_arm64 import mmu
+from kvmsim_arm64 import abort_later, mmu
 from kvmsim_arm64.desc import (
     EC_IABT_LOW,
     ESR_FSC_TYPE,
@@ -95,7 +98,16 @@ def kvm_handle_guest_abort(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResu
         handle_access_fault(kvm, fault_ipa)
         return FaultResult(action=RESUME, ret=1, detail="access flag set")
     assert memslot is not None  # a valid hva came from a slot
-    ret, detail = user_mem_abort(kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, esr)
+    if kvm.arch.handler == "v4.16":
+        ret, detail = user_mem_abort(kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, esr)
+    else:
+        ret, detail = abort_later.user_mem_abort(
+            kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, write_fault
+        )
+        if ret == -abort_later.ENOEXEC:
+            # v5.13 / v6.13: a fetch from a device pfn is a prefetch abort
+            kvm.arch.pabt_injected += 1
+            return FaultResult(action=GUEST_FAULT, ret=1, detail="kvm_inject_pabt (-ENOEXEC)")
     if detail == "hwpoison":
         return FaultResult(action=SIGBUS, ret=1, detail="SIGBUS BUS_MCEERR_AR")
     if ret == 0:
@@ -113,13 +125,18 @@ def kvm_is_write_fault(esr: int) -> bool:
 
 def handle_access_fault(kvm: Kvm, fault_ipa: int) -> None:
     """``handle_access_fault``: set AF on the leaf under ``mmu_lock``, then
-    ``kvm_set_pfn_accessed`` on its frame."""
+    ``kvm_set_pfn_accessed`` on its frame (v4.16, v5.13; not in v6.13)."""
     pfn = mmu.mkyoung(kvm, fault_ipa)
     if kvm.tracer.enabled:
         kvm.tracer.emit(
             "kvm_access_fault", ipa=hex(fault_ipa), pfn=None if pfn is None else hex(pfn)
         )
-    if pfn is not None:
+    if pfn is None or kvm.arch.handler == "v6.13":
+        # v6.13 only sets AF (the pfn-based helpers are gone, E)
+        return
+    if kvm.arch.handler == "v5.13":
+        abort_later.kvm_set_pfn_accessed_v5_6(kvm.phys, pfn)
+    else:
         kvm_set_pfn_accessed(kvm, pfn)
 
 

@@ -155,7 +155,9 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                 )
             return -EAGAIN
         if level == 0:
-            ret = _set_pte(st, gpa, pte, iomap=is_device(pte))
+            # KVM_S2PTE_FLAG_IS_IOMAP is v4.16's; later kernels' kvm_pgtable
+            # replaces a valid entry (break-before-make) instead
+            ret = _set_pte(st, gpa, pte, iomap=is_device(pte) and st.handler == "v4.16")
             base = gpa & ~((1 << L3_SHIFT) - 1)
         else:
             shift = L2_SHIFT if level == 1 else L1_SHIFT
