@@ -304,7 +304,10 @@ class Simulation:
                         raise self._err("no device handled this step", f"step[{step.index}].do")
                     self._step_result = r
                 else:
+                    # a plugin-defined kind: the arch's, else a device's
                     r = self.hooks.hook.arch_step(kvm=kvm, vcpu=step.vcpu, step=step)
+                    if r is None:
+                        r = self.hooks.hook.device_step(kvm=kvm, step=step)
                     if r is None:
                         raise self._err(f"no plugin handles step {do!r}", f"step[{step.index}].do")
                     self._step_result = r
