@@ -101,6 +101,11 @@ def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
     :param op: ``read``, ``write`` or ``exec``.
     :returns: a :class:`~kvmsim.hooktypes.Translation`: a hit with the host
         pfn, leaf size and attributes, or a ``fault`` carrying the arch's fault code.
+        A hit's Translation may be shared between calls; callers must not
+        rely on its identity.  (An arch may return a cached frozen
+        Translation for an unchanged leaf, dropping it whenever it changes
+        or zaps that leaf; side effects of a hit, such as EPT A/D bits,
+        still happen on every call.)
 
     firstresult
     """
@@ -405,7 +410,8 @@ def mmio_access(
 
 @hookspec(firstresult=True)
 def device_step(kvm: Kvm, step: StepSpec) -> StepResult | None:
-    """Run a device step (``device_reset`` and device-specific kinds).
+    """Run a device step: ``device_reset``, and the step kinds the device
+    declared with ``step_kinds`` (tried after ``arch_step`` declined).
 
     Implemented by: device plugins.
     Called: by the runner, as task ``qemu``.

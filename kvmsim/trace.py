@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,64 +25,83 @@ END = "E"
 INSTANT = "i"
 
 
-class _Sink:
-    """The wrapped logger: structlog hands it nothing (the last processor
-    stores the event and drops it), but it must exist."""
+class _Capture:
+    """The wrapped logger: the processor chain ends by handing it the event
+    dict as its one argument (``((event_dict,), {})``), and its ``info`` is
+    the run's ``events.append``, so the dict structlog built for the event
+    is stored as is: no copy, no ``DropEvent`` per event."""
 
-    def msg(self, *args: Any, **kw: Any) -> None:  # pragma: no cover - never reached
-        pass
+    __slots__ = ("info", "msg")
 
-    info = msg
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.info = self.msg = events.append
+
+
+_FilteringAtDebug: Any = structlog.make_filtering_bound_logger(logging.DEBUG)
+
+
+class _TraceLogger(_FilteringAtDebug):  # type: ignore[misc]
+    """structlog's filtering bound logger at DEBUG, whose ``info`` calls
+    ``_process_event`` (the entry structlog documents for custom wrapper
+    classes: it builds the event dict from the bound context and the call's
+    keywords and runs the processor chain) and hands the result to the
+    wrapped logger itself, without the generic proxy in between (level
+    dispatch, a second keyword repacking, ``DropEvent`` handling: the
+    chain here never drops)."""
+
+    def info(self, event: str, **kw: Any) -> Any:
+        args, kwargs = self._process_event("info", event, kw)
+        return self._logger.info(*args, **kwargs)
 
 
 class Tracer:
     """One run's trace.
 
-    :param enabled: record events; when false :meth:`emit` is a no-op and
+    :param enabled: record events; when false :attr:`emit` is a no-op and
         callers should not even build the arguments.
     :param context: bound to every event (scenario, arch, strategy).
+
+    ``emit(event, **kw)`` records one decision (``ph`` may be ``"B"``/``"E"``
+    for slices).  It *is* the ``info`` method of the run's structlog bound
+    logger (:class:`_TraceLogger`; with tracing off a
+    ``make_filtering_bound_logger(CRITICAL)`` one, whose ``info`` is
+    structlog's no-op), re-fetched whenever :meth:`bind_step` binds
+    context: no wrapper frame per event.
     """
 
-    __slots__ = ("_log", "_seq", "_step_ctx", "enabled", "events")
+    __slots__ = ("_log", "_seq", "_step_ctx", "emit", "enabled", "events")
 
     def __init__(self, enabled: bool = False, **context: Any) -> None:
         self.enabled = enabled
         self.events: list[dict[str, Any]] = []
         self._seq = 0
         self._step_ctx: dict[str, Any] = {}
-        level = logging.DEBUG if enabled else logging.CRITICAL
         self._log = structlog.wrap_logger(
-            _Sink(),
-            processors=[self._number, self._store],
-            wrapper_class=structlog.make_filtering_bound_logger(level),
+            _Capture(self.events),
+            processors=[self._number],
+            wrapper_class=(
+                _TraceLogger if enabled else structlog.make_filtering_bound_logger(logging.CRITICAL)
+            ),
             context_class=dict,
         ).bind(**context)
+        self.emit: Callable[..., Any] = self._log.info
 
     def _number(
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    ) -> tuple[tuple[MutableMapping[str, Any]], dict[str, Any]]:
+        # structlog built this dict afresh for this event (a copy of the bound
+        # context updated with the call's keywords): number it and hand it to
+        # the capturing logger as its one positional argument, no second copy.
         event_dict["seq"] = self._seq
         self._seq += 1
-        return event_dict
-
-    def _store(
-        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        # structlog built this dict afresh for this event (a copy of the bound
-        # context updated with the call's keywords): keep it, no second copy.
-        self.events.append(event_dict)  # type: ignore[arg-type]
-        raise structlog.DropEvent
+        return (event_dict,), {}
 
     def bind_step(self, **ctx: Any) -> None:
         """Bind per-step context (vcpu, step) once per step, not per event."""
         if self.enabled:
             self._step_ctx = ctx
             self._log = self._log.bind(**ctx)
-
-    def emit(self, event: str, **kw: Any) -> None:
-        """Record one decision.  ``ph`` may be ``"B"``/``"E"`` for slices."""
-        if self.enabled:
-            self._log.info(event, **kw)
+            self.emit = self._log.info
 
     def last(self) -> dict[str, Any] | None:
         """The most recent event, or None."""
@@ -107,6 +126,41 @@ _SCALARS = (str, int, float, bool, type(None))
 _ENCODER = json.JSONEncoder(sort_keys=True)
 
 
+def _make_encode() -> Callable[[Any], str]:
+    """``_ENCODER.encode`` for one event, without rebuilding the C encoder
+    on every call as ``JSONEncoder.encode`` does: the same C encoder the
+    json module would make for ``_ENCODER`` (same separators, sorted keys,
+    ``ensure_ascii``, NaN allowed), built once.  Events are trees (no
+    cycles), so no circular-reference markers.  Falls back to
+    ``_ENCODER.encode`` where the C accelerator is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    try:
+        c_enc = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring_ascii,
+            None,
+            _ENCODER.key_separator,
+            _ENCODER.item_separator,
+            True,
+            False,
+            True,
+        )
+    except TypeError:  # another C signature: the documented path
+        return _ENCODER.encode
+    join = "".join
+
+    def encode(event: Any) -> str:
+        return join(c_enc(event, 0))
+
+    return encode
+
+
+_encode = _make_encode()
+
+
 def _flat(event: dict[str, Any]) -> bool:
     """Does ``json`` encode this event exactly as ``_jsonable`` would? True
     when every value is a scalar or a list/tuple of scalars (most events):
@@ -122,7 +176,7 @@ def _flat(event: dict[str, Any]) -> bool:
 
 def to_jsonl(events: Iterable[dict[str, Any]]) -> str:
     """JSON Lines, one event per line, keys sorted (deterministic)."""
-    enc = _ENCODER.encode
+    enc = _encode
     return "".join((enc(e) if _flat(e) else enc(_jsonable(e))) + "\n" for e in events)
 
 

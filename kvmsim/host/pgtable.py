@@ -1,16 +1,151 @@
 """Per-mm host page tables.
 
-Base-page leaves live in one ``dict[vpn, pte]``; huge leaves (PMD, PUD,
-hugepd) in one dict per shift, keyed by ``hva >> shift``.  Entries are ints
-(:mod:`kvmsim.host.pte`); a non-present swap-type entry (migration,
-hwpoison, swap) is kept as its int.  A missing key is ``pte_none``.
+Base-page leaves live in a :class:`PteMap` (a ``dict[vpn, pte]`` interface
+over one compact array of 512 entries per PTE-table-sized region, as the
+kernel's PTE pages are: ~8 bytes per touched page instead of a dict entry's
+~100); huge leaves (PMD, PUD, hugepd) in one dict per shift, keyed by
+``hva >> shift``.  Entries are ints (:mod:`kvmsim.host.pte`); a non-present
+swap-type entry (migration, hwpoison, swap) is kept as its int.  A missing
+key is ``pte_none``.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
-__all__ = ["PageTable"]
+__all__ = ["PageTable", "PteMap"]
+
+_REGION_SHIFT = 9  # 512 entries per array, a PTE page's worth
+_REGION_MASK = (1 << _REGION_SHIFT) - 1
+_ZEROS = bytes(8 << _REGION_SHIFT)
+_STORABLE = (1 << 64) - 1  # an array slot holds pte + 1 (0 = no entry) below this
+_MISSING = object()
+
+
+class PteMap:
+    """``dict[vpn, pte]`` for base-page leaves, stored compactly.
+
+    One ``array('Q')`` of 512 slots per region of 512 consecutive vpns that
+    has (or had) an entry; a slot holds ``pte + 1``, 0 meaning no entry, so
+    a stored 0 stays distinct from an absent key as in a dict.  An entry
+    that does not fit (negative or >= 2**64 - 1) goes to a side dict.  A
+    region's array is freed when its last entry goes.  Iteration is in vpn
+    order (callers that care sort anyway).
+    """
+
+    __slots__ = ("_big", "_counts", "_regions")
+
+    def __init__(self) -> None:
+        self._regions: dict[int, array[int]] = {}
+        self._counts: dict[int, int] = {}
+        self._big: dict[int, int] = {}
+
+    def get(self, vpn: int, default: int | None = None) -> int | None:
+        r = self._regions.get(vpn >> _REGION_SHIFT)
+        if r is not None:
+            v = r[vpn & _REGION_MASK]
+            if v:
+                return v - 1
+        if self._big:
+            return self._big.get(vpn, default)
+        return default
+
+    def __getitem__(self, vpn: int) -> int:
+        v = self.get(vpn, _MISSING)  # type: ignore[arg-type]
+        if v is _MISSING:
+            raise KeyError(vpn)
+        return v  # type: ignore[return-value]
+
+    def __contains__(self, vpn: object) -> bool:
+        return self.get(vpn, _MISSING) is not _MISSING  # type: ignore[arg-type]
+
+    def __setitem__(self, vpn: int, pte: int) -> None:
+        ri = vpn >> _REGION_SHIFT
+        r = self._regions.get(ri)
+        if r is None:
+            r = self._regions[ri] = array("Q", _ZEROS)
+            self._counts[ri] = 0
+        i = vpn & _REGION_MASK
+        big = self._big
+        if not r[i] and (not big or vpn not in big):
+            self._counts[ri] += 1
+        if 0 <= pte < _STORABLE:
+            r[i] = pte + 1
+            if big:
+                big.pop(vpn, None)
+        else:
+            r[i] = 0
+            big[vpn] = pte
+
+    def pop(self, vpn: int, default: object = _MISSING) -> int | None:
+        ri = vpn >> _REGION_SHIFT
+        r = self._regions.get(ri)
+        old: object = _MISSING
+        if r is not None:
+            i = vpn & _REGION_MASK
+            v = r[i]
+            if v:
+                r[i] = 0
+                old = v - 1
+            elif self._big and vpn in self._big:
+                old = self._big.pop(vpn)
+            if old is not _MISSING:
+                n = self._counts[ri] - 1
+                if n:
+                    self._counts[ri] = n
+                else:  # the region's last entry: free its array
+                    del self._regions[ri]
+                    del self._counts[ri]
+        if old is _MISSING:
+            if default is _MISSING:
+                raise KeyError(vpn)
+            return default  # type: ignore[return-value]
+        return old  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return sum(self._counts.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(vpn, pte) of every entry, in vpn order."""
+        return self.items_in(0, -1)
+
+    def items_in(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """(vpn, pte) of every entry with ``lo <= vpn < hi`` (``hi < 0``:
+        no bound), in vpn order; visits only regions that have entries."""
+        regions = self._regions
+        big = self._big
+        if hi < 0:
+            keys = sorted(regions)
+        else:
+            rlo, rhi = lo >> _REGION_SHIFT, (hi - 1) >> _REGION_SHIFT
+            if rhi - rlo + 1 <= len(regions):
+                keys = [k for k in range(rlo, rhi + 1) if k in regions]
+            else:
+                keys = sorted(k for k in regions if rlo <= k <= rhi)
+        for ri in keys:
+            r = regions[ri]
+            base = ri << _REGION_SHIFT
+            i0, i1 = 0, _REGION_MASK + 1
+            if hi >= 0:
+                i0, i1 = max(lo - base, 0), min(hi - base, i1)
+            for i, v in enumerate(r[i0:i1], i0):
+                if v:
+                    yield base + i, v - 1
+                elif big and base + i in big:
+                    yield base + i, big[base + i]
+
+    def __iter__(self) -> Iterator[int]:
+        return (vpn for vpn, _ in self.items())
+
+    def keys(self) -> Iterator[int]:
+        return iter(self)
+
+    def values(self) -> Iterator[int]:
+        return (pte for _, pte in self.items())
 
 
 class PageTable:
@@ -20,7 +155,7 @@ class PageTable:
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift
-        self.ptes: dict[int, int] = {}
+        self.ptes = PteMap()
         """vpn (hva >> PAGE_SHIFT) → pte."""
         self.huge: dict[int, dict[int, int]] = {}
         """shift → (hva >> shift → leaf entry)."""
@@ -91,10 +226,9 @@ class PageTable:
         """(hva, pte) of every base entry in ``[start, end)``, ascending."""
         ps = self.page_shift
         lo, hi = start >> ps, (end + (1 << ps) - 1) >> ps
-        ptes = self.ptes
-        if hi - lo <= len(ptes):
-            return [(v << ps, ptes[v]) for v in range(lo, hi) if v in ptes]
-        return sorted((v << ps, p) for v, p in ptes.items() if lo <= v < hi)
+        if hi <= lo:
+            return []
+        return [(v << ps, p) for v, p in self.ptes.items_in(lo, hi)]
 
     def huge_in(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(hva, shift, entry) of every huge leaf overlapping ``[start, end)``."""

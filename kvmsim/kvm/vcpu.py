@@ -51,13 +51,14 @@ def guest_access(
     translate = hooks.translate
     handle = hooks.handle_page_fault
     tr = kvm.tracer
+    ram_pages = kvm.phys.ram_pages
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
         fault = t.fault
         if fault is None:
             pfn = t.pfn
             assert pfn is not None
-            if not kvm.phys.pfn_valid(pfn):
+            if not 0 <= pfn < ram_pages:  # pfn_valid, inline (PhysMem.pfn_valid)
                 offset = gpa & ((1 << kvm.page_shift) - 1)
                 r = hooks.hook.mmio_access(
                     kvm=kvm, vcpu=vcpu, pfn=pfn, offset=offset, op=op, size=size, value=value

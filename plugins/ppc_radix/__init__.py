@@ -15,7 +15,7 @@ from kvmsim_plugins.ppc_radix import handler, mmu
 from kvmsim_plugins.ppc_radix.tree import GPA_BITS, PMD_SIZE, PUD_SIZE
 
 from kvmsim import hookimpl
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -71,9 +71,8 @@ def arch_init(kvm: Kvm) -> Any:
     return init_state(kvm, (NAME,))
 
 
-@hookimpl
-def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
-    return mmu.translate(kvm, gpa, ea, op)
+# the walk itself is the hook implementation (no wrapper call per access)
+translate = hookimpl(specname="translate")(mmu.translate_access)
 
 
 @hookimpl

@@ -57,6 +57,7 @@ def fault_v4_15_16(
                 if table is not None:
                     v = table.get(idx, 0)
                     if isinstance(v, int) and v & PTE_PRESENT:
+                        st.tree.hits.pop(v, None)  # the leaf changes: its cached hit goes
                         table[idx] = v | want
                         if tr.enabled:
                             tr.emit("set_rc", gpa=hex(gpa), bits="R|C" if writing else "R")

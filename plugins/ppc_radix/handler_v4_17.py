@@ -60,6 +60,7 @@ def fault_v4_17(
         if table is not None:
             v = table.get(idx, 0)
             if isinstance(v, int) and v & PTE_PRESENT and (not writing or v & PTE_WRITE):
+                st.tree.hits.pop(v, None)  # the leaf changes: its cached hit goes
                 table[idx] = v | want
                 dsisr &= ~DSISR_SET_RC
                 if tr.enabled:

@@ -28,6 +28,7 @@ from kvmsim_plugins.ppc_radix.dsisr import (
     SRR1_ISI_NOPT,
 )
 from kvmsim_plugins.ppc_radix.tree import (
+    HIT_CACHE_MAX,
     PGD_INDEX_MASK,
     PGD_SHIFT,
     PMD_SHIFT,
@@ -70,7 +71,17 @@ class RadixState:
 
 
 def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
-    """The partition-scoped walk as POWER9 does it (L.2).
+    """The partition-scoped walk for ``gpa`` (see :func:`translate_access`)."""
+    return translate_access(kvm, 0, gpa, ea, op)
+
+
+_RW = PTE_READ | PTE_WRITE
+_RC = PTE_YOUNG | PTE_DIRTY
+
+
+def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
+    """The partition-scoped walk as POWER9 does it (L.2); the ``translate``
+    hook itself (its signature), so the Dispatcher calls it directly.
 
     Data side (HDSI, the HDSISR bits): an invalid entry anywhere → NOHPTE; a
     present leaf that does not allow the access (store without write, load
@@ -80,7 +91,10 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     execute permission or guarded storage → SRR1_ISI_N_OR_G; R clear →
     SET_RC.  Checks go validity, then permission, then R/C.
 
-    One dict lookup per level at most; no allocation on a hit but the result.
+    One dict lookup per level at most.  A hit on a base-page leaf returns the
+    leaf value's cached Translation when there is one (``RadixTree.hits``):
+    no allocation; a hit on a large leaf builds its Translation (the pfn
+    depends on the offset in the leaf).
     """
     tree: RadixTree = kvm.arch.tree
     pte = 0
@@ -97,6 +111,11 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
             elif e2 is not None:
                 ps = tree.page_shift
                 pte = e2.get((gpa >> ps) & tree.pte_mask, 0)  # type: ignore[union-attr,assignment]
+                if op == "read" and pte & PTE_PRESENT and pte & _RW and pte & PTE_YOUNG:
+                    # the common case, a load hitting a base page: the same
+                    # checks as below in one test, then the cache
+                    t = tree.hits.get(pte)
+                    return t if t is not None else _hit(tree, gpa, pte, ps)
                 shift = ps
     if op == "exec":
         if not pte & PTE_PRESENT:
@@ -106,30 +125,48 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
         elif not pte & PTE_YOUNG:
             code = DSISR_SET_RC
         else:
-            return _hit(tree, gpa, pte, shift)
+            return _cached_hit(tree, gpa, pte, shift)
         return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=code, kind="hisi"))
     store = op == "write"
     if not pte & PTE_PRESENT:
         code = DSISR_NOHPTE
-    elif (store and not pte & PTE_WRITE) or not pte & (PTE_READ | PTE_WRITE):
+    elif (store and not pte & PTE_WRITE) or not pte & _RW:
         code = DSISR_PROTFAULT
     elif not pte & PTE_YOUNG or (store and not pte & PTE_DIRTY):
         code = DSISR_SET_RC
     else:
-        return _hit(tree, gpa, pte, shift)
+        return _cached_hit(tree, gpa, pte, shift)
     if store:
         code |= DSISR_ISSTORE
     return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=code, kind="hdsi"))
 
 
+def _cached_hit(tree: RadixTree, gpa: int, pte: int, shift: int) -> Translation:
+    if shift == tree.page_shift:
+        t = tree.hits.get(pte)
+        if t is not None:
+            return t
+    return _hit(tree, gpa, pte, shift)
+
+
 def _hit(tree: RadixTree, gpa: int, pte: int, shift: int) -> Translation:
-    pfn = (pte >> PTE_PFN_SHIFT) + ((gpa & ((1 << shift) - 1)) >> tree.page_shift)
-    return Translation(
-        pfn=pfn,
+    """A new Translation for a hit; a base-page leaf's is cached by value,
+    except on the first hit after the fault that installed it."""
+    ps = tree.page_shift
+    t = Translation(
+        pfn=(pte >> PTE_PFN_SHIFT) + ((gpa & ((1 << shift) - 1)) >> ps),
         page_size=1 << shift,
         writable=bool(pte & PTE_WRITE),
         noncached=bool(pte & PTE_NONCACHED),
     )
+    if shift == ps:
+        if pte == tree.fresh:
+            tree.fresh = -1
+        else:
+            hits = tree.hits
+            if len(hits) < HIT_CACHE_MAX:  # full: this leaf is not cached
+                hits[pte] = t
+    return t
 
 
 def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
@@ -161,6 +198,8 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         if installed:
             leaf_shift = (tree.page_shift, PMD_SHIFT, PUD_SHIFT)[level]
             tree.seqs[gpa & ~((1 << leaf_shift) - 1)] = mmu_seq
+            if level == 0:
+                tree.fresh = pte | PTE_LEAF
         if tr.enabled:
             tr.emit(
                 "kvmppc_create_pte",
@@ -247,6 +286,7 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
     pi = (gpa >> tree.page_shift) & tree.pte_mask
     old = e2.get(pi, 0)
     assert isinstance(old, int)
+    tree.hits.pop(old, None)  # the leaf changes: its cached hit goes
     if old & PTE_PRESENT:
         if v417 and old == pte:
             return _SAME
@@ -284,6 +324,7 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
                 continue
             v = table.get(idx, 0)
             if isinstance(v, int) and v & PTE_PRESENT:
+                tree.hits.pop(v, None)
                 if whole:
                     table.pop(idx, None)
                 else:
@@ -335,6 +376,7 @@ def _walk_age(kvm: Kvm, start: int, end: int, *, clear: bool) -> bool:
             if isinstance(v, int) and v & PTE_PRESENT and v & PTE_YOUNG:
                 young = True
                 if clear:
+                    tree.hits.pop(v, None)
                     table[idx] = v & ~PTE_YOUNG
                     if tr.enabled:
                         tr.emit("kvm_age_radix", gpa=hex(gpa & ~(step - 1)), size=step)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from kvmsim.hooktypes import Translation
 from kvmsim.host.constants import PTE_LEAF, PTE_PFN_SHIFT, PTE_PRESENT
 
 PGD_SHIFT = 39
@@ -31,6 +32,10 @@ PGD_INDEX_MASK = (1 << (GPA_BITS - PGD_SHIFT)) - 1  # pgd_index masks with PTRS_
 
 Table = dict[int, "int | Table"]
 
+HIT_CACHE_MAX = 1 << 16
+"""Entries in a cache of hit Translations (``RadixTree.hits``, the EPT's
+``EptState.hits``): ~200 bytes each, so at most ~13 MB."""
+
 
 class RadixTree:
     """One partition-scoped tree.
@@ -40,9 +45,22 @@ class RadixTree:
     stale-mapping checker's evidence).  A key is removed whenever its leaf
     is cleared or replaced, so a present leaf's seq is always the one of
     the fault that installed it.
+
+    ``hits`` caches the frozen ``Translation`` of a base-page leaf hit, keyed
+    by the leaf's value: for a base page the translation is a function of
+    the value alone, so a changed leaf (new value) can never find a stale
+    entry.  Entries of leaves the arch zaps or rewrites are dropped there
+    (memory hygiene, not correctness).  ``fresh`` is the value of the base
+    leaf a fault installed last: its first hit (the access the fault
+    resumes) is not cached, so a page touched once costs no cache entry;
+    a page accessed again is cached on its next hit.  At most
+    :data:`HIT_CACHE_MAX` entries, so its memory is bounded whatever the
+    guest size: when full, further leaves are not cached (entries leave as
+    their leaves change or go), and a sweep over more pages than that costs
+    what an uncached walk does.
     """
 
-    __slots__ = ("page_shift", "pgd", "pte_bits", "pte_mask", "seqs")
+    __slots__ = ("fresh", "hits", "page_shift", "pgd", "pte_bits", "pte_mask", "seqs")
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift
@@ -50,6 +68,8 @@ class RadixTree:
         self.pte_mask = (1 << self.pte_bits) - 1
         self.pgd: Table = {}
         self.seqs: dict[int, int] = {}
+        self.hits: dict[int, Translation] = {}
+        self.fresh = -1
 
     # ------------------------------------------------------------------ walk
 
@@ -120,14 +140,17 @@ class RadixTree:
             return
         if isinstance(entry, int):
             self.seqs.pop(base, None)
+            self.hits.pop(entry, None)
             return
         if shift == PUD_SHIFT:  # a pmd table
             for mi, e in entry.items():
                 self.forget(base | (mi << PMD_SHIFT), e, PMD_SHIFT)
         else:  # a pte table
             ps = self.page_shift
-            for pi in entry:
+            hits = self.hits
+            for pi, v in entry.items():
                 self.seqs.pop(base | (pi << ps), None)
+                hits.pop(v, None)  # type: ignore[arg-type]
 
 
 def leaf_pfn(pte: int) -> int:

@@ -17,7 +17,7 @@ from kvmsim_plugins.x86_ept import ept, handler, steps
 
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -50,9 +50,8 @@ def arch_init(kvm: Kvm) -> Any:
     return ept.EptState(version)
 
 
-@hookimpl
-def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
-    return ept.translate(kvm, gpa, op)
+# the walk itself is the hook implementation (no wrapper call per access)
+translate = hookimpl(specname="translate")(ept.translate_access)
 
 
 @hookimpl

@@ -84,10 +84,17 @@ EPT_VIOLATION_GVA_TRANSLATED: Final = 1 << 8
 
 Table = dict[int, "int | Table"]
 
+HIT_CACHE_MAX: Final = 1 << 16
+"""Entries in ``EptState.hits`` (~200 bytes each: at most ~13 MB)."""
+
 
 def level_shift(level: int) -> int:
     """``PT64_LEVEL_SHIFT``: 12 for level 1, 21, 30, 39."""
     return 12 + 9 * (level - 1)
+
+
+LEVEL_SHIFT: Final = (0, 12, 21, 30, 39)
+"""``level_shift(level)`` precomputed, indexed by level (1..4), for the hot walks."""
 
 
 def pages_per_hpage(level: int) -> int:
@@ -148,6 +155,8 @@ class EptState:
         "apf",
         "dirty_bitmaps",
         "dirty_reports",
+        "fresh",
+        "hits",
         "hwpoison_signals",
         "lpages",
         "pf_fixed",
@@ -172,6 +181,16 @@ class EptState:
         self.apf: dict[int, ApfVcpu] = {}
         self.pf_fixed = 0
         self.lpages = 0
+        self.hits: dict[int, Translation] = {}
+        """The frozen Translation of a 4K leaf hit, keyed by the SPTE value
+        (A/D already set): a function of the value alone, so a changed SPTE
+        can never find a stale entry.  Entries of SPTEs KVM rewrites or
+        zaps are dropped there (memory hygiene, not correctness).  At most
+        ``HIT_CACHE_MAX`` entries: when full, further leaves are not cached
+        (a sweep over more pages costs what an uncached walk does)."""
+        self.fresh = -1
+        """The 4K SPTE a fault installed last: its first hit (the access the
+        fault resumes) is not cached, so a page touched once costs no entry."""
 
     def vcpu_apf(self, vcpu: int) -> ApfVcpu:
         """The vcpu's async-PF state, created on first use."""
@@ -191,7 +210,7 @@ class EptState:
         table = self.root
         level = PT64_ROOT_LEVEL
         while True:
-            idx = (gpa >> level_shift(level)) & 511
+            idx = (gpa >> LEVEL_SHIFT[level]) & 511
             e = table.get(idx)
             if not isinstance(e, dict) or level == stop_level:
                 return table, idx, level
@@ -258,7 +277,22 @@ class EptState:
 
 
 def translate(kvm: Kvm, gpa: int, op: str) -> Translation:
-    """The EPT walk a VMX processor does for one guest-physical access.
+    """The EPT walk for one access (see :func:`translate_access`)."""
+    return translate_access(kvm, 0, gpa, gpa, op)
+
+
+_ACC_NEED = {
+    "write": (EPT_VIOLATION_ACC_WRITE, EPT_W),
+    "exec": (EPT_VIOLATION_ACC_INSTR, EPT_X),
+}
+_READ = (EPT_VIOLATION_ACC_READ, EPT_R)
+_QUAL = EPT_VIOLATION_GLA_VALID | EPT_VIOLATION_GVA_TRANSLATED
+
+
+def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
+    """The EPT walk a VMX processor does for one guest-physical access; the
+    ``translate`` hook itself (its signature), so the Dispatcher calls it
+    directly.
 
     Not present anywhere on the walk, or present without the permission the
     access needs: an EPT violation whose exit qualification carries the
@@ -266,39 +300,49 @@ def translate(kvm: Kvm, gpa: int, op: str) -> Translation:
     (bits 3..5, all zero when an entry was not present) and "a linear
     address was translated" (bits 7, 8).  An MMIO SPTE is a misconfiguration.
     A hit sets the leaf's accessed bit, and dirty on a store, when EPT A/D
-    is enabled (Intel SDM 28.2.4).
+    is enabled (Intel SDM 28.2.4), then returns the cached Translation of
+    the (updated) 4K SPTE value if there is one (:attr:`EptState.hits`).
     """
     st: EptState = kvm.arch
     if gpa >> GPA_BITS:
         raise ScenarioError(
             f"gpa {gpa:#x} is beyond the 48-bit guest physical space of 4-level EPT", key="gpa"
         )
+    # the walk, unrolled: PML4, PDPT, PD, PT
+    level = 4
     table = st.root
-    level = PT64_ROOT_LEVEL
-    while True:
-        idx = (gpa >> level_shift(level)) & 511
+    idx = (gpa >> 39) & 511
+    e = table.get(idx)
+    if e.__class__ is dict:
+        level = 3
+        table = e  # type: ignore[assignment]
+        idx = (gpa >> 30) & 511
         e = table.get(idx)
-        if isinstance(e, dict):
-            table = e
-            level -= 1
-            continue
-        spte = e or 0
-        break
-    if op == "write":
-        acc, need = EPT_VIOLATION_ACC_WRITE, EPT_W
-    elif op == "exec":
-        acc, need = EPT_VIOLATION_ACC_INSTR, EPT_X
-    else:
-        acc, need = EPT_VIOLATION_ACC_READ, EPT_R
-    if spte and is_mmio_spte(spte):
+        if e.__class__ is dict:
+            level = 2
+            table = e  # type: ignore[assignment]
+            idx = (gpa >> 21) & 511
+            e = table.get(idx)
+            if e.__class__ is dict:
+                level = 1
+                table = e  # type: ignore[assignment]
+                idx = (gpa >> 12) & 511
+                e = table.get(idx)
+    spte: int = e or 0  # type: ignore[assignment]
+    if level == 1 and op == "read" and spte & EPT_R and spte & EPT_A:
+        # the common case, a load hitting a 4K leaf already accessed: R set
+        # means not an MMIO SPTE, A set means nothing to write; the cache
+        t = st.hits.get(spte)
+        if t is not None:
+            return t
+    acc, need = _ACC_NEED.get(op, _READ)
+    if spte and spte & EPT_RWX == MMIO_SPTE_VALUE:  # is_mmio_spte
         return Translation(
             fault=Stage2Fault(gpa=gpa, ea=gpa, op=op, code=acc, kind="ept_misconfig")
         )
     if not spte & need:
         # a missing table gives a not-present entry: bits 3..5 are 0
-        qual = (
-            acc | ((spte & EPT_RWX) << 3) | EPT_VIOLATION_GLA_VALID | EPT_VIOLATION_GVA_TRANSLATED
-        )
+        qual = acc | ((spte & EPT_RWX) << 3) | _QUAL
         return Translation(
             fault=Stage2Fault(gpa=gpa, ea=gpa, op=op, code=qual, kind="ept_violation")
         )
@@ -306,14 +350,27 @@ def translate(kvm: Kvm, gpa: int, op: str) -> Translation:
         new = spte | EPT_A | (EPT_D if op == "write" else 0)
         if new != spte:
             table[idx] = new
-    shift = level_shift(level)
-    pfn = spte_to_pfn(spte) + ((gpa & ((1 << shift) - 1)) >> 12)
-    return Translation(
-        pfn=pfn,
+            st.hits.pop(spte, None)
+            spte = new
+    if level == 1:
+        t = st.hits.get(spte)
+        if t is not None:
+            return t
+    shift = LEVEL_SHIFT[level]
+    t = Translation(
+        pfn=spte_to_pfn(spte) + ((gpa & ((1 << shift) - 1)) >> 12),
         page_size=1 << shift,
         writable=bool(spte & EPT_W),
         noncached=(spte & EPT_MT_MASK) >> EPT_MT_SHIFT == MTRR_TYPE_UNCACHABLE,
     )
+    if level == 1:
+        if spte == st.fresh:
+            st.fresh = -1
+        else:
+            hits = st.hits
+            if len(hits) < HIT_CACHE_MAX:  # bounded: memory does not grow with the guest
+                hits[spte] = t
+    return t
 
 
 # ---------------------------------------------------------------------- SPTE helpers
@@ -367,6 +424,7 @@ def drop_spte(kvm: Kvm, table: Table, idx: int, gpa: int, level: int) -> int:
     st: EptState = kvm.arch
     old = table.pop(idx, 0)
     assert isinstance(old, int)
+    st.hits.pop(old, None)
     mmu_spte_clear_track_bits(kvm, old)
     st.seqs.pop(gpa, None)
     if level > PT_PAGE_TABLE_LEVEL and is_shadow_present_pte(old):
@@ -432,6 +490,7 @@ def age_hva_range(kvm: Kvm, start: int, end: int) -> int:
                 v = table[idx]
                 assert isinstance(v, int)
                 if is_shadow_present_pte(v) and v & EPT_A:
+                    st.hits.pop(v, None)
                     table[idx] = v & ~EPT_A
                     young += 1
     finally:

@@ -60,6 +60,7 @@ from kvmsim_plugins.x86_ept.ept import (
     EPT_VIOLATION_WRITABLE,
     EPT_W,
     EPT_X,
+    LEVEL_SHIFT,
     MMIO_SPTE_VALUE,
     MTRR_TYPE_UNCACHABLE,
     MTRR_TYPE_WRBACK,
@@ -373,11 +374,14 @@ def lpage_disallowed(slot: Memslot | None, gfn: int, level: int) -> bool:
     return bool(idx == last and (base + slot.npages) & (n - 1))
 
 
-def kvm_host_page_size(kvm: Kvm, gfn: int) -> int:
+def kvm_host_page_size(kvm: Kvm, gfn: int, slot: Memslot | None = None) -> int:
     """``kvm_host_page_size``: ``vma_kernel_pagesize`` of the vma at
     ``gfn_to_hva(gfn)`` under ``mmap_sem``.  ``gfn_to_hva`` asks for write,
-    so a read-only memslot gives an error hva and PAGE_SIZE (A.1)."""
-    slot = kvm.memslots.gfn_to_memslot(gfn)
+    so a read-only memslot gives an error hva and PAGE_SIZE (A.1).
+    ``slot``: the gfn's memslot when the caller already looked it up (the
+    lookup has no side effect, so the result is the same)."""
+    if slot is None:
+        slot = kvm.memslots.gfn_to_memslot(gfn)
     if slot is None:
         return 4096
     addr = gfn_to_hva_memslot(slot, gfn, 12)
@@ -408,10 +412,12 @@ def mapping_level(kvm: Kvm, gfn: int) -> tuple[int, bool]:
     # memslot_valid_for_gpte(slot, no_dirty_log = true)
     if slot is None or slot.flags & KVM_MEMSLOT_INVALID or slot.id in st.dirty_bitmaps:
         return PT_PAGE_TABLE_LEVEL, True
-    page_size = kvm_host_page_size(kvm, gfn)
+    # host_mapping_level → kvm_host_page_size looks the same gfn's slot up
+    # again (gfn_to_hva): the same slot, so it is handed over
+    page_size = kvm_host_page_size(kvm, gfn, slot)
     host_level = 0
     for i in range(PT_PAGE_TABLE_LEVEL, PT_MAX_HUGEPAGE_LEVEL + 1):
-        if page_size >= 1 << level_shift(i):
+        if page_size >= 1 << LEVEL_SHIFT[i]:
             host_level = i
         else:
             break
@@ -460,14 +466,27 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
     table: Table = st.root
     lvl = PT64_ROOT_LEVEL
     while True:  # for_each_shadow_entry_lockless
-        idx = (gpa >> level_shift(lvl)) & 511
+        idx = (gpa >> LEVEL_SHIFT[lvl]) & 511
         e = table.get(idx)
-        spte = e if isinstance(e, int) else (EPT_R | EPT_W | EPT_X if e is not None else 0)
-        if not is_shadow_present_pte(spte) or lvl < level or not isinstance(e, dict):
-            break  # not present, below the level wanted, or a leaf: the walk ends
-        table = e
+        if e.__class__ is not dict:
+            break  # not present or a leaf: the walk ends
+        # a table entry is present (RWX): go down unless below the level wanted
+        if lvl < level:
+            break
+        table = e  # type: ignore[assignment]
         lvl -= 1
-    if isinstance(e, dict) or not is_last_spte(spte, lvl):
+    if e.__class__ is dict:
+        return False  # stopped on a table entry: not a last SPTE
+    spte = e or 0  # type: ignore[assignment]
+    if not spte:
+        # an absent entry (a first touch): is_last_spte holds only at level 1,
+        # where is_access_allowed fails and nothing can be made writable
+        if lvl != PT_PAGE_TABLE_LEVEL:
+            return False
+        if kvm.tracer.enabled:
+            kvm.tracer.emit("fast_page_fault", gpa=hex(gpa), spte=hex(0), level=lvl, handled=False)
+        return False
+    if not is_last_spte(spte, lvl):
         return False
     handled = False
     if is_access_allowed(error_code, spte):
@@ -481,8 +500,9 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
         if new != spte and is_access_allowed(error_code, new):
             # fast_pf_fix_direct_spte: cmpxchg, then mark the gfn dirty
             table[idx] = new
+            kvm.arch.hits.pop(spte, None)
             if new & EPT_W and not spte & EPT_W:
-                mark_page_dirty(kvm, (gpa >> level_shift(lvl)) << (level_shift(lvl) - 12))
+                mark_page_dirty(kvm, (gpa >> LEVEL_SHIFT[lvl]) << (LEVEL_SHIFT[lvl] - 12))
             handled = True
     if kvm.tracer.enabled:
         kvm.tracer.emit("fast_page_fault", gpa=hex(gpa), spte=hex(spte), level=lvl, handled=handled)
@@ -818,20 +838,20 @@ def direct_map(
     table = st.root
     lvl = PT64_ROOT_LEVEL
     while lvl > level:
-        idx = (gpa >> level_shift(lvl)) & 511
+        idx = (gpa >> LEVEL_SHIFT[lvl]) & 511
         e = table.get(idx)
         if isinstance(e, int):
             # drop_large_spte (a large leaf, present or write-protected) or
             # a stale non-present value: the slot becomes a table
             if e and not is_mmio_spte(e):
-                drop_spte(kvm, table, idx, gpa & ~((1 << level_shift(lvl)) - 1), lvl)
+                drop_spte(kvm, table, idx, gpa & ~((1 << LEVEL_SHIFT[lvl]) - 1), lvl)
             e = None
         if e is None:
             e = {}
             table[idx] = e
         table = e
         lvl -= 1
-    idx = (gpa >> level_shift(level)) & 511
+    idx = (gpa >> LEVEL_SHIFT[level]) & 511
     ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
     st.pf_fixed += 1
     return ret
@@ -946,6 +966,9 @@ def mmu_spte_update(kvm: Kvm, table: Table, idx: int, new: int) -> None:
     old = table.get(idx, 0)
     assert isinstance(old, int)
     table[idx] = new
+    st: EptState = kvm.arch
+    st.hits.pop(old, None)
+    st.fresh = new  # its first hit is the access this fault resumes: not cached
     if not is_shadow_present_pte(old):
         return
     pfn = spte_to_pfn(old)

@@ -208,6 +208,7 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
             if gfns is not None and (level != 1 or (gpa >> 12) not in gfns):
                 continue
             table[idx] = v & ~EPT_W
+            st.hits.pop(v, None)
             n += 1
     finally:
         kvm.mmu_lock.unlock(task)

@@ -53,6 +53,9 @@ def test_workload_json(capsys: pytest.CaptureFixture[str], workload: str) -> Non
     assert obj["strategy"] == "generic_v4_16"
     assert isinstance(obj["pages"], int) and obj["pages"] > 0
     assert obj["faults_per_s"] is not None or obj["hits_per_s"] is not None
+    if workload == "reaccess":  # what the re-access rounds added (an arch's hit cache)
+        after = obj["bytes_per_page_after_rounds"]
+        assert isinstance(after, NUMBER) and isinstance(obj["bytes_per_page"], NUMBER)
 
 
 def test_demand_paging_traced(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,11 +10,11 @@ from kvmsim_plugins.ppc_radix.handler_v6_13 import kvm_release_faultin_page
 
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, PTE_READ
 from kvmsim.kvm.pfn import kvm_hva_err_ro_bad
+from kvmsim.scenario import builtin_scenarios
+from kvmsim.testing import build_sim
 
 # KVM_HVA_ERR_RO_BAD on ppc_radix: PAGE_OFFSET + 64K
 KVM_HVA_ERR_RO_BAD = kvm_hva_err_ro_bad(16)
-from kvmsim.scenario import builtin_scenarios
-from kvmsim.testing import build_sim
 
 LIB = {p.stem: p for p in builtin_scenarios()}
 STRATEGY = "follow_pfn_2024"
