@@ -38,6 +38,7 @@ from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_HWPOISON,
     KVM_PFN_ERR_RO_FAULT,
     KVM_PFN_NOSLOT,
+    is_error_noslot_pfn,
     kvm_get_pfn,
     pfn_name,
 )
@@ -270,7 +271,24 @@ def generic_request(
         remapped_writable=remapped_writable,
         remapped=remapped,
     )
+    return package_result(kvm, request, pfn, async_, writable)
+
+
+def package_result(
+    kvm: Kvm,
+    request: HvaToPfnRequest,
+    pfn: int,
+    async_: OutParam,
+    writable: OutParam,
+    page: object = None,
+) -> HvaToPfnResult:
+    """The outputs of a generic-shaped ``hva_to_pfn`` as a result: the
+    status its pfn stands for (a pfn with error bits is a fault, as every
+    caller's ``is_error_noslot_pfn`` takes it; ``*async`` set turns a fault
+    into ``async``), ``*writable``, and the page pointer, if the API has one."""
     status = _STATUS.get(pfn, OK)
+    if status == OK and is_error_noslot_pfn(pfn):
+        status = ERR_FAULT
     if status == ERR_FAULT and async_ and async_.get() is True:
         status = ASYNC
     if kvm.tracer.enabled:
@@ -284,5 +302,6 @@ def generic_request(
     return HvaToPfnResult(
         status=status,
         pfn=pfn,
+        page=page,
         writable=bool(writable.get()) if writable else False,
     )

@@ -47,9 +47,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim_plugins.strategies.generic import (
-    _STATUS,
     check_user_page_hwpoison,
     hva_to_pfn_remapped,
+    package_result,
     vma_is_valid,
 )
 
@@ -66,14 +66,12 @@ from kvmsim.cmodel import (
     OutParam,
     deref,
 )
-from kvmsim.hooktypes import ASYNC, ERR_FAULT, OK, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
+from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host import gup
 from kvmsim.host.constants import FOLL_HWPOISON, FOLL_NOWAIT, FOLL_WRITE, VM_IO, VM_PFNMAP
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_FAULT,
     KVM_PFN_ERR_HWPOISON,
-    is_error_noslot_pfn,
-    pfn_name,
 )
 
 if TYPE_CHECKING:
@@ -258,28 +256,10 @@ def paolo_request(
         p_page,
         fast=fast or __hva_to_page_fast,
     )
-    status = _STATUS.get(pfn, OK)
-    if status == OK and is_error_noslot_pfn(pfn):
-        # a garbage pfn (page_to_pfn(NULL) on ppc64) with error bits set:
-        # every caller tests is_error_noslot_pfn and takes it for a fault
-        status = ERR_FAULT
-    if status == ERR_FAULT and async_ and async_.get() is True:
-        status = ASYNC
+    # a garbage pfn (page_to_pfn(NULL) on ppc64) has error bits set: every
+    # caller tests is_error_noslot_pfn and takes it for a fault
     page: object = None
     if p_page:
         got = p_page.get()
         page = None if got is NULL else got
-    if kvm.tracer.enabled:
-        kvm.tracer.emit(
-            "hva_to_pfn",
-            hva=hex(request.hva),
-            write_fault=request.write_fault,
-            pfn=pfn_name(pfn),
-            status=status,
-        )
-    return HvaToPfnResult(
-        status=status,
-        pfn=pfn,
-        page=page,
-        writable=bool(writable.get()) if writable else False,
-    )
+    return package_result(kvm, request, pfn, async_, writable, page)
