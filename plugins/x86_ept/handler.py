@@ -233,24 +233,14 @@ def tdp_page_fault(
     handled, res = try_async_pf(kvm, vcpu, prefault, gfn, gpa, write)
     kvm.fire_point("after_hva_to_pfn")
     if handled:
-        a: apf.ApfVcpu = st.vcpu_apf(vcpu)
-        event = "not_present" if not a.halt_requested else None
-        return RET_PF_RETRY, event, "async PF: page not present"
+        return _async_not_present(st, vcpu)
     assert res is not None
     pfn = res.pfn
     map_writable = res.writable
-    # handle_abnormal_pfn
-    if is_error_pfn(pfn):
-        return kvm_handle_bad_page(kvm, vcpu, gfn, pfn)
-    if is_noslot_pfn(pfn) and tr.enabled:
-        tr.emit("vcpu_cache_mmio_info", gfn=hex(gfn))
-    flags = 0
-    if write:
-        flags |= REQ_WRITE_FAULT
-    if map_writable:
-        flags |= REQ_MAP_WRITABLE
-    if prefault:
-        flags |= REQ_PREFAULT
+    bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
+    if bad is not None:
+        return bad
+    flags = _request_flags(write, map_writable, prefault)
     if force_pt_level:
         flags |= REQ_FORCE_PT_LEVEL
     kvm.fire_point("before_create_pte")
@@ -311,23 +301,14 @@ def direct_page_fault(
     handled, res = try_async_pf(kvm, vcpu, prefault, gfn, gpa, write)
     kvm.fire_point("after_hva_to_pfn")
     if handled:
-        a: apf.ApfVcpu = st.vcpu_apf(vcpu)
-        event = "not_present" if not a.halt_requested else None
-        return RET_PF_RETRY, event, "async PF: page not present"
+        return _async_not_present(st, vcpu)
     assert res is not None
     pfn = res.pfn
-    # handle_abnormal_pfn (EPT caches MMIO SPTEs: shadow_mmio_value != 0)
-    if is_error_pfn(pfn):
-        return kvm_handle_bad_page(kvm, vcpu, gfn, pfn)
-    if is_noslot_pfn(pfn) and tr.enabled:
-        tr.emit("vcpu_cache_mmio_info", gfn=hex(gfn))
-    flags = 0
-    if write:
-        flags |= REQ_WRITE_FAULT
-    if res.writable:
-        flags |= REQ_MAP_WRITABLE
-    if prefault:
-        flags |= REQ_PREFAULT
+    # (EPT caches MMIO SPTEs: shadow_mmio_value != 0)
+    bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
+    if bad is not None:
+        return bad
+    flags = _request_flags(write, res.writable, prefault)
     kvm.fire_point("before_create_pte")
     r = kvm.hooks.create_pte(
         kvm=kvm,
@@ -342,6 +323,39 @@ def direct_page_fault(
     if r == -EAGAIN:
         return RET_PF_RETRY, None, "mmu_notifier_retry"
     return r, None, ""
+
+
+def _async_not_present(st: EptState, vcpu: int) -> tuple[int, str | None, str]:
+    """``try_async_pf`` queued the work: the guest is told "page not present"
+    (unless the vcpu was told to halt until the page is in) and retries."""
+    a: apf.ApfVcpu = st.vcpu_apf(vcpu)
+    event = "not_present" if not a.halt_requested else None
+    return RET_PF_RETRY, event, "async PF: page not present"
+
+
+def handle_abnormal_pfn(
+    kvm: Kvm, vcpu: int, gfn: int, pfn: int
+) -> tuple[int, str | None, str] | None:
+    """``handle_abnormal_pfn``: an error pfn ends the fault through
+    ``kvm_handle_bad_page``; a NOSLOT pfn caches the MMIO info and goes on
+    (None: carry on to the map)."""
+    if is_error_pfn(pfn):
+        return kvm_handle_bad_page(kvm, vcpu, gfn, pfn)
+    if is_noslot_pfn(pfn) and kvm.tracer.enabled:
+        kvm.tracer.emit("vcpu_cache_mmio_info", gfn=hex(gfn))
+    return None
+
+
+def _request_flags(write: bool, map_writable: bool, prefault: bool) -> int:
+    """What ``create_pte`` needs to know of the fault besides the pfn."""
+    flags = 0
+    if write:
+        flags |= REQ_WRITE_FAULT
+    if map_writable:
+        flags |= REQ_MAP_WRITABLE
+    if prefault:
+        flags |= REQ_PREFAULT
+    return flags
 
 
 def kvm_release_pfn_clean_v5_6(kvm: Kvm, pfn: int) -> None:
