@@ -118,13 +118,21 @@ def run_text(text: str, strategy: str) -> None:
         pass
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(text=scenario_text(), strategy=st.sampled_from(STRATEGIES))
 def test_random_valid_scenarios_run_to_completion(text: str, strategy: str) -> None:
     run_text(text, strategy)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     text=scenario_text(),
     cut=st.integers(0, 10_000),

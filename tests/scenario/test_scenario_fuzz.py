@@ -261,7 +261,11 @@ XIVE = DeviceKind(
 )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(documents, st.sampled_from([None, ["xive"], {"xive": XIVE}]), st.booleans())
 def test_loader_never_raises_anything_but_scenario_error(
     doc: tuple[str, bool], devices: Any, plugin_steps: bool
