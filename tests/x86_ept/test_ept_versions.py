@@ -11,32 +11,10 @@ from kvmsim_plugins.x86_ept import ept, handler
 
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import kvm_is_reserved_pfn
-from kvmsim.runner import RunReport
 from kvmsim.scenario import builtin_scenarios
+from tests.x86_ept.test_ept_paths import HEAD, _events
 
 LIB = {p.stem: p for p in builtin_scenarios()}
-
-HEAD = """
-name = "t"
-arch = "x86_ept"
-[[vma]]
-name = "ram"
-size = "8M"
-backing = "anon"
-[[memslot]]
-gpa = 0
-vma = "ram"
-"""
-
-
-def _access(gpa: int, op: str) -> str:
-    return f'[[step]]\\ndo = "access"\\ngpa = {gpa:#x}\\nop = "{op}"\\n'
-
-
-def _events(report: RunReport, name: str, step: int | None = None) -> list[dict[str, Any]]:
-    return [
-        e for e in report.events if e["event"] == name and (step is None or e.get("step") == step)
-    ]
 
 
 def test_each_strategy_selects_its_eras_x86_handler(make_sim: Any) -> None:
