@@ -535,24 +535,7 @@ def try_async_pf(
     synchronously with ``async = NULL``.  Returns (handled, result)."""
     tr = kvm.tracer
     slot = kvm.memslots.gfn_to_memslot(gfn)
-    res = kvm.gfn_to_pfn_memslot(
-        slot,  # type: ignore[arg-type]  # NULL gives KVM_PFN_NOSLOT (A.1)
-        gfn,
-        vcpu=vcpu,
-        atomic=False,
-        async_=True,
-        write_fault=write,
-        writable=True,
-    )
-    if tr.enabled:
-        tr.emit(
-            "__gfn_to_pfn_memslot",
-            gfn=hex(gfn),
-            pfn=pfn_name(res.pfn),
-            status=res.status,
-            writable=res.writable,
-            async_=True,
-        )
+    res = _gfn_to_pfn(kvm, slot, gfn, vcpu, write, async_=True)
     if res.status != ASYNC:
         return False, res
     if not prefault:  # kvm_can_do_async_pf: lapic in kernel, interrupts allowed
@@ -567,25 +550,34 @@ def try_async_pf(
         hva = gfn_to_hva_memslot(slot, gfn, 12) if slot is not None else KVM_HVA_ERR_BAD
         if apf.kvm_arch_setup_async_pf(kvm, vcpu, gva, gfn, hva):
             return True, None
+    return False, _gfn_to_pfn(kvm, slot, gfn, vcpu, write, async_=False)
+
+
+def _gfn_to_pfn(
+    kvm: Kvm, slot: Memslot | None, gfn: int, vcpu: int, write: bool, *, async_: bool
+) -> HvaToPfnResult:
+    """``__gfn_to_pfn_memslot(slot, gfn, false, async ? &async : NULL, write,
+    &map_writable)`` as try_async_pf calls it (a NULL slot gives
+    KVM_PFN_NOSLOT, A.1)."""
     res = kvm.gfn_to_pfn_memslot(
         slot,  # type: ignore[arg-type]
         gfn,
         vcpu=vcpu,
         atomic=False,
-        async_=False,
+        async_=async_,
         write_fault=write,
         writable=True,
     )
-    if tr.enabled:
-        tr.emit(
+    if kvm.tracer.enabled:
+        kvm.tracer.emit(
             "__gfn_to_pfn_memslot",
             gfn=hex(gfn),
             pfn=pfn_name(res.pfn),
             status=res.status,
             writable=res.writable,
-            async_=False,
+            async_=async_,
         )
-    return False, res
+    return res
 
 
 def kvm_handle_bad_page(kvm: Kvm, vcpu: int, gfn: int, pfn: int) -> tuple[int, str | None, str]:
