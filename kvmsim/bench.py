@@ -18,6 +18,9 @@ Workloads, modelled on the kernel's KVM selftests
 - ``dispatch``: the demand-paging fault path three ways in one run: as
   shipped (the per-simulation Dispatcher), hand-wired with direct calls to
   the plugins' functions, and through pluggy's relay on every call.
+- ``trace_off``: demand paging with tracing off, as shipped and in a copy
+  of the packages with every trace guard and emit removed
+  (:mod:`kvmsim.tracestrip`), each in its own process, interleaved.
 
 Every figure is wall time of one process; nothing here is asserted by a
 unit test (tests/bench only checks the JSON's shape).
@@ -40,7 +43,7 @@ from typing import Any
 from kvmsim.errors import UsageError
 from kvmsim.scenario.sizes import format_size, parse_size
 
-WORKLOADS = ("demand_paging", "reaccess", "dirty_log", "matrix", "dispatch")
+WORKLOADS = ("demand_paging", "reaccess", "dirty_log", "matrix", "dispatch", "trace_off")
 KEYS = (
     "workload",
     "arch",
@@ -212,6 +215,10 @@ def _rate(n: int, dt: float) -> float:
 
 
 def demand_paging(args: Any) -> dict[str, Any]:
+    if getattr(args, "instructions", False):
+        r, per = _instructions_per_fault(None, args)
+        r.update(instructions_per_fault=round(per))
+        return r
     sim, pages, psize = _build(args)
     mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
     sl = _slices(pages, args.vcpus, psize)
@@ -420,12 +427,138 @@ def _hand_wired(args: Any) -> tuple[Any, int, int]:
     return sim, pages, psize
 
 
+_CHILD = """
+import json, sys
+from pathlib import Path
+import kvmsim, kvmsim_plugins
+from kvmsim.bench import demand_paging
+root = Path(sys.argv[1]).resolve() if sys.argv[1] else None
+for mod in (kvmsim, kvmsim_plugins) if root else ():
+    if root not in Path(mod.__path__[0]).resolve().parents:
+        sys.exit(f"{mod.__name__} was imported from {mod.__path__[0]}, not the copy in {root}")
+args = type("Args", (), json.loads(sys.argv[2]))()
+print(json.dumps(demand_paging(args)))
+"""
+
+
+def _child_figures(
+    root: Path | None, args: Any, mem: int, *, count: bool = False
+) -> dict[str, Any]:
+    """Run demand paging of ``mem`` bytes in a fresh interpreter on the
+    packages under ``root`` (None: the installed ones); with ``count``, under
+    callgrind, adding the process's instruction count as ``instructions``."""
+    import re
+    import shutil
+    import subprocess
+
+    fields = {k: getattr(args, k) for k in ("workload", "arch", "strategy", "page_size", "vcpus")}
+    fields.update(mem=mem, trace=False, tracemalloc=False)
+    env = dict(os.environ)
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every child
+    cmd = [sys.executable, "-c", _CHILD, str(root or ""), json.dumps(fields)]
+    if count:
+        valgrind = shutil.which("valgrind")
+        if valgrind is None:
+            raise UsageError("--instructions needs valgrind (callgrind) on PATH")
+        cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
+    with tempfile.TemporaryDirectory() as empty:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            # ``-c`` puts the working directory first on sys.path
+            cwd=empty if root is None else root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode:
+        raise RuntimeError(f"bench child failed: {proc.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    if count:
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        if m is None:
+            raise RuntimeError("bench child: callgrind printed no instruction count")
+        result["instructions"] = int(m.group(1))
+    return result
+
+
+def _instructions_per_fault(root: Path | None, args: Any) -> tuple[dict[str, Any], float]:
+    """Instructions per fault under callgrind: the difference between a
+    run of ``--mem`` and one of half that, so start-up and set-up cancel
+    out.  (The figures of the ``--mem`` run, instructions per fault.)"""
+    small = _child_figures(root, args, args.mem // 2, count=True)
+    big = _child_figures(root, args, args.mem, count=True)
+    per = (big["instructions"] - small["instructions"]) / (big["faults"] - small["faults"])
+    return big, per
+
+
+def trace_off(args: Any) -> dict[str, Any]:
+    """Tracing off as shipped vs the same packages with the trace calls
+    removed, each in a fresh interpreter (neither inherits the other's
+    caches).  Wall time: interleaved, best of ``--rounds``.  With
+    ``--instructions``: instructions per fault under callgrind
+    (:func:`_instructions_per_fault`), repeatable whatever else the machine
+    runs."""
+    import kvmsim_plugins
+
+    import kvmsim
+    from kvmsim.tracestrip import copy_packages
+
+    packages = {
+        "kvmsim": Path(kvmsim.__path__[0]),
+        "kvmsim_plugins": Path(kvmsim_plugins.__path__[0]),
+    }
+    best: dict[str, dict[str, Any]] = {}
+    per_fault: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        roots = {"shipped": Path(d) / "shipped", "removed": Path(d) / "removed"}
+        copy_packages(packages, roots["shipped"], strip=False)
+        sites = copy_packages(packages, roots["removed"], strip=True)
+        if args.instructions:
+            for mode, root in roots.items():
+                best[mode], per_fault[mode] = _instructions_per_fault(root, args)
+        else:
+            for _ in range(max(1, args.rounds)):
+                for mode, root in roots.items():
+                    r = _child_figures(root, args, args.mem)
+                    if mode not in best or r["seconds"] < best[mode]["seconds"]:
+                        best[mode] = r
+    shipped, removed = best["shipped"], best["removed"]
+    if shipped["faults"] != removed["faults"]:
+        # the guards are false with tracing off: removing them must change nothing
+        raise RuntimeError(
+            f"trace_off: {shipped['faults']} faults as shipped, {removed['faults']} without trace"
+        )
+    out = _result(
+        args,
+        page_size=shipped["page_size"],
+        pages=shipped["pages"],
+        trace=False,
+        seconds=shipped["seconds"],
+        faults_per_s=shipped["faults_per_s"],
+        removed_faults_per_s=removed["faults_per_s"],
+        off_vs_removed=round(shipped["seconds"] / removed["seconds"], 3),
+        trace_sites_removed=sites,
+    )
+    if per_fault:
+        out.update(
+            instructions_per_fault=round(per_fault["shipped"]),
+            removed_instructions_per_fault=round(per_fault["removed"]),
+            off_vs_removed_instructions=round(per_fault["shipped"] / per_fault["removed"], 4),
+        )
+    return out
+
+
 RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "demand_paging": demand_paging,
     "reaccess": reaccess,
     "dirty_log": dirty_log,
     "matrix": matrix,
     "dispatch": dispatch,
+    "trace_off": trace_off,
 }
 
 # ---------------------------------------------------------------- CLI
@@ -442,7 +575,7 @@ def add_arguments(p: Any) -> None:
     )
     p.add_argument("--vcpus", type=int, default=1, help="vcpus sharing the memory (default 1)")
     p.add_argument(
-        "--rounds", type=int, default=1, help="re-access/dirty rounds; dispatch: repeats"
+        "--rounds", type=int, default=1, help="re-access/dirty rounds; dispatch, trace_off: repeats"
     )
     p.add_argument("--jobs", type=int, default=1, help="matrix worker processes (default 1)")
     p.add_argument(
@@ -453,6 +586,11 @@ def add_arguments(p: Any) -> None:
     )
     p.add_argument(
         "--tracemalloc", action="store_true", help="exact Python allocation figures (slower)"
+    )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="demand_paging, trace_off: instructions per fault under callgrind (slow, repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -481,11 +619,20 @@ def run_bench(args: Any) -> dict[str, Any]:
         raise UsageError(f"--rounds {args.rounds}: at least 1")
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: at least 1")
+    args.instructions = bool(getattr(args, "instructions", False))
+    if args.instructions and args.workload not in ("demand_paging", "trace_off"):
+        raise UsageError("--instructions: only for --workload demand_paging or trace_off")
     if args.workload != "matrix":
         # unknown or unfit plugin names: the registry's one-line PluginError
         from kvmsim.registry import build_manager
 
-        build_manager(arch=args.arch, strategy=args.strategy)
+        _, a_info, _ = build_manager(arch=args.arch, strategy=args.strategy)
+        psize = args.page_size or 1 << a_info.page_shift
+        if args.instructions and (args.mem // 2) % psize:
+            raise UsageError(
+                f"--mem {format_size(args.mem)}: --instructions also runs half of it, "
+                f"which must be a multiple of the page size {format_size(psize)}"
+            )
     return RUNNERS[args.workload](args)
 
 

@@ -17,6 +17,7 @@ CASES = {
     "reaccess": ("x86_ept", []),
     "dirty_log": ("x86_ept", ["--rounds", "2"]),
     "dispatch": ("x86_ept", []),
+    "trace_off": ("x86_ept", []),
 }
 
 NUMBER = (int, float)
@@ -56,6 +57,9 @@ def test_workload_json(capsys: pytest.CaptureFixture[str], workload: str) -> Non
     if workload == "reaccess":  # what the re-access rounds added (an arch's hit cache)
         after = obj["bytes_per_page_after_rounds"]
         assert isinstance(after, NUMBER) and isinstance(obj["bytes_per_page"], NUMBER)
+    if workload == "trace_off":  # the copy without trace calls really lost some
+        assert isinstance(obj["trace_sites_removed"], int) and obj["trace_sites_removed"] > 100
+        assert isinstance(obj["removed_faults_per_s"], NUMBER)
 
 
 def test_demand_paging_traced(capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +113,8 @@ def test_matrix_json(capsys: pytest.CaptureFixture[str]) -> None:
         ["--arch", "no_such_arch"],
         ["--page-size", "8K", "--arch", "ppc_radix"],  # below the 64K base page
         ["--workload", "dirty_log", "--arch", "ppc_radix", "--mem", "1M"],
+        ["--workload", "reaccess", "--instructions"],  # only the fault workloads count
+        ["--workload", "trace_off", "--instructions", "--arch", "x86_ept", "--mem", "4K"],
     ],
 )
 def test_bad_flags_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
