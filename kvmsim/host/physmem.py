@@ -63,11 +63,13 @@ class PhysMem:
     """
 
     __slots__ = (
+        "_fl",
         "_mmio_next",
         "_next",
         "_orders",
         "_others",
         "_ranges",
+        "_rc",
         "anomalies",
         "flags",
         "freed",
@@ -103,6 +105,11 @@ class PhysMem:
         """who allocated the page (head or single page)."""
         self.host_refs = PfnArray("i", ram_pages)
         """references the host model itself holds, per refcounted page."""
+        # The hot reference and flag paths index the arrays directly (the
+        # array object never changes, it only grows); a frame beyond the
+        # grown part, or above RAM, goes through PfnArray.
+        self._rc = self.refcount.a
+        self._fl = self.flags.a
         self._others: dict[int, int] = {}
         self.anomalies: list[Anomaly] = []
         self.freed: set[int] = set()
@@ -261,7 +268,7 @@ class PhysMem:
 
     def PageCompound(self, pfn: int) -> bool:
         """``PageCompound``: head or tail of a compound page."""
-        return self.compound_head(pfn) in self.order
+        return bool(self._orders) and self.compound_head(pfn) in self.order
 
     def PageTransCompound(self, pfn: int) -> bool:
         """``PageTransCompound``: part of a transparent huge page."""
@@ -277,7 +284,8 @@ class PhysMem:
 
     def PageReserved(self, pfn: int) -> bool:
         """``PageReserved`` (per page, as the flag is PF_NO_COMPOUND)."""
-        return bool(self.flags.get(pfn, 0) & PG_RESERVED)
+        fl = self._fl
+        return bool((fl[pfn] if 0 <= pfn < len(fl) else self.flags[pfn]) & PG_RESERVED)
 
     def SetPageReserved(self, pfn: int) -> None:
         """``SetPageReserved``."""
@@ -297,14 +305,21 @@ class PhysMem:
         """``PageDirty`` (on the head)."""
         return self._flag(pfn, PG_DIRTY)
 
+    def _set_head_flag(self, pfn: int, bit: int) -> None:
+        head = self.compound_head(pfn) if self._orders else pfn
+        fl = self._fl
+        if 0 <= head < len(fl):
+            fl[head] |= bit
+        else:
+            self.flags[head] = self.flags[head] | bit
+
     def SetPageDirty(self, pfn: int) -> None:
         """``SetPageDirty`` (on the head)."""
-        head = self.compound_head(pfn)
-        self.flags[head] = self.flags.get(head, 0) | PG_DIRTY
+        self._set_head_flag(pfn, PG_DIRTY)
 
     def set_page_dirty_lock(self, pfn: int) -> None:
         """``set_page_dirty_lock``: the model has no page lock to take."""
-        self.SetPageDirty(pfn)
+        self._set_head_flag(pfn, PG_DIRTY)
 
     def ClearPageDirty(self, pfn: int) -> None:
         head = self.compound_head(pfn)
@@ -315,12 +330,11 @@ class PhysMem:
 
     def SetPageReferenced(self, pfn: int) -> None:
         """``SetPageReferenced`` (on the head)."""
-        head = self.compound_head(pfn)
-        self.flags[head] = self.flags.get(head, 0) | PG_REFERENCED
+        self._set_head_flag(pfn, PG_REFERENCED)
 
     def mark_page_accessed(self, pfn: int) -> None:
         """``mark_page_accessed``: the model only keeps PG_referenced."""
-        self.SetPageReferenced(pfn)
+        self._set_head_flag(pfn, PG_REFERENCED)
 
     # ------------------------------------------------------------------ references
 
@@ -330,11 +344,16 @@ class PhysMem:
         Without CONFIG_DEBUG_VM a get on a page whose count is 0 still
         increments; the model records it as an anomaly ``get_page_zero``.
         """
-        head = self.compound_head(pfn)
-        c = self.refcount.get(head, 0)
+        head = self.compound_head(pfn) if self._orders else pfn
+        rc = self._rc
+        fast = 0 <= head < len(rc)
+        c = rc[head] if fast else self.refcount[head]
         if c <= 0:
             self.anomalies.append(Anomaly("get_page_zero", head, f"get_page on count {c}"))
-        self.refcount[head] = c + 1
+        if fast:
+            rc[head] = c + 1
+        else:
+            self.refcount[head] = c + 1
         d = self._others.get(head, 0) + 1
         if d:
             self._others[head] = d
@@ -379,14 +398,19 @@ class PhysMem:
         A put below zero is recorded as ``refcount_underflow``, and so is the
         freeing of a page its owner still uses ("freed while owned").
         """
-        head = self.compound_head(pfn)
-        c = self.refcount.get(head, 0) - 1
+        head = self.compound_head(pfn) if self._orders else pfn
+        rc = self._rc
+        fast = 0 <= head < len(rc)
+        c = (rc[head] if fast else self.refcount[head]) - 1
         d = self._others.get(head, 0) - 1
         if d:
             self._others[head] = d
         else:
             del self._others[head]
-        self.refcount[head] = c
+        if fast:
+            rc[head] = c
+        else:
+            self.refcount[head] = c
         if c == 0:
             self._free(head, "put_page")
         elif c < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from attrs import frozen
+from attrs import Factory, field, frozen
 
 from kvmsim.errors import ScenarioError
 
@@ -26,10 +26,14 @@ class Memslot:
     userspace_addr: int
     flags: int = 0
     vma: str = ""
-
-    @property
-    def readonly(self) -> bool:
-        return bool(self.flags & KVM_MEM_READONLY)
+    readonly: bool = field(
+        init=False,
+        eq=False,
+        repr=False,
+        default=Factory(lambda self: bool(self.flags & KVM_MEM_READONLY), takes_self=True),
+    )
+    """``flags & KVM_MEM_READONLY``, computed once: the fault path asks it
+    several times per fault and the slot is immutable."""
 
     def contains(self, gfn: int) -> bool:
         return self.base_gfn <= gfn < self.base_gfn + self.npages
