@@ -452,7 +452,8 @@ def _child_figures(
     import subprocess
 
     fields = {k: getattr(args, k) for k in ("workload", "arch", "strategy", "page_size", "vcpus")}
-    fields.update(mem=mem, trace=False, tracemalloc=False)
+    # trace_off always runs untraced; demand_paging --trace counts the trace too
+    fields.update(mem=mem, trace=args.workload != "trace_off" and args.trace, tracemalloc=False)
     env = dict(os.environ)
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])

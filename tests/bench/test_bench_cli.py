@@ -5,6 +5,9 @@ never asserted (they belong to benchmarks, not unit tests)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +124,54 @@ def test_bad_flags_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: lis
     assert main(["bench", *argv, "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kvmsim:"), err
+
+
+FAKE_VALGRIND = """#!{python}
+# Stands in for valgrind: runs the command after the two callgrind options
+# and reports 5000 + 300 instructions per fault the child took.
+import json, subprocess, sys
+proc = subprocess.run(sys.argv[3:], capture_output=True, text=True)
+sys.stdout.write(proc.stdout)
+sys.stderr.write(proc.stderr)
+if proc.returncode == 0:
+    faults = json.loads(proc.stdout)["faults"]
+    sys.stderr.write(f"==1== Collected : {{5000 + 300 * faults}}\\n")
+sys.exit(proc.returncode)
+"""
+
+
+def _fake_valgrind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "valgrind"
+    fake.write_text(FAKE_VALGRIND.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+@pytest.mark.parametrize("workload", ["demand_paging", "trace_off"])
+def test_instructions_per_fault_is_the_difference_of_two_runs(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workload: str,
+) -> None:
+    # a run of --mem and one of half: the fixed 5000 cancels, 300 per fault stays
+    _fake_valgrind(tmp_path, monkeypatch)
+    argv = ["bench", "--workload", workload, "--arch", "x86_ept", "--mem", "2M"]
+    obj = _run(capsys, [*argv, "--instructions", "--json"])
+    _check_types(obj)
+    assert obj["pages"] == 512
+    if workload == "demand_paging":
+        assert obj["instructions_per_fault"] == 300
+    else:
+        assert obj["instructions_per_fault"] == obj["removed_instructions_per_fault"] == 300
+        assert obj["off_vs_removed_instructions"] == 1.0
+
+
+def test_instructions_without_valgrind_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    argv = ["bench", "--arch", "x86_ept", "--mem", "64K", "--instructions", "--json"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "valgrind" in err[0], err
