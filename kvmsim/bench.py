@@ -22,8 +22,10 @@ Workloads, modelled on the kernel's KVM selftests
   of the packages with every trace guard and emit removed
   (:mod:`kvmsim.tracestrip`), each in its own process, interleaved.
 
-Every figure is wall time of one process; nothing here is asserted by a
-unit test (tests/bench only checks the JSON's shape).
+Every figure is wall time of one process, or with ``--instructions``
+(demand_paging, trace_off) instructions per fault counted by callgrind;
+nothing here is asserted by a unit test (tests/bench checks the JSON's
+shape and the arithmetic).
 """
 
 from __future__ import annotations
@@ -642,7 +644,9 @@ def format_table(r: dict[str, Any]) -> str:
     rows = []
     for k, v in r.items():
         if isinstance(v, float):
-            v = f"{v:,.1f}"
+            # rates with a thousands separator; small figures (seconds,
+            # ratios) keep four significant digits
+            v = f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
         elif isinstance(v, int) and not isinstance(v, bool) and k in ("pages", "faults"):
             v = f"{v:,}"
         elif k == "page_size" and v:

@@ -175,3 +175,18 @@ def test_instructions_without_valgrind_one_line_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "valgrind" in err[0], err
+
+
+def test_table_keeps_small_figures_readable() -> None:
+    from kvmsim.bench import format_table
+
+    table = format_table(
+        {"seconds": 0.0227, "faults_per_s": 12345.6, "off_vs_removed": 1.012, "pages": 4096}
+    )
+    rows = dict(line.split(None, 1) for line in table.splitlines())
+    assert rows == {
+        "seconds": "0.0227",  # not rounded away to 0.0
+        "faults_per_s": "12,345.6",
+        "off_vs_removed": "1.012",
+        "pages": "4,096",
+    }
