@@ -478,7 +478,8 @@ def _child_figures(
             check=False,
         )
     if proc.returncode:
-        raise RuntimeError(f"bench child failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"bench child failed (exit {proc.returncode}): {last}")
     result: dict[str, Any] = json.loads(proc.stdout)
     if count:
         m = re.search(r"Collected : (\d+)", proc.stderr)
@@ -491,7 +492,8 @@ def _child_figures(
 def _instructions_per_fault(root: Path | None, args: Any) -> tuple[dict[str, Any], float]:
     """Instructions per fault under callgrind: the difference between a
     run of ``--mem`` and one of half that, so start-up and set-up cancel
-    out.  (The figures of the ``--mem`` run, instructions per fault.)"""
+    out.  Returns the ``--mem`` run's figures (its wall-time figures are
+    callgrind's, ~100x slow) and the instructions per fault."""
     small = _child_figures(root, args, args.mem // 2, count=True)
     big = _child_figures(root, args, args.mem, count=True)
     per = (big["instructions"] - small["instructions"]) / (big["faults"] - small["faults"])
