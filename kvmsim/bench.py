@@ -116,7 +116,7 @@ def _build(args: Any, *, direct: bool = True, trace: bool | None = None) -> tupl
     """The simulation for one guest of ``args.mem`` bytes: ``(sim, pages,
     page_size)``, where a page is the arch's base page or ``--page-size``."""
     from kvmsim.registry import build_manager
-    from kvmsim.testing import build_sim
+    from kvmsim.runner import build_sim
 
     _, a_info, _ = build_manager(arch=args.arch, strategy=args.strategy)
     base = 1 << a_info.page_shift

@@ -44,9 +44,17 @@ def _resolve_scenario(arg: str) -> str:
         return arg
     from kvmsim.scenario import builtin_scenarios
 
-    for path in builtin_scenarios():
-        if path.stem == arg:
-            return str(path)
+    names = {path.stem: path for path in builtin_scenarios()}
+    if arg in names:
+        return str(names[arg])
+    import difflib
+
+    close = difflib.get_close_matches(arg, sorted(names), n=3)
+    if close:  # a misspelt library name, not a file: say what it may have meant
+        raise UsageError(
+            f"no file or library scenario {arg!r}; did you mean {', '.join(close)}? "
+            "(see kvmsim scenarios)"
+        )
     return arg
 
 

@@ -10,6 +10,7 @@ deadlock ends the run (a real one would end the task); a livelock does not
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 from attrs import define, field
@@ -24,6 +25,7 @@ from kvmsim.kvm.core import Kvm
 from kvmsim.kvm.memslot import KVM_MEM_READONLY, Memslot
 from kvmsim.kvm.vcpu import guest_access
 from kvmsim.registry import Dispatcher, build_manager
+from kvmsim.scenario import load_scenario, parse_scenario
 from kvmsim.scenario.model import Scenario, StepSpec
 from kvmsim.scenario.sizes import format_size
 from kvmsim.trace import Tracer
@@ -468,4 +470,33 @@ def run_scenario(
     return Simulation(scenario, arch=arch, strategy=strategy, trace=trace).run()
 
 
-__all__ = ["RunReport", "Simulation", "StepReport", "StepResult", "Verdict", "run_scenario"]
+def build_sim(
+    scenario: str | Path,
+    *,
+    arch: str | None = None,
+    strategy: str,
+    extra_plugins: Iterable[object] = (),
+    trace: bool = True,
+    direct: bool = True,
+) -> Simulation:
+    """A simulation from a scenario path, or from TOML text (anything with a
+    newline); what the ``make_sim`` fixture and ``kvmsim bench`` build."""
+    # the loader takes the installed plugins' step kinds (hcall...) by default
+    if isinstance(scenario, str) and "\n" in scenario:
+        sc = parse_scenario(scenario, "<test>")
+    else:
+        sc = load_scenario(scenario)
+    return Simulation(
+        sc, arch=arch, strategy=strategy, trace=trace, extra_plugins=extra_plugins, direct=direct
+    )
+
+
+__all__ = [
+    "RunReport",
+    "Simulation",
+    "StepReport",
+    "StepResult",
+    "Verdict",
+    "build_sim",
+    "run_scenario",
+]

@@ -10,34 +10,12 @@ Third-party plugin authors get them by installing kvmsim:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from kvmsim.runner import RunReport, Simulation
-from kvmsim.scenario import load_scenario, parse_scenario
-
-
-def build_sim(
-    scenario: str | Path,
-    *,
-    arch: str | None = None,
-    strategy: str,
-    extra_plugins: Iterable[object] = (),
-    trace: bool = True,
-    direct: bool = True,
-) -> Simulation:
-    """A simulation from a scenario path, or from TOML text (anything with a newline)."""
-    # the loader takes the installed plugins' step kinds (hcall...) by default
-    if isinstance(scenario, str) and "\n" in scenario:
-        sc = parse_scenario(scenario, "<test>")
-    else:
-        sc = load_scenario(scenario)
-    return Simulation(
-        sc, arch=arch, strategy=strategy, trace=trace, extra_plugins=extra_plugins, direct=direct
-    )
+from kvmsim.runner import RunReport, Simulation, build_sim
 
 
 @pytest.fixture

@@ -116,6 +116,10 @@ def test_bad_scenario_exits_2_with_key_path_and_no_traceback(
         (["run", "X", "--strategy", "generic_v4_16", "--bogus"], "unrecognized arguments"),
         (["run", "X"], "--strategy"),
         (["run", "X", "--strategy", "generic_v4_16", "--trace", "t.txt"], ".jsonl or .json"),
+        (
+            ["run", "gen-anon-write", "--strategy", "generic_v4_16"],
+            "did you mean gen-thp-write, gen-anon-write-first-touch",
+        ),
         ([], "a command is required"),
         (["frobnicate"], "invalid choice"),
     ],
