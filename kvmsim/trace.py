@@ -124,7 +124,14 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-_LINE_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+# dataclasses and datetimes go to ``default`` (their repr) as the standard
+# library path writes them; an Enum member is written as its value
+_LINE_OPTS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
 
 
 def _nonfinite(value: Any) -> bool:

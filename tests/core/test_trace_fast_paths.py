@@ -7,6 +7,8 @@ means: big integers, NaN and infinities included."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 
@@ -49,6 +51,14 @@ def test_jsonl_nested_and_odd_values_go_through_jsonable() -> None:
 
     ev = {"event": "e", "nested": {1: [Odd()]}, "x": math.inf}
     assert to_jsonl([ev]) == '{"event":"e","nested":{"1":["Odd()"]},"x":Infinity}\n'
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    when = datetime.date(2018, 2, 1)
+    line = to_jsonl([{"event": "e", "p": Point(1), "d": when}])
+    assert json.loads(line) == {"d": repr(when), "event": "e", "p": repr(Point(1))}
 
 
 def test_events_are_built_by_a_structlog_bound_logger() -> None:
