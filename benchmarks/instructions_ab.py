@@ -11,7 +11,6 @@ the given size minus a run of half of it.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,22 +19,24 @@ from pathlib import Path
 
 from kvmsim.bench import _instructions_per_fault
 from kvmsim.scenario.sizes import parse_size
+from kvmsim.tracestrip import copy_packages
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _export(rev: str | None, root: Path) -> None:
-    root.mkdir()
+    """``kvmsim`` and ``kvmsim_plugins`` of ``rev`` (None: the working tree) under ``root``."""
     if rev is None:
-        for name in ("kvmsim", "plugins"):
-            shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    else:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", rev, "kvmsim", "plugins"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        packages = {"kvmsim": REPO / "kvmsim", "kvmsim_plugins": REPO / "plugins"}
+        copy_packages(packages, root, strip=False)
+        return
+    root.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "kvmsim", "plugins"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     (root / "plugins").rename(root / "kvmsim_plugins")
 
 

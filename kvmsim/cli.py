@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from kvmsim.errors import KvmsimError, UsageError
+from kvmsim.errors import KvmsimError, UsageError, did_you_mean
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -47,14 +47,9 @@ def _resolve_scenario(arg: str) -> str:
     names = {path.stem: path for path in builtin_scenarios()}
     if arg in names:
         return str(names[arg])
-    import difflib
-
-    close = difflib.get_close_matches(arg, sorted(names), n=3)
-    if close:  # a misspelt library name, not a file: say what it may have meant
-        raise UsageError(
-            f"no file or library scenario {arg!r}; did you mean {', '.join(close)}? "
-            "(see kvmsim scenarios)"
-        )
+    hint = did_you_mean(arg, sorted(names))
+    if hint:  # a misspelt library name, not a file: say what it may have meant
+        raise UsageError(f"no file or library scenario {arg!r}{hint} (see kvmsim scenarios)")
     return arg
 
 

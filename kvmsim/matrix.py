@@ -43,7 +43,7 @@ from typing import Any, Final
 
 from attrs import define, field, frozen
 
-from kvmsim.errors import KvmsimError, ScenarioError, UsageError
+from kvmsim.errors import KvmsimError, ScenarioError, UsageError, did_you_mean
 
 __all__ = [
     "STATUSES",
@@ -643,8 +643,5 @@ def find_entry(name: str) -> ScenarioEntry:
             if e.error:
                 raise ScenarioError(f"scenario {name!r} cannot be loaded: {e.error}")
             return e
-    import difflib
-
-    close = difflib.get_close_matches(name, [e.name for e in entries], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, (e.name for e in entries))
     raise UsageError(f"no library scenario {name!r}{hint} (see kvmsim scenarios)")

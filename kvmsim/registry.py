@@ -8,7 +8,6 @@ as a third-party one is.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ import pluggy
 from attrs import frozen
 
 from kvmsim import hookspecs
-from kvmsim.errors import PluginError
+from kvmsim.errors import PluginError, did_you_mean
 
 KINDS = ("arch", "strategy", "device")
 GROUPS = {kind: f"kvmsim.{kind}" for kind in KINDS}
@@ -118,8 +117,7 @@ def lookup(kind: str, name: str) -> PluginEntry:
     entry = available.get(name)
     if entry is None:
         names = sorted(available)
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, names)
         raise PluginError(
             f"unknown {kind} {name!r}{hint} Available: {', '.join(names) or 'none'} "
             "(if you just added it, reinstall the package)"
