@@ -18,6 +18,12 @@ Workloads, modelled on the kernel's KVM selftests
 - ``dispatch``: the demand-paging fault path three ways in one run: as
   shipped (the per-simulation Dispatcher), hand-wired with direct calls to
   the plugins' functions, and through pluggy's relay on every call.
+- ``runs``: whole scenarios (set-up, every step, the checkers) run again
+  and again in one process: runs per second, and the memory grown over
+  the first and the second half of the runs (flat when a finished
+  simulation frees everything).  One scenario (``--scenario NAME``,
+  default :data:`RUNS_SCENARIO`) or every builtin one (``--scenario all``)
+  that applies to the (arch, strategy).
 - ``trace_off``: demand paging with tracing off, as shipped and in a copy
   of the packages with every trace guard and emit removed
   (:mod:`kvmsim.tracestrip`), each in its own process, interleaved.
@@ -45,7 +51,17 @@ from typing import Any
 from kvmsim.errors import UsageError
 from kvmsim.scenario.sizes import format_size, parse_size
 
-WORKLOADS = ("demand_paging", "reaccess", "dirty_log", "matrix", "dispatch", "trace_off")
+WORKLOADS = (
+    "demand_paging",
+    "reaccess",
+    "dirty_log",
+    "matrix",
+    "dispatch",
+    "trace_off",
+    "runs",
+)
+RUNS_SCENARIO = "gen-race-munmap-before-create-pte"
+RUNS_ARCH = "x86_ept"  # the run-cost issue's reference column
 KEYS = (
     "workload",
     "arch",
@@ -557,6 +573,73 @@ def trace_off(args: Any) -> dict[str, Any]:
     return out
 
 
+def _runs_scenarios(args: Any) -> list[tuple[str, Any]]:
+    """``(name, scenario)`` for ``--scenario`` under the selected column,
+    loaded as the matrix loads them."""
+    from kvmsim import matrix as mx
+
+    wanted = args.scenario or RUNS_SCENARIO
+    p = mx.plan(
+        arches=[args.arch],
+        strategies=[args.strategy],
+        scenarios=None if wanted == "all" else [wanted],
+    )
+    cells = [c for c in p.cells if c.error is None]
+    if not cells:
+        raise UsageError(
+            f"--scenario {wanted}: does not apply to arch {args.arch!r} with strategy "
+            f"{args.strategy!r}"
+        )
+    return [(c.scenario, mx.load_library_scenario(c.path)) for c in cells]
+
+
+def runs(args: Any) -> dict[str, Any]:
+    """Whole-scenario runs per second, the run-cost issue's workload: each
+    run builds its own host, VM and tracer over the process's shared plugin
+    set, runs every step and the checkers, and is dropped.  The first run of
+    each scenario (which builds the plugin set) is not timed."""
+    from kvmsim.runner import Simulation
+
+    chosen = _runs_scenarios(args)
+    n = args.runs
+    arch, strategy, trace = args.arch, args.strategy, args.trace
+
+    def one(sc: Any) -> None:
+        Simulation(sc, arch=arch, strategy=strategy, trace=trace).run()
+
+    for _, sc in chosen:  # warm-up: plugin sets, first-use imports
+        one(sc)
+    order = [sc for _, sc in chosen]
+    k = len(order)
+    mem = _Mem(args.tracemalloc)
+    half = n // 2
+    t0 = time.perf_counter()
+    for i in range(half):
+        one(order[i % k])
+    t_half = time.perf_counter()
+    first_half = mem.now()
+    for i in range(half, n):
+        one(order[i % k])
+    dt = time.perf_counter() - t0
+    second = time.perf_counter() - t_half
+    total = mem.grown()
+    return _result(
+        args,
+        vcpus=None,
+        scenario=args.scenario or RUNS_SCENARIO,
+        scenarios=len(chosen),
+        runs=n,
+        seconds=round(dt, 4),
+        runs_per_s=_rate(n, dt),
+        us_per_run=round(dt / n * 1e6, 1),
+        second_half_runs_per_s=_rate(n - half, second),
+        memory_first_half=first_half,
+        memory_second_half=max(0, total - first_half),
+        bytes_per_run_second_half=round(max(0, total - first_half) / max(1, n - half), 2),
+        memory_method="tracemalloc" if args.tracemalloc else "rss",
+    )
+
+
 RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "demand_paging": demand_paging,
     "reaccess": reaccess,
@@ -564,6 +647,7 @@ RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "matrix": matrix,
     "dispatch": dispatch,
     "trace_off": trace_off,
+    "runs": runs,
 }
 
 # ---------------------------------------------------------------- CLI
@@ -583,6 +667,15 @@ def add_arguments(p: Any) -> None:
         "--rounds", type=int, default=1, help="re-access/dirty rounds; dispatch, trace_off: repeats"
     )
     p.add_argument("--jobs", type=int, default=1, help="matrix worker processes (default 1)")
+    p.add_argument(
+        "--scenario",
+        default=None,
+        metavar="NAME",
+        help=f"runs: a builtin scenario, or 'all' (default {RUNS_SCENARIO})",
+    )
+    p.add_argument(
+        "--runs", type=int, default=2000, metavar="N", help="runs: how many (default 2000)"
+    )
     p.add_argument(
         "--trace",
         dest="tracing",  # not ``trace``: the CLI reads that as a trace file name
@@ -614,7 +707,7 @@ def run_bench(args: Any) -> dict[str, Any]:
     args.trace = bool(getattr(args, "tracing", False))
     args.arch_given = args.arch is not None
     args.strategy_given = args.strategy is not None
-    args.arch = args.arch or "ppc_radix"
+    args.arch = args.arch or (RUNS_ARCH if args.workload == "runs" else "ppc_radix")
     args.strategy = args.strategy or "generic_v4_16"
     args.mem = _size(args.mem, "--mem")
     args.page_size = _size(args.page_size, "--page-size") if args.page_size else None
@@ -624,6 +717,10 @@ def run_bench(args: Any) -> dict[str, Any]:
         raise UsageError(f"--rounds {args.rounds}: at least 1")
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: at least 1")
+    if getattr(args, "runs", 2000) < 1:
+        raise UsageError(f"--runs {args.runs}: at least 1")
+    if getattr(args, "scenario", None) is not None and args.workload != "runs":
+        raise UsageError("--scenario: only for --workload runs")
     args.instructions = bool(getattr(args, "instructions", False))
     if args.instructions and args.workload not in ("demand_paging", "trace_off"):
         raise UsageError("--instructions: only for --workload demand_paging or trace_off")
@@ -649,7 +746,7 @@ def format_table(r: dict[str, Any]) -> str:
             # rates with a thousands separator; small figures (seconds,
             # ratios) keep four significant digits
             v = f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
-        elif isinstance(v, int) and not isinstance(v, bool) and k in ("pages", "faults"):
+        elif isinstance(v, int) and not isinstance(v, bool) and k in ("pages", "faults", "runs"):
             v = f"{v:,}"
         elif k == "page_size" and v:
             v = format_size(v)

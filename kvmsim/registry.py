@@ -46,13 +46,21 @@ class PluginEntry:
 
 _cache: dict[str, dict[str, PluginEntry]] | None = None
 _schema_cache: tuple[dict[str, Any], dict[str, Any]] | None = None
+_scenario_eps: list[EntryPoint] | None = None
+_all_eps: dict[str, list[EntryPoint]] | None = None
 
 
 def reset_cache() -> None:
     """Forget what was discovered (tests that add distributions at run time)."""
-    global _cache, _schema_cache
+    global _cache, _schema_cache, _scenario_eps, _all_eps
+    _all_eps = None
     _cache = None
     _schema_cache = None
+    _scenario_eps = None
+    _valid.clear()
+    _impls.clear()
+    _infos.clear()
+    _sets.clear()
 
 
 def _dist_of(ep: EntryPoint) -> tuple[str, str]:
@@ -62,6 +70,16 @@ def _dist_of(ep: EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"] or "?", dist.version or "?")
 
 
+def _entry_points(group: str) -> list[EntryPoint]:
+    """One group's entry points, from a single read of every distribution's
+    metadata per process (each read costs milliseconds)."""
+    global _all_eps
+    if _all_eps is None:
+        every = entry_points()  # SelectableGroups on 3.11, EntryPoints later
+        _all_eps = {g: list(every.select(group=g)) for g in (*GROUPS.values(), SCENARIO_GROUP)}
+    return _all_eps.get(group, [])
+
+
 def discover() -> dict[str, dict[str, PluginEntry]]:
     """Read the entry points once per process, indexed by kind then name."""
     global _cache
@@ -69,7 +87,7 @@ def discover() -> dict[str, dict[str, PluginEntry]]:
         found: dict[str, dict[str, PluginEntry]] = {}
         for kind, group in GROUPS.items():
             by_name: dict[str, PluginEntry] = {}
-            for ep in sorted(entry_points(group=group), key=lambda e: (e.name, e.value)):
+            for ep in sorted(_entry_points(group), key=lambda e: (e.name, e.value)):
                 dist, version = _dist_of(ep)
                 prev = by_name.get(ep.name)
                 if prev is not None:
@@ -131,31 +149,82 @@ def _new_manager() -> pluggy.PluginManager:
     return pm
 
 
+# One manager per process that only checks plugins: a plugin is registered,
+# checked against the specs and unregistered, once per plugin object.
+_validator: pluggy.PluginManager | None = None
+_valid: dict[int, tuple[object, str | None]] = {}  # id -> (plugin kept alive, error)
+_impls: dict[int, tuple[object, dict[str, Callable[..., Any]]]] = {}
+_infos: dict[tuple[str, int], tuple[object, Any]] = {}
+
+
+def _check(plugin: object) -> str | None:
+    """Why ``plugin``'s hookimpls do not match the specs (a misspelled hook,
+    a wrong argument), or None; computed once per plugin object."""
+    global _validator
+    known = _valid.get(id(plugin))
+    if known is not None and known[0] is plugin:
+        return known[1]
+    if _validator is None:
+        _validator = _new_manager()
+    pm = _validator
+    error: str | None = None
+    try:
+        pm.register(plugin, name=f"check:{id(plugin)}")
+        pm.check_pending()
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        error = str(exc)
+    finally:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+    _valid[id(plugin)] = (plugin, error)
+    return error
+
+
+def _impl(plugin: object, hook: str) -> Callable[..., Any] | None:
+    """The function ``plugin`` marks as its implementation of ``hook`` (by
+    its own name or ``specname``), read once per plugin object."""
+    known = _impls.get(id(plugin))
+    if known is None or known[0] is not plugin:
+        marker = f"{hookspecs.PROJECT}_impl"
+        found: dict[str, Callable[..., Any]] = {}
+        for attr in dir(plugin):
+            fn = getattr(plugin, attr, None)
+            opts = getattr(fn, marker, None)
+            if isinstance(opts, dict) and callable(fn):
+                found[opts.get("specname") or attr] = fn
+        known = (plugin, found)
+        _impls[id(plugin)] = known
+    return known[1].get(hook)
+
+
 def info_of(kind: str, plugin: ModuleType | object) -> Any:
-    """Call one plugin's info hook (``arch_info``...) on that plugin alone.
+    """Call one plugin's info hook (``arch_info``...) on that plugin alone,
+    without building a manager; the answer is kept per plugin object (info
+    values are frozen).
 
     :raises PluginError: the plugin's hookimpls do not match the specs (a
         misspelled hook, a wrong argument), named with the plugin.
     """
-    pm = _new_manager()
+    key = (kind, id(plugin))
+    known = _infos.get(key)
+    if known is not None and known[0] is plugin:
+        return known[1]
     name = getattr(plugin, "__name__", None) or type(plugin).__name__
-    try:
-        pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{kind} plugin {name!r} is invalid: {exc}") from None
-    return getattr(pm.hook, INFO_HOOK[kind])()
+    error = _check(plugin)
+    if error is not None:
+        raise PluginError(f"{kind} plugin {name!r} is invalid: {error}")
+    fn = _impl(plugin, INFO_HOOK[kind])
+    info = None if fn is None else fn()
+    _infos[key] = (plugin, info)
+    return info
 
 
 def validate(plugin: object, name: str) -> None:
-    """Register ``plugin`` alone and check its hookimpls against the specs;
-    a misspelled hook or a wrong argument is one clear error."""
-    pm = _new_manager()
-    try:
-        pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {name!r} is invalid: {exc}") from None
+    """Check ``plugin``'s hookimpls against the specs; a misspelled hook or a
+    wrong argument is one clear error."""
+    error = _check(plugin)
+    if error is not None:
+        raise PluginError(f"plugin {name!r} is invalid: {error}")
 
 
 def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -173,16 +242,14 @@ def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
                     plugin = load(entry)
                 except PluginError:
                     continue
-                pm = _new_manager()
-                try:
-                    pm.register(plugin)
-                except pluggy.PluginValidationError:
+                if _check(plugin) is not None:
                     continue  # reported as a clear error when the plugin is selected
-                for kinds in pm.hook.step_kinds():
-                    for sk in kinds or ():
-                        steps[sk.name] = sk
+                step_kinds = _impl(plugin, "step_kinds")
+                for sk in (step_kinds() if step_kinds else None) or ():
+                    steps[sk.name] = sk
                 if kind == "device":
-                    devices[name] = pm.hook.device_kind() or name
+                    device_kind = _impl(plugin, "device_kind")
+                    devices[name] = (device_kind() if device_kind else None) or name
         _schema_cache = (steps, devices)
     return _schema_cache
 
@@ -254,6 +321,14 @@ class Dispatcher:
         self.notifier_invalidate = pm.hook.notifier_invalidate
         self.notifier_change_pte = pm.hook.notifier_change_pte
 
+    def copy(self) -> Dispatcher:
+        """A shallow copy: each simulation gets its own, so that a test that
+        rebinds one of its callers never changes another run's."""
+        new = object.__new__(Dispatcher)
+        for name in Dispatcher.__slots__:
+            object.__setattr__(new, name, getattr(self, name))
+        return new
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.hook, name)
 
@@ -318,10 +393,64 @@ def build_manager(
     return pm, a_info, s_info
 
 
+@frozen
+class PluginSet:
+    """What every simulation of one (arch, strategy, devices) shares: the
+    checked, frozen manager, the two info values and the dispatcher.  Built
+    once per process by :func:`plugin_set`; a run builds only its own state
+    (host mm, VM, tracer) and never changes these."""
+
+    pm: pluggy.PluginManager
+    arch_info: Any
+    strategy_info: Any
+    hooks: Dispatcher
+
+
+_sets: dict[tuple[str, str, tuple[str, ...], frozenset[str], bool], PluginSet] = {}
+
+
+def plugin_set(
+    *,
+    arch: str,
+    strategy: str,
+    devices: Iterable[str] = (),
+    disabled: Iterable[str] = (),
+    direct: bool = True,
+) -> PluginSet:
+    """The shared :class:`PluginSet` for these names, built on first use.
+
+    Hook-call monitoring (``KVMSIM_TRACE_HOOKS``) writes through the manager,
+    so a monitored set is built afresh every time, as are sets with extra
+    plugins (which :func:`build_manager` takes directly).
+
+    :raises PluginError: as :func:`build_manager`.
+    """
+    blocked = frozenset(disabled)
+    key = (arch, strategy, tuple(sorted(set(devices) - blocked)), blocked, direct)
+    found = _sets.get(key)
+    if found is not None:
+        return found
+    pm, a_info, s_info = build_manager(
+        arch=arch, strategy=strategy, devices=key[2], disabled=blocked
+    )
+    made = PluginSet(pm, a_info, s_info, Dispatcher(pm, direct=direct))
+    if not _monitored():
+        _sets[key] = made
+    return made
+
+
+def scenario_entry_points() -> list[EntryPoint]:
+    """The ``kvmsim.scenarios`` entry points, read once per process."""
+    global _scenario_eps
+    if _scenario_eps is None:
+        _scenario_eps = sorted(_entry_points(SCENARIO_GROUP), key=lambda e: e.name)
+    return _scenario_eps
+
+
 def scenario_packages() -> list[tuple[str, ModuleType]]:
     """The scenario libraries (``kvmsim.scenarios`` entry points), by name."""
     out = []
-    for ep in sorted(entry_points(group=SCENARIO_GROUP), key=lambda e: e.name):
+    for ep in scenario_entry_points():
         try:
             mod = ep.load()
         except Exception as exc:

@@ -1,7 +1,8 @@
 """Build a simulation from a scenario and run it step by step.
 
-One :class:`Simulation` = one scenario under one (arch, strategy): its own
-PluginManager, host model, VM, tracer.  Host events run as task ``qemu``,
+One :class:`Simulation` = one scenario under one (arch, strategy): the
+process's shared plugin set for those names (:func:`kvmsim.registry.plugin_set`),
+and its own host model, VM and tracer.  Host events run as task ``qemu``,
 guest accesses as the vcpu's thread (``vcpu0``...).  A simulated oops or
 deadlock ends the run (a real one would end the task); a livelock does not
 (QEMU's signal gets the vcpu out of the loop).
@@ -24,7 +25,7 @@ from kvmsim.host.rwsem import Deadlock
 from kvmsim.kvm.core import Kvm
 from kvmsim.kvm.memslot import KVM_MEM_READONLY, Memslot
 from kvmsim.kvm.vcpu import guest_access
-from kvmsim.registry import Dispatcher, build_manager
+from kvmsim.registry import Dispatcher, build_manager, plugin_set
 from kvmsim.scenario import load_scenario, parse_scenario
 from kvmsim.scenario.model import Scenario, StepSpec
 from kvmsim.scenario.sizes import format_size
@@ -146,14 +147,23 @@ class Simulation:
         self.scenario = scenario
         self.arch = arch
         self.strategy = strategy
-        self.pm, self.arch_info, self.strategy_info = build_manager(
-            arch=arch,
-            strategy=strategy,
-            devices=[d.kind for d in scenario.devices],
-            extra_plugins=extra_plugins,
-            disabled=disabled,
-        )
-        self.hooks = Dispatcher(self.pm, direct=direct)
+        devices = [d.kind for d in scenario.devices]
+        extra = list(extra_plugins)
+        if extra:  # observers and test plugins: a manager of this run's own
+            self.pm, self.arch_info, self.strategy_info = build_manager(
+                arch=arch,
+                strategy=strategy,
+                devices=devices,
+                extra_plugins=extra,
+                disabled=disabled,
+            )
+            self.hooks = Dispatcher(self.pm, direct=direct)
+        else:  # built once per process, shared read-only by every run
+            ps = plugin_set(
+                arch=arch, strategy=strategy, devices=devices, disabled=disabled, direct=direct
+            )
+            self.pm, self.arch_info, self.strategy_info = ps.pm, ps.arch_info, ps.strategy_info
+            self.hooks = ps.hooks.copy()
         self.tracer = Tracer(trace, scenario=scenario.name, arch=arch, strategy=strategy)
         self.phys = PhysMem(self.arch_info.page_shift)
         self.mm = Mm(self.phys, self.tracer)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 # Chrome trace-event phases we produce.
 BEGIN = "B"
@@ -39,21 +38,37 @@ class _Capture:
         self.info = self.msg = events.append
 
 
-_FilteringAtDebug: Any = structlog.make_filtering_bound_logger(logging.DEBUG)
+_trace_logger_class: Any = None
 
 
-class _TraceLogger(_FilteringAtDebug):  # type: ignore[misc]
-    """structlog's filtering bound logger at DEBUG, whose ``info`` calls
-    ``_process_event`` (the entry structlog documents for custom wrapper
-    classes: it builds the event dict from the bound context and the call's
-    keywords and runs the processor chain) and hands the result to the
-    wrapped logger itself, without the generic proxy in between (level
-    dispatch, a second keyword repacking, ``DropEvent`` handling: the
-    chain here never drops)."""
+def _trace_logger() -> Any:
+    """The wrapper class for recording runs, built on first use so that a
+    process that never records a trace never imports structlog (~0.1 s)."""
+    global _trace_logger_class
+    if _trace_logger_class is None:
+        import structlog
 
-    def info(self, event: str, **kw: Any) -> Any:
-        args, kwargs = self._process_event("info", event, kw)
-        return self._logger.info(*args, **kwargs)
+        base: Any = structlog.make_filtering_bound_logger(logging.DEBUG)
+
+        class _TraceLogger(base):  # type: ignore[misc, valid-type]
+            """structlog's filtering bound logger at DEBUG, whose ``info``
+            calls ``_process_event`` (the entry structlog documents for
+            custom wrapper classes: it builds the event dict from the bound
+            context and the call's keywords and runs the processor chain) and
+            hands the result to the wrapped logger itself, without the
+            generic proxy in between (level dispatch, a second keyword
+            repacking, ``DropEvent`` handling: the chain here never drops)."""
+
+            def info(self, event: str, **kw: Any) -> Any:
+                args, kwargs = self._process_event("info", event, kw)
+                return self._logger.info(*args, **kwargs)
+
+        _trace_logger_class = _TraceLogger
+    return _trace_logger_class
+
+
+def _no_event(event: str, **kw: Any) -> None:
+    """``emit`` of a tracer that records nothing."""
 
 
 class Tracer:
@@ -65,10 +80,9 @@ class Tracer:
 
     ``emit(event, **kw)`` records one decision (``ph`` may be ``"B"``/``"E"``
     for slices).  It *is* the ``info`` method of the run's structlog bound
-    logger (:class:`_TraceLogger`; with tracing off a
-    ``make_filtering_bound_logger(CRITICAL)`` one, whose ``info`` is
-    structlog's no-op), re-fetched whenever :meth:`bind_step` binds
-    context: no wrapper frame per event.
+    logger (``_TraceLogger``), re-fetched whenever :meth:`bind_step` binds
+    context: no wrapper frame per event.  With tracing off it is a no-op
+    function and no logger is built (structlog is not even imported).
     """
 
     __slots__ = ("_log", "_seq", "_step_ctx", "emit", "enabled", "events")
@@ -78,15 +92,19 @@ class Tracer:
         self.events: list[dict[str, Any]] = []
         self._seq = 0
         self._step_ctx: dict[str, Any] = {}
+        if not enabled:  # nothing to record: no logger at all
+            self._log: Any = None
+            self.emit: Callable[..., Any] = _no_event
+            return
+        import structlog
+
         self._log = structlog.wrap_logger(
             _Capture(self.events),
             processors=[self._number],
-            wrapper_class=(
-                _TraceLogger if enabled else structlog.make_filtering_bound_logger(logging.CRITICAL)
-            ),
+            wrapper_class=_trace_logger(),
             context_class=dict,
         ).bind(**context)
-        self.emit: Callable[..., Any] = self._log.info
+        self.emit = self._log.info
 
     def _number(
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]

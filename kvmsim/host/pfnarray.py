@@ -47,6 +47,13 @@ class PfnArray:
         new = min(self.limit, max(pfn + 1, n + (n >> 2), _MIN_GROW))
         a.frombytes(bytes((new - n) * a.itemsize))
 
+    def fill(self, start: int, stop: int, value: int) -> None:
+        """Set every pfn in ``[start, stop)`` (inside the array's limit) to
+        ``value`` in one slice assignment."""
+        if stop > len(self.a):
+            self._grow(stop - 1)
+        self.a[start:stop] = array(self.a.typecode, [value]) * (stop - start)
+
     def get(self, pfn: int, default: Any = None) -> Any:
         a = self.a
         if 0 <= pfn < len(a):
@@ -132,6 +139,11 @@ class PfnOwner:
 
     def __contains__(self, pfn: object) -> bool:
         return pfn in self._idx
+
+    def fill(self, start: int, stop: int, owner: str) -> None:
+        """Give every pfn in ``[start, stop)`` the same owner."""
+        self[start] = owner
+        self._idx.fill(start, stop, self._idx[start])
 
     def pop(self, pfn: int, default: Any = None) -> Any:
         v = self.get(pfn, default)

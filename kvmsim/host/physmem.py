@@ -118,11 +118,10 @@ class PhysMem:
         self._ranges: list[tuple[int, int, str]] = []  # non-compound allocations: base, n, owner
         self.mmio_ranges: list[tuple[int, int, str]] = []
         self.huge_zero_pfn: int | None = None
-        for pfn in range(kernel_pages):
-            self.refcount[pfn] = 1
-            self.host_refs[pfn] = 1
-            self.flags[pfn] = PG_RESERVED
-            self.owner[pfn] = "kernel"
+        self.refcount.fill(0, kernel_pages, 1)
+        self.host_refs.fill(0, kernel_pages, 1)
+        self.flags.fill(0, kernel_pages, PG_RESERVED)
+        self.owner.fill(0, kernel_pages, "kernel")
         self._next = kernel_pages
         self._mmio_next = ram_pages
 

@@ -8,9 +8,10 @@ their legend; :mod:`kvmsim.report.diff` aligns two decision traces.
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from kvmsim.matrix import MatrixResult
+if TYPE_CHECKING:  # the CLI imports this package to build its parser: keep it light
+    from kvmsim.matrix import MatrixResult
 
 FORMATS: Final = ("table", "markdown", "json", "html")
 

@@ -275,8 +275,15 @@ vma = "bar"
 def test_unknown_handler_version_is_refused(make_sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import kvmsim_plugins.strategies.follow_pfn_2024 as f24
 
+    from kvmsim import registry
     from kvmsim.errors import PluginError
 
+    # plugin information is read once per process: forget it around the patch
     monkeypatch.setattr(f24, "HANDLERS", {"*": "v9.99"})
-    with pytest.raises(PluginError, match=r"no fault handler version 'v9\.99'"):
-        make_sim(HEAD, strategy="follow_pfn_2024")
+    registry.reset_cache()
+    try:
+        with pytest.raises(PluginError, match=r"no fault handler version 'v9\.99'"):
+            make_sim(HEAD, strategy="follow_pfn_2024")
+    finally:
+        monkeypatch.undo()
+        registry.reset_cache()
