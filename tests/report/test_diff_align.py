@@ -57,3 +57,45 @@ def test_same_event_with_other_values_shares_a_row_and_is_a_divergence() -> None
 def test_identical_traces() -> None:
     d = align(_trace(True), _trace(True))
     assert d.identical and all(a == b for a, b in d.rows)
+
+
+def _what(row: str) -> list[str]:
+    # "[step] name k=v ..." or "name k=v ...": the step and the name
+    words = row.split()
+    return words[:2] if words[0].startswith("[") else words[:1]
+
+
+def test_real_diff_pairs_only_like_events_and_shows_no_decimal_address(
+    capsys: Any,
+) -> None:
+    import re
+
+    from kvmsim.cli import main
+
+    rc = main(
+        [
+            "diff",
+            "xive-esb-eoi",
+            "--strategy",
+            "ppc_original",
+            "--strategy",
+            "generic_v4_16",
+            "--arch",
+            "ppc_radix",
+            "--width",
+            "400",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line for line in out.splitlines() if " ≠ " in line]
+    assert rows
+    for line in rows:
+        left, right = line[3:].split(" ≠ ", 1)
+        assert _what(left) == _what(right), line
+    # ppc_original's vm_pgoff guess and the generic remapped path both
+    # appear, each on its own side
+    assert re.search(r"ppc_pfnmap_branch .* <", out)
+    assert re.search(r"> \[0\] fixup_user_fault", out)
+    assert not re.search(r"\b(start|end|address|addr|hva|pfn)=\d{3,}", out)
+    assert "vm_flags=VM_READ|" in out
