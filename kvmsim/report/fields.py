@@ -19,9 +19,9 @@ from kvmsim.host import constants as _c
 from kvmsim.scenario.sizes import format_size
 
 
-def _bits(prefix: str, *, exclude: tuple[str, ...] = (), extra: Mapping[str, int] = {}) -> tuple[
-    tuple[str, int], ...
-]:
+def _bits(
+    prefix: str, *, exclude: tuple[str, ...] = (), extra: Mapping[str, int] = {}
+) -> tuple[tuple[str, int], ...]:
     found = {
         name: value
         for name, value in vars(_c).items()
@@ -89,7 +89,9 @@ HEX_KEYS: Final = frozenset(
 _IMAGE_MIN: Final = 1 << 16
 
 #: Keys whose integer value is a size in bytes.
-SIZE_KEYS: Final = frozenset({"size", "pte_size", "psize", "host_pte_size", "page_size", "map_size"})
+SIZE_KEYS: Final = frozenset(
+    {"size", "pte_size", "psize", "host_pte_size", "page_size", "map_size"}
+)
 
 #: Flag keys decoded the same way in every event.
 _FLAG_KEYS: Final = {

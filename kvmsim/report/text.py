@@ -7,14 +7,11 @@ import io
 from kvmsim.matrix import Column, MatrixResult
 from kvmsim.report.symbols import STATUS_STYLE, cell_text, legend_items
 
-
 #: The width used when the output is not a terminal and COLUMNS is unset.
 DEFAULT_WIDTH = 120
 
 
-def _blocks(
-    result: MatrixResult, width: int, name_w: int
-) -> list[tuple[str | None, list[Column]]]:
+def _blocks(result: MatrixResult, width: int, name_w: int) -> list[tuple[str | None, list[Column]]]:
     """The column groups to print, each fitting *width*: every column in one
     table when that fits; otherwise one table per arch, and an arch's
     strategies split over several tables when even they do not fit.  A
@@ -77,9 +74,7 @@ def table(result: MatrixResult, *, color: bool = False, width: int | None = None
     )
     shown: set[str] = set()
     for i, (arch, cols) in enumerate(_blocks(result, width, name_w)):
-        t = Table(
-            show_lines=False, header_style="bold", pad_edge=False, box=None, padding=(0, 1)
-        )
+        t = Table(show_lines=False, header_style="bold", pad_edge=False, box=None, padding=(0, 1))
         t.add_column("scenario", no_wrap=True, min_width=name_w)
         for c in cols:
             header = c.strategy if arch else f"{c.arch}\n{c.strategy}"
