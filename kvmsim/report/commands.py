@@ -154,7 +154,10 @@ def suggest_known(result: Any) -> str:
                 for i, v in sorted(fails.items())
             )
             out.append(f"failures = {{ {fl} }}")
-        out.append('reason = "TODO: the kernel semantics section this follows from"')
+        out.append(
+            'reason = "TODO: the kernel function and version (or docs/kernel-notes.md '
+            'section, as kernel-notes §X.n) this follows from"'
+        )
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 
