@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTES = ROOT / "docs" / "kernel-notes.md"
 EXAMPLE_SCENARIOS = sorted((ROOT / "examples").glob("*/*/scenarios/*.toml"))
 SCENARIOS = builtin_scenarios() + EXAMPLE_SCENARIOS
-DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 DOCS += sorted((ROOT / "examples").glob("*/README.md"))
 
 _SECTION = r"[A-Z](?:\.\d+[ab]?)?"
@@ -102,3 +102,16 @@ def test_matrix_and_suggestions_show_no_unresolved_citation() -> None:
     for fmt in ("table", "json", "html"):
         assert unresolved(render(res, fmt), anchors()) == [], fmt
     assert "kernel-notes" in suggest_known.__code__.co_consts.__repr__()
+
+
+def test_trace_text_cites_resolvable_sections() -> None:
+    # paolo_refactor's trace explains its NULL page with a section reference
+    from kvmsim import matrix
+    from kvmsim.report.diff import event_text
+    from kvmsim.runner import Simulation
+
+    sc = matrix.load_library_scenario(matrix.find_entry("gen-readonly-memslot").path)
+    rep = Simulation(sc, arch="x86_ept", strategy="paolo_refactor", trace=True).run()
+    text = "\n".join(event_text(e) for e in rep.events)
+    assert "kernel-notes §J.6a" in text
+    assert unresolved(text, anchors()) == []
