@@ -20,7 +20,7 @@ from kvmsim.scenario.sizes import format_size
 
 
 def _bits(
-    prefix: str, *, exclude: tuple[str, ...] = (), extra: Mapping[str, int] = {}
+    prefix: str, *, exclude: tuple[str, ...] = (), extra: Mapping[str, int] | None = None
 ) -> tuple[tuple[str, int], ...]:
     found = {
         name: value
@@ -31,7 +31,7 @@ def _bits(
         and value > 0
         and value & (value - 1) == 0  # single bits only (not VM_FAULT_ERROR)
     }
-    found.update(extra)
+    found.update(extra or {})
     return tuple(sorted(found.items(), key=lambda kv: kv[1]))
 
 
