@@ -47,6 +47,9 @@ from kvmsim.scenario.model import (
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size
 
+#: The distribution whose plugins the generated docs describe.
+_OWN_DIST: Final = "kvmsim"
+
 SCHEMA_ID: Final = "https://kvmsim.invalid/scenario.schema.json"
 
 #: Every key a scenario table may hold: ``(default, meaning)``; a default of
@@ -479,10 +482,40 @@ def _keys(cond: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     return ", ".join(f"`{k}` ({_type_text(v, defs)})" for k, v in props.items())
 
 
+def builtin_schema() -> dict[str, Any]:
+    """:func:`json_schema` with only what kvmsim's own plugins contribute, so
+    the generated docs do not depend on what else is installed."""
+    from kvmsim import registry
+
+    steps, devices = registry.scenario_schema()
+    found = registry.discover()
+    foreign_steps: set[str] = set()
+    for kind in ("arch", "device"):
+        for entry in found.get(kind, {}).values():
+            if entry.dist == _OWN_DIST:
+                continue
+            try:
+                pm = registry._new_manager()  # the manager scenario_schema uses
+                pm.register(registry.load(entry))
+            except Exception:
+                continue
+            foreign_steps |= {k.name for kinds in pm.hook.step_kinds() for k in kinds or ()}
+
+    def builtin(kind: str, name: str) -> bool:
+        entry = found.get(kind, {}).get(name)
+        return entry is not None and entry.dist == _OWN_DIST
+
+    return json_schema(
+        step_kinds={n: k for n, k in steps.items() if n not in foreign_steps},
+        device_kinds={n: d for n, d in devices.items() if builtin("device", n)},
+        arches=[n for n in found.get("arch", {}) if builtin("arch", n)],
+    )
+
+
 def markdown_reference(schema: dict[str, Any] | None = None) -> str:
     """The generated key reference of docs/scenarios.md: one table per
-    scenario table and per step kind, built from :func:`json_schema`."""
-    schema = schema or json_schema()
+    scenario table and per step kind, built from :func:`builtin_schema`."""
+    schema = schema or builtin_schema()
     defs = schema["$defs"]
     lines = [REF_START, "", "### Top level", ""]
     lines += _rows(KEY_DOCS["top"], schema, defs)
