@@ -129,6 +129,13 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from kvmsim.scenario.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=1, sort_keys=True))
+    return EXIT_OK
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmsim.report.commands import matrix_command
 
@@ -171,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plugins)
     sc = sub.add_parser("scenarios", help="list builtin scenarios")
     sc.set_defaults(func=cmd_scenarios)
+    sch = sub.add_parser(
+        "schema", help="print the scenario format as a JSON Schema (draft 2020-12)"
+    )
+    sch.set_defaults(func=cmd_schema)
     np_ = sub.add_parser("new-plugin", help="write a ready-to-install plugin skeleton")
     np_.add_argument("kind", choices=("arch", "strategy", "device"), help="plugin kind")
     np_.add_argument("name", help="plugin name (the entry-point name users type)")

@@ -190,7 +190,7 @@ def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
     Implemented by: arch plugins that model ageing; optional (an arch that
     does not implement it is never young).
     Called: by the core's MMU-notifier subscriber from ``clear_young``
-    (reclaim, page_idle, khugepaged; L.4), under ``kvm.mmu_lock``.  The guest's
+    (reclaim, page_idle, khugepaged; kernel-notes §L.4), under ``kvm.mmu_lock``.  The guest's
     next access to an aged entry takes a fault that sets R again (POWER9
     radix: SET_RC).
     Models: ``kvm_age_hva`` (``kvm_age_radix`` per gfn on ppc radix,

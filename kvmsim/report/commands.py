@@ -112,7 +112,11 @@ def matrix_command(args: argparse.Namespace) -> int:
     )
     import shutil
 
-    width = shutil.get_terminal_size((400, 40)).columns if color else None
+    from kvmsim.report.text import DEFAULT_WIDTH
+
+    # the terminal's width (COLUMNS wins, as everywhere); a file or a pipe
+    # gets DEFAULT_WIDTH
+    width = shutil.get_terminal_size((DEFAULT_WIDTH, 40)).columns
     text = render(result, args.fmt, color=color, width=width)
     if args.output:
         write_atomic(Path(args.output), text)
@@ -150,7 +154,10 @@ def suggest_known(result: Any) -> str:
                 for i, v in sorted(fails.items())
             )
             out.append(f"failures = {{ {fl} }}")
-        out.append('reason = "TODO: the kernel semantics section this follows from"')
+        out.append(
+            'reason = "TODO: the kernel function and version (or docs/kernel-notes.md '
+            'section, as kernel-notes §X.n) this follows from"'
+        )
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 

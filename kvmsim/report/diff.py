@@ -1,9 +1,14 @@
 """``kvmsim diff``: two strategies' decision traces on one scenario, aligned.
 
-Events are compared without what every event carries anyway (``seq`` and the
-bound scenario/arch/strategy), so two strategies that take the same decision
-line up; :class:`difflib.SequenceMatcher` aligns the rest.  The first row
-where they differ is the *first divergence*.
+The traces are aligned by what they did, not by position: a sequence
+alignment (:class:`difflib.SequenceMatcher`) over each event's step and
+name.  Two events with the same step and name share a row (marked ``≠`` when
+their fields differ); an event the other side has no counterpart for gets a
+row of its own (``<`` left only, ``>`` right only), so one inserted event
+shifts nothing after it.  The first row where the sides differ is the *first
+divergence*.  Values are spelt by :mod:`kvmsim.report.fields` (hex
+addresses, decoded flags, sizes with units); ``seq`` and the bound
+scenario/arch/strategy/vcpu are left out, as every event carries them.
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ from typing import Any
 
 from attrs import define, field
 
+from kvmsim.report.fields import format_fields
+
 _SKIP = ("seq", "scenario", "arch", "strategy", "vcpu")
 
 
 def event_text(e: dict[str, Any]) -> str:
     """One event as one line: ``[step] event k=v ...``."""
     step = e.get("step")
-    rest = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in (*_SKIP, "event", "step"))
+    rest = format_fields(e, (*_SKIP, "event", "step"))
     where = "" if step is None else f"[{step}] "
     return f"{where}{e.get('event')} {rest}".rstrip()
+
+
+def _what(e: dict[str, Any]) -> tuple[object, object]:
+    # what an event did, for the alignment: its step and its name
+    return (e.get("step"), e.get("event"))
 
 
 @define
@@ -38,16 +50,29 @@ class TraceDiff:
 
 
 def align(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> TraceDiff:
+    """Align *left* and *right* by (step, event name); see the module docstring."""
     a = [event_text(e) for e in left]
     b = [event_text(e) for e in right]
     out = TraceDiff()
-    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
-        if tag != "equal" and out.first is None:
+
+    def add(x: str | None, y: str | None) -> None:
+        if x != y and out.first is None:
             out.first = len(out.rows)
-        la, lb = a[i1:i2], b[j1:j2]
-        for k in range(max(len(la), len(lb))):
-            out.rows.append((la[k] if k < len(la) else None, lb[k] if k < len(lb) else None))
+        out.rows.append((x, y))
+
+    sm = difflib.SequenceMatcher(
+        None, [_what(e) for e in left], [_what(e) for e in right], autojunk=False
+    )
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                add(a[i], b[j])
+            continue
+        # no counterpart: never pair two events that did different things
+        for i in range(i1, i2):
+            add(a[i], None)
+        for j in range(j1, j2):
+            add(None, b[j])
     return out
 
 

@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from kvmsim.matrix import STATUSES, CellResult, MatrixResult
+from kvmsim.report.fields import format_value
 from kvmsim.report.symbols import STATUS_STYLE, cell_text, legend_items
 
 #: Characters of trace text kept per cell (the page must stay loadable).
@@ -66,8 +67,11 @@ def _trace_text(events: list[dict[str, Any]] | None) -> str:
         return "(no trace)"
     lines = []
     for e in events:
+        name = e.get("event")
         rest = " ".join(
-            f"{k}={v}" for k, v in e.items() if k not in ("event", "seq", "vcpu", "step")
+            f"{k}={format_value(name, k, v)}"
+            for k, v in e.items()
+            if k not in ("event", "seq", "vcpu", "step")
         )
         step = e.get("step")
         where = "" if step is None else f"[{step}] "

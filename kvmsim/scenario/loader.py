@@ -22,7 +22,7 @@ simulator regression (``fail``)::
     verdicts = ["refcount_leak"]     # exactly the checker verdicts the run produces ([] allowed)
     outcomes = { 2 = "livelock" }    # optional: step index -> what that step ended in
     failures = { 2 = ["outcome"] }   # optional: step index -> the expect keys that fail there
-    reason = "L.1: kvm_release_pfn_clean skips the PG_reserved zero page, leaking gup's ref"
+    reason = "kernel-notes §L.1: kvm_release_pfn_clean (v4.16) skips the zero page's ref"
 
 ``verdicts`` and ``reason`` are required; one record per (strategy, arch).
 ``outcomes`` values are access outcomes or ``done`` / ``armed`` / ``none``

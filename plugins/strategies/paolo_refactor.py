@@ -108,7 +108,7 @@ def page_to_pfn(kvm: Kvm, page: object) -> int:
                 "page_to_pfn",
                 page="NULL",
                 pfn=hex(pfn),
-                why="`return false` from __hva_to_page_fast taken as a page (J.6a)",
+                why="`return false` from __hva_to_page_fast taken as a page (kernel-notes §J.6a)",
             )
         return pfn
     return deref(page, "page_to_pfn(page)")

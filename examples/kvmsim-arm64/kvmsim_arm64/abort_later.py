@@ -2,7 +2,7 @@
 shape this model can express; ``kvm_handle_guest_abort`` (abort.py) is
 shared and calls :func:`user_mem_abort` for them.
 
-``v5.13`` (the handler of refcount_guarded's era, kernel-semantics D):
+``v5.13`` (the handler of refcount_guarded's era, kernel-notes §D):
 
 - the memslot's hva and IPA must agree modulo a block's size and the block
   must lie inside the memslot (``fault_supports_stage2_huge_mapping``, from
@@ -19,9 +19,9 @@ shared and calls :func:`user_mem_abort` for them.
 - the page is marked dirty only when the mapping was installed;
 - the release helpers (``kvm_release_pfn_clean``, ``kvm_get_pfn``,
   ``kvm_set_pfn_*``) use v5.6's ``kvm_is_reserved_pfn`` (7df003c85218): the
-  zero page is not reserved, so its gup reference is dropped (L.1).
+  zero page is not reserved, so its gup reference is dropped (§L.1).
 
-``v6.13`` (follow_pfn_2024's era, kernel-semantics E):
+``v6.13`` (follow_pfn_2024's era, kernel-notes §E):
 
 - ``__kvm_faultin_pfn(memslot, gfn, write ? FOLL_WRITE : 0, &writable,
   &page)``; the only page released is that ``page`` (``HvaToPfnResult.page``:
@@ -122,7 +122,7 @@ def kvm_set_pfn_accessed_v5_6(phys: PhysMem, pfn: int) -> None:
 
 
 def kvm_release_faultin_page(phys: PhysMem, page: int | None, unused: bool, dirty: bool) -> None:
-    """``kvm_release_faultin_page`` (v6.13, E.9): nothing for a NULL page;
+    """``kvm_release_faultin_page`` (v6.13, §E.9): nothing for a NULL page;
     else ``kvm_release_page_unused`` (a bare put), ``_dirty`` (SetPageDirty
     unless PG_reserved, then the clean release) or ``_clean`` (mark accessed
     unless PG_reserved, then put).  The zero page is put like any page."""

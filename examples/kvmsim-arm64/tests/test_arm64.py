@@ -121,7 +121,7 @@ def test_store_after_load_is_a_permission_fault(run_sim: Any) -> None:
         "DABT write translation fault L1",
     ]
     # kvm_release_pfn_clean skips the PG_reserved zero page: the gup reference
-    # leaks (kernel-semantics L.1), as on x86 v4.16
+    # leaks (kernel-notes §L.1), as on x86 v4.16
     assert "refcount_leak" in report.steps[0].verdicts
 
 

@@ -2,8 +2,8 @@
 selected by the builtin strategies of those eras: ``refcount_guarded``
 (``handlers["arm64"] = "v5.13"``) and ``follow_pfn_2024`` (``"v6.13"``).
 
-Each expectation is what those kernels do, cited per test (kernel-semantics
-sections of kvmsim's reference, and arch/arm64/kvm/mmu.c of 5.13 / 6.13).
+Each expectation is what those kernels do, cited per test (sections
+of kvmsim's docs/kernel-notes.md, and arch/arm64/kvm/mmu.c of 5.13 / 6.13).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_v5_13_releases_the_zero_page_reference(make_sim: Any) -> None:
     sim, report = zero_page_read(make_sim, V5_13)
     phys = sim.kvm.phys
     # the load maps the zero page read-only (slow gup's FOLL_GET reference on
-    # it, L.1); 5.13's kvm_release_pfn_clean uses v5.6's kvm_is_reserved_pfn
+    # it, §L.1); 5.13's kvm_release_pfn_clean uses v5.6's kvm_is_reserved_pfn
     # (7df003c85218), which no longer counts the zero page as reserved, so the
     # reference is dropped: no refcount_leak, unlike v4.16 (test_arm64.py)
     step = report.steps[0]
