@@ -89,6 +89,15 @@ def vm_get_page_prot(flags: int, writenotify: bool = False) -> int:
     return prot
 
 
+class WaitQueue:
+    """Something tasks of a concurrent run wait on (a page being migrated)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class Mm:
     """An address space.
 
@@ -109,6 +118,7 @@ class Mm:
         self.current = "qemu"
         self.race_points: dict[str, Callable[[], None]] = {}
         self.sched: Any = None  # a concurrent run's scheduler (kvmsim.explore.runtime)
+        self.migration_wait = WaitQueue("migration_entry_wait")
         self._next = MMAP_BASE
         self.swapcache: set[int] = set()
         """vpns of swapped-out pages whose read-back I/O has completed."""
