@@ -210,3 +210,14 @@ def test_docs_points_table_matches_the_code() -> None:
     rows = [line for line in table.strip().splitlines()[2:]]
     got = {r.split("|")[1].strip().strip("`"): r.split("|")[2].strip() for r in rows}
     assert got == dict(POINTS)
+
+
+def test_bench_explore_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--workload", "explore", "--strategy", "follow_pfn_2024", "--bound", "1"]
+    assert main([*argv, "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert (obj["workload"], obj["arch"], obj["scenario"]) == ("explore", "x86_ept", BASE)
+    assert obj["columns"] == 1 and obj["bound"] == 1 and obj["classes"] == 0
+    want = len(list(exhaustive(load_scenario(PATHS[BASE]), "x86_ept", "follow_pfn_2024", 1)))
+    assert obj["schedules"] == want
+    assert obj["schedules_per_s"] == pytest.approx(want / obj["seconds"], rel=0.02)
