@@ -213,7 +213,8 @@ def test_docs_points_table_matches_the_code() -> None:
 
 
 def test_bench_explore_json(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--workload", "explore", "--strategy", "follow_pfn_2024", "--bound", "1"]
+    argv = ["bench", "--workload", "explore", "--arch", "x86_ept", "--strategy", "follow_pfn_2024"]
+    argv += ["--bound", "1"]
     assert main([*argv, "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert (obj["workload"], obj["arch"], obj["scenario"]) == ("explore", "x86_ept", BASE)
