@@ -28,7 +28,7 @@ Workloads, modelled on the kernel's KVM selftests
   race-free base (``--scenario NAME``, default :data:`EXPLORE_SCENARIO`;
   ``all`` for every concurrent builtin scenario) under the column given,
   or every column it applies to without ``--arch``/``--strategy``;
-  ``--jobs`` spreads the columns: schedules per second, classes found, and
+  ``--jobs`` spreads the schedules: schedules per second, classes found, and
   the memory grown (flat: nothing is kept per schedule but the classes).
 - ``trace_off``: demand paging with tracing off, as shipped and in a copy
   of the packages with every trace guard and emit removed
@@ -675,11 +675,14 @@ def explore_bench(args: Any) -> dict[str, Any]:
         raise UsageError(f"--scenario {wanted}: no concurrent builtin scenario applies")
     mem = _Mem(args.tracemalloc)
     t0 = time.perf_counter()
-    if args.jobs > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    if args.jobs > 1:
+        from kvmsim.explore.search import explore_parallel
 
-        with ProcessPoolExecutor(args.jobs, mp_context=mx._pool_context()) as pool:
-            done = list(pool.map(_explore_column, jobs))
+        cols = [(mx.load_library_scenario(p), a, s) for p, a, s, _ in jobs]
+        done = [
+            (e.schedules, len(e.classes))
+            for e in explore_parallel(cols, args.jobs, bound=args.bound)
+        ]
     else:
         done = [_explore_column(j) for j in jobs]
     dt = time.perf_counter() - t0

@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, metavar="N", help="random: schedules (default 1000)")
     p.add_argument("--depth", type=int, default=3, metavar="D", help="random: PCT depth (3)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random: seed (default 0)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes")
+    p.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="spread the schedules over N processes"
+    )
     p.add_argument("--output", metavar="DIR", help="write each class as a replay scenario here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -150,13 +152,10 @@ def explore_command(args: argparse.Namespace) -> int:
         jobs = [(sc, a, s, kw) for a, s in _columns(args, sc)]
         if not jobs:
             raise UsageError(f"{name}: no (arch, strategy) applies")
-        if args.jobs > 1 and len(jobs) > 1:
-            from concurrent.futures import ProcessPoolExecutor
+        if args.jobs > 1:
+            from kvmsim.explore.search import explore_parallel
 
-            from kvmsim.matrix import _pool_context
-
-            with ProcessPoolExecutor(args.jobs, mp_context=_pool_context()) as pool:
-                explored = list(pool.map(_one, jobs))
+            explored = explore_parallel([(sc, a, s) for sc, a, s, _ in jobs], args.jobs, **kw)
         else:
             explored = [_one(j) for j in jobs]
         for e in explored:

@@ -86,27 +86,53 @@ def run_schedule(
     return out, decisions, report
 
 
-def exhaustive(scenario: Scenario, arch: str, strategy: str, bound: int) -> Iterator[Outcome]:
-    """Every schedule with at most ``bound`` preemptions, each exactly once."""
-    stack: list[tuple[str, ...]] = [()]
-    while stack:
-        prefix = stack.pop()
-        out, decisions, _ = run_schedule(scenario, arch, strategy, prefix)
-        yield out
-        used = 0
-        for i, (d, chosen) in enumerate(decisions):
-            if d.preemptive and chosen != d.actor and i < len(prefix):
-                used += 1
-            if i < len(prefix):
-                continue
+def _children(
+    prefix: tuple[str, ...],
+    out: Outcome,
+    decisions: list[tuple[Decision, str]],
+    bound: int,
+) -> list[tuple[str, ...]]:
+    """The prefixes of the subtrees below ``prefix``'s run: at every decision
+    past the prefix, each other runnable actor the bound still allows."""
+    found: list[tuple[str, ...]] = []
+    used = 0
+    for i, (d, chosen) in enumerate(decisions):
+        if i >= len(prefix):
             for alt in reversed(d.runnable):
                 if alt == chosen:
                     continue
                 cost = 1 if d.preemptive and alt != d.actor else 0
                 if used + cost <= bound:
-                    stack.append((*out.choices[:i], alt))
-            if d.preemptive and chosen != d.actor:
-                used += 1
+                    found.append((*out.choices[:i], alt))
+        if d.preemptive and chosen != d.actor:
+            used += 1
+    return found
+
+
+def exhaustive(
+    scenario: Scenario,
+    arch: str,
+    strategy: str,
+    bound: int,
+    roots: Sequence[tuple[str, ...]] = ((),),
+) -> Iterator[Outcome]:
+    """Every schedule with at most ``bound`` preemptions in the subtrees
+    ``roots`` (default: the whole tree), each exactly once, depth first."""
+    stack = list(reversed(roots))
+    while stack:
+        prefix = stack.pop()
+        out, decisions, _ = run_schedule(scenario, arch, strategy, prefix)
+        yield out
+        stack.extend(_children(prefix, out, decisions, bound))
+
+
+def split(
+    scenario: Scenario, arch: str, strategy: str, bound: int
+) -> tuple[Outcome, list[tuple[str, ...]]]:
+    """The default schedule's run and the subtrees below it: units that
+    :func:`exhaustive` explores independently (in other processes)."""
+    out, decisions, _ = run_schedule(scenario, arch, strategy, ())
+    return out, _children((), out, decisions, bound)
 
 
 class _Pct:
@@ -128,13 +154,20 @@ class _Pct:
 
 
 def pct(
-    scenario: Scenario, arch: str, strategy: str, runs: int, depth: int, seed: int
+    scenario: Scenario,
+    arch: str,
+    strategy: str,
+    runs: int | range,
+    depth: int,
+    seed: int,
 ) -> Iterator[Outcome]:
-    """``runs`` PCT schedules of bug depth ``depth`` from ``seed``."""
+    """PCT schedules of bug depth ``depth``: run ``n`` (of ``range(runs)``,
+    or of the range given) draws its priorities from ``(seed, n)`` alone, so
+    any split of the runs gives the same schedules."""
     _, decisions, _ = run_schedule(scenario, arch, strategy, ())
     k = max(1, len(decisions))
     actors = sorted({a for d, _ in decisions for a in d.runnable})
-    for n in range(runs):
+    for n in runs if isinstance(runs, range) else range(runs):
         rng = random.Random(f"{seed}:{n}")
         changes = set(rng.sample(range(1, k + 1), min(k, max(0, depth - 1))))
         yield _run_with(scenario, arch, strategy, _Pct(actors, changes, depth, rng))
@@ -196,12 +229,14 @@ class Classes:
             self.by_key[key] = FailureClass(o.verdicts, key[1], o, 1, o.error)
             return
         c.schedules += 1
-        if _size(o) < _size(c.best):
-            c.best = o
+        if (_size(o), o.choices) < (_size(c.best), c.best.choices):
+            c.best = o  # the order schedules arrive in never matters
 
     def folded(self) -> list[FailureClass]:
         """Classes with supersets folded into their subsets, smallest first."""
-        items = sorted(self.by_key.values(), key=lambda c: (len(c.sites), _size(c.best)))
+        items = sorted(
+            self.by_key.values(), key=lambda c: (len(c.sites), _size(c.best), c.best.choices)
+        )
         kept: list[FailureClass] = []
         for c in items:
             home = next((k for k in kept if k.verdicts == c.verdicts and k.sites <= c.sites), None)
@@ -250,4 +285,87 @@ def explore(
     return Exploration(arch, strategy, n, time.perf_counter() - t0, tuple(classes.folded()))
 
 
-__all__ = ["MODES", "Classes", "Exploration", "FailureClass", "Outcome", "explore", "run_schedule"]
+Unit = tuple[Scenario, str, str, dict[str, Any]]
+
+
+def _unit(job: Unit) -> tuple[int, list[Outcome]]:
+    sc, arch, strategy, kw = job
+    gen = (
+        exhaustive(sc, arch, strategy, kw["bound"], kw["roots"])
+        if "roots" in kw
+        else pct(sc, arch, strategy, kw["runs"], kw["depth"], kw["seed"])
+    )
+    n = 0
+    failed = []
+    for o in gen:
+        n += 1
+        if o.failed:
+            failed.append(o)
+    return n, failed
+
+
+def explore_parallel(
+    columns: Sequence[tuple[Scenario, str, str]],
+    jobs: int,
+    *,
+    mode: str = "exhaustive",
+    bound: int = 2,
+    runs: int = 1000,
+    seed: int = 0,
+    depth: int = 3,
+) -> list[Exploration]:
+    """:func:`explore` of several columns with their schedules spread over
+    ``jobs`` processes (exhaustive: subtrees of the schedule tree; random:
+    ranges of run numbers).  The classes, their counts and their smallest
+    schedules are those one process finds, whatever the spread."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kvmsim.matrix import _pool_context
+
+    t0 = time.perf_counter()
+    units: list[Unit] = []
+    owner: list[int] = []
+    counts = [0] * len(columns)
+    failed: list[list[Outcome]] = [[] for _ in columns]
+    for k, (sc, arch, strategy) in enumerate(columns):
+        if mode == "exhaustive":
+            root, kids = split(sc, arch, strategy, bound)
+            counts[k] = 1
+            if root.failed:
+                failed[k].append(root)
+            per = max(1, len(kids) // max(1, jobs * 4))  # several subtrees per unit
+            for i in range(0, len(kids), per):
+                units.append((sc, arch, strategy, {"bound": bound, "roots": kids[i : i + per]}))
+                owner.append(k)
+        else:
+            per = max(1, runs // max(1, jobs * 4))
+            for i in range(0, runs, per):
+                r = range(i, min(runs, i + per))
+                units.append((sc, arch, strategy, {"runs": r, "depth": depth, "seed": seed}))
+                owner.append(k)
+    with ProcessPoolExecutor(jobs, mp_context=_pool_context()) as pool:
+        done = list(pool.map(_unit, units))
+    for k, (n, outs) in zip(owner, done, strict=True):
+        counts[k] += n
+        failed[k].extend(outs)
+    seconds = time.perf_counter() - t0
+    out = []
+    for k, (_, arch, strategy) in enumerate(columns):
+        classes = Classes()
+        for o in sorted(failed[k], key=lambda o: o.choices):
+            classes.add(o)
+        out.append(Exploration(arch, strategy, counts[k], seconds, tuple(classes.folded())))
+    return out
+
+
+__all__ = [
+    "MODES",
+    "Classes",
+    "Exploration",
+    "FailureClass",
+    "Outcome",
+    "explore",
+    "explore_parallel",
+    "run_schedule",
+    "split",
+]

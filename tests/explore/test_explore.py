@@ -222,3 +222,24 @@ def test_bench_explore_json(capsys: pytest.CaptureFixture[str]) -> None:
     want = len(list(exhaustive(load_scenario(PATHS[BASE]), "x86_ept", "follow_pfn_2024", 1)))
     assert obj["schedules"] == want
     assert obj["schedules_per_s"] == pytest.approx(want / obj["seconds"], rel=0.02)
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "random"])
+def test_spreading_over_processes_finds_the_same_classes(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    from kvmsim.explore.search import explore_parallel
+
+    # the seeded bug gives classes to compare (fork carries the patch along)
+    monkeypatch.setattr(Kvm, "mmu_notifier_retry", lambda self, mmu_seq: False)
+    sc = load_scenario(PATHS[BASE])
+    cols = [(sc, "x86_ept", "generic_v4_16"), (sc, "ppc_radix", "generic_v4_16")]
+    kw = {"mode": mode, "bound": 2, "runs": 60, "seed": 3}
+    one = [explore(s, a, st, **kw) for s, a, st in cols]  # type: ignore[arg-type]
+    two = explore_parallel(cols, 2, **kw)  # type: ignore[arg-type]
+    for a, b in zip(one, two, strict=True):
+        assert a.schedules == b.schedules
+        assert [(c.verdicts, c.sites, c.best, c.schedules) for c in a.classes] == [
+            (c.verdicts, c.sites, c.best, c.schedules) for c in b.classes
+        ]
+        assert a.classes
