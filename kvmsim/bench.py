@@ -24,6 +24,12 @@ Workloads, modelled on the kernel's KVM selftests
   simulation frees everything).  One scenario (``--scenario NAME``,
   default :data:`RUNS_SCENARIO`) or every builtin one (``--scenario all``)
   that applies to the (arch, strategy).
+- ``explore``: bounded-exhaustive exploration (``kvmsim explore``) of a
+  race-free base (``--scenario NAME``, default :data:`EXPLORE_SCENARIO`;
+  ``all`` for every concurrent builtin scenario) under the column given,
+  or every column it applies to without ``--arch``/``--strategy``;
+  ``--jobs`` spreads the schedules: schedules per second, classes found, and
+  the memory grown (flat: nothing is kept per schedule but the classes).
 - ``trace_off``: demand paging with tracing off, as shipped and in a copy
   of the packages with every trace guard and emit removed
   (:mod:`kvmsim.tracestrip`), each in its own process, interleaved.
@@ -59,7 +65,9 @@ WORKLOADS = (
     "dispatch",
     "trace_off",
     "runs",
+    "explore",
 )
+EXPLORE_SCENARIO = "gen-base-munmap-first-touch"
 RUNS_SCENARIO = "gen-race-munmap-before-create-pte"
 RUNS_ARCH = "x86_ept"  # the run-cost issue's reference column
 KEYS = (
@@ -640,6 +648,62 @@ def runs(args: Any) -> dict[str, Any]:
     )
 
 
+def _explore_column(job: tuple[str, str, str, int]) -> tuple[int, int]:
+    from kvmsim import matrix as mx
+    from kvmsim.explore.search import explore
+
+    path, arch, strategy, bound = job
+    e = explore(mx.load_library_scenario(path), arch, strategy, bound=bound)
+    return e.schedules, len(e.classes)
+
+
+def explore_bench(args: Any) -> dict[str, Any]:
+    """Schedules per second of ``kvmsim explore``'s exhaustive search."""
+    from kvmsim import matrix as mx
+
+    wanted = args.scenario or EXPLORE_SCENARIO
+    p = mx.plan(
+        arches=[args.arch] if args.arch_given else None,
+        strategies=[args.strategy] if args.strategy_given else None,
+        scenarios=None if wanted == "all" else [wanted],
+    )
+    jobs = []
+    for c in p.cells:
+        if c.error is None and mx.load_library_scenario(c.path).concurrent:
+            jobs.append((c.path, c.arch, c.strategy, args.bound))
+    if not jobs:
+        raise UsageError(f"--scenario {wanted}: no concurrent builtin scenario applies")
+    mem = _Mem(args.tracemalloc)
+    t0 = time.perf_counter()
+    if args.jobs > 1:
+        from kvmsim.explore.search import explore_parallel
+
+        cols = [(mx.load_library_scenario(p), a, s) for p, a, s, _ in jobs]
+        done = [
+            (e.schedules, len(e.classes))
+            for e in explore_parallel(cols, args.jobs, bound=args.bound)
+        ]
+    else:
+        done = [_explore_column(j) for j in jobs]
+    dt = time.perf_counter() - t0
+    n = sum(d[0] for d in done)
+    out = _result(args, vcpus=None, seconds=round(dt, 3))
+    out.update(
+        arch=args.arch if args.arch_given else None,
+        strategy=args.strategy if args.strategy_given else None,
+        scenario=wanted,
+        columns=len(jobs),
+        bound=args.bound,
+        jobs=args.jobs,
+        schedules=n,
+        schedules_per_s=_rate(n, dt),
+        classes=sum(d[1] for d in done),
+        memory_grown=mem.grown(),
+        memory_method="tracemalloc" if args.tracemalloc else "rss",
+    )
+    return out
+
+
 RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "demand_paging": demand_paging,
     "reaccess": reaccess,
@@ -648,6 +712,7 @@ RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "dispatch": dispatch,
     "trace_off": trace_off,
     "runs": runs,
+    "explore": explore_bench,
 }
 
 # ---------------------------------------------------------------- CLI
@@ -671,10 +736,16 @@ def add_arguments(p: Any) -> None:
         "--scenario",
         default=None,
         metavar="NAME",
-        help=f"runs: a builtin scenario, or 'all' (default {RUNS_SCENARIO})",
+        help=(
+            f"runs, explore: a builtin scenario, or 'all' (default {RUNS_SCENARIO}, "
+            f"{EXPLORE_SCENARIO})"
+        ),
     )
     p.add_argument(
         "--runs", type=int, default=2000, metavar="N", help="runs: how many (default 2000)"
+    )
+    p.add_argument(
+        "--bound", type=int, default=2, metavar="K", help="explore: preemptions (default 2)"
     )
     p.add_argument(
         "--trace",
@@ -707,7 +778,7 @@ def run_bench(args: Any) -> dict[str, Any]:
     args.trace = bool(getattr(args, "tracing", False))
     args.arch_given = args.arch is not None
     args.strategy_given = args.strategy is not None
-    args.arch = args.arch or (RUNS_ARCH if args.workload == "runs" else "ppc_radix")
+    args.arch = args.arch or (RUNS_ARCH if args.workload in ("runs", "explore") else "ppc_radix")
     args.strategy = args.strategy or "generic_v4_16"
     args.mem = _size(args.mem, "--mem")
     args.page_size = _size(args.page_size, "--page-size") if args.page_size else None
@@ -719,12 +790,14 @@ def run_bench(args: Any) -> dict[str, Any]:
         raise UsageError(f"--jobs {args.jobs}: at least 1")
     if getattr(args, "runs", 2000) < 1:
         raise UsageError(f"--runs {args.runs}: at least 1")
-    if getattr(args, "scenario", None) is not None and args.workload != "runs":
-        raise UsageError("--scenario: only for --workload runs")
+    if getattr(args, "scenario", None) is not None and args.workload not in ("runs", "explore"):
+        raise UsageError("--scenario: only for --workload runs or explore")
+    if getattr(args, "bound", 2) < 0:
+        raise UsageError(f"--bound {args.bound}: at least 0")
     args.instructions = bool(getattr(args, "instructions", False))
     if args.instructions and args.workload not in ("demand_paging", "trace_off"):
         raise UsageError("--instructions: only for --workload demand_paging or trace_off")
-    if args.workload != "matrix":
+    if args.workload not in ("matrix", "explore"):
         # unknown or unfit plugin names: the registry's one-line PluginError
         from kvmsim.registry import build_manager
 

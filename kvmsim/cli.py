@@ -154,6 +154,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from kvmsim.explore.command import explore_command
+
+    return explore_command(args)
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    from kvmsim.points import POINTS
+
+    for name, where in POINTS.items():
+        print(f"{name:<24} {where}")
+    return EXIT_OK
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from kvmsim.scaffold import write_skeleton
 
@@ -200,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time the fault path: faults/s, hits/s, bytes per page")
     add_bench_arguments(bn)
     bn.set_defaults(func=cmd_bench)
+    from kvmsim.explore.command import add_arguments as add_explore_arguments
+
+    ex = sub.add_parser("explore", help="try every interleaving of a concurrent scenario")
+    add_explore_arguments(ex)
+    ex.set_defaults(func=cmd_explore)
+    pt = sub.add_parser("points", help="list the yield points (race placements)")
+    pt.set_defaults(func=cmd_points)
     return p
 
 

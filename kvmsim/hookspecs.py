@@ -16,6 +16,20 @@ means only "not mine".
 Fault path, in order: ``translate`` → (on a fault) ``handle_page_fault``, which
 calls ``hva_to_pfn`` (through ``kvm.gfn_to_pfn_memslot`` or directly) and
 ``create_pte``; host events reach the arch through ``notifier_invalidate``.
+
+Yield points.  Where the modelled kernel can be preempted, or another CPU
+can act on state that matters, the code says so with
+``kvm.fire_point(name)`` (or ``mm.fire_point(name)`` in host code).  A
+sequential scenario may place a host event there (``at = name``); a
+concurrent one (``concurrent = true``) lets ``kvmsim explore`` switch to
+another actor there.  The core reaches the points of
+:data:`kvmsim.points.POINTS` (``kvmsim points`` lists them; an arch handler
+must reach ``after_hva_to_pfn`` right after resolving the pfn and
+``before_create_pte`` just before taking ``mmu_lock`` to install);
+``mmap_sem`` and ``kvm->mmu_lock`` reach theirs by themselves and, in a
+concurrent run, make a waiter unrunnable instead of raising ``Deadlock``.
+A plugin may reach a point of its own name: it is a switch point for the
+explorer (a ``[[schedule]]`` entry can name it), not yet an ``at`` value.
 """
 
 from __future__ import annotations

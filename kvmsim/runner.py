@@ -180,6 +180,7 @@ class Simulation:
         self._vmas: dict[str, Any] = {}
         self._step_result: StepResult | None = None  # what the last plugin step returned
         self._seen: set[tuple[str, Any]] = set()
+        self.schedule_decisions: list[Any] = []  # a concurrent run's (Decision, choice)
         self._setup()
 
     # ------------------------------------------------------------- set-up
@@ -266,8 +267,9 @@ class Simulation:
     def vma(self, name: str) -> Any:
         return self._vmas[name]
 
-    def _host_event(self, step: StepSpec) -> Callable[[], None]:
-        """The host event a step names, as a callable run as task ``qemu``."""
+    def _host_event(self, step: StepSpec, task: str = HOST_TASK) -> Callable[[], None]:
+        """The host event a step names, as a callable run as ``task`` (``qemu``;
+        a concurrent scenario's host actor runs as itself)."""
         mm = self.mm
         vma = self._vmas.get(step.vma or "")
         do = step.do
@@ -282,7 +284,7 @@ class Simulation:
 
         def run() -> None:
             prev = mm.current
-            mm.current = HOST_TASK
+            mm.current = task
             try:
                 if self.tracer.enabled:
                     self.tracer.emit("host_event", do=do, vma=step.vma, offset=hex(step.offset))
@@ -350,7 +352,14 @@ class Simulation:
             report.page_size = t.page_size
 
     def run(self) -> RunReport:
-        """Run every step; never raises for what the simulated kernel does."""
+        """Run every step; never raises for what the simulated kernel does.
+
+        A concurrent scenario runs as actors (:mod:`kvmsim.explore.runtime`)
+        under its ``[[schedule]]``, or in file order without one."""
+        if self.scenario.concurrent:
+            from kvmsim.explore.runtime import run_concurrent
+
+            return run_concurrent(self)
         sc = self.scenario
         tr = self.tracer
         steps: list[StepReport] = []

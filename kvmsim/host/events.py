@@ -192,6 +192,8 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     if strict_refcount and phys._others.get(old, 0) > 0:
         for mhva, mshift, me in maps:
             _set_entry(mm, mhva, mshift, me)
+        if mm.sched is not None:
+            mm.sched.released(mm.migration_wait)
         if tr.enabled:
             tr.emit("migrate_page", hva=hva, old_pfn=old, ret=-EAGAIN)
         return -EAGAIN
@@ -218,6 +220,8 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
         _set_entry(mm, mhva, mshift, (new << PTE_PFN_SHIFT) | (me & PTE_BITS_MASK))
     if hrefs:
         phys.host_put(old, hrefs)
+    if mm.sched is not None:  # the page is unlocked: migration_entry_wait returns
+        mm.sched.released(mm.migration_wait)
     if tr.enabled:
         tr.emit("migrate_page", hva=hva, old_pfn=old, new_pfn=new, ret=0)
     return 0

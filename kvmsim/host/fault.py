@@ -12,6 +12,7 @@ Kept lean: dict lookups and int arithmetic, no objects except the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim.host.constants import (
@@ -89,6 +90,14 @@ def lock_page_or_retry(mm: Mm, flags: int) -> bool:
     return True
 
 
+def wait_migration(mm: Mm, pending: Callable[[], bool]) -> None:
+    """``migration_entry_wait`` (wait on the locked page) in a concurrent run:
+    not runnable while ``pending()``; the migrating task wakes the waiters
+    when it has installed the new entries."""
+    while pending():
+        mm.sched.block(mm.migration_wait)
+
+
 def handle_mm_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     """``handle_mm_fault(vma, address, flags)`` → VM_FAULT_* bits.
 
@@ -139,8 +148,14 @@ def _handle_pte_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
         if pte & PTE_HWPOISON:
             return VM_FAULT_HWPOISON
         if pte & PTE_MIGRATION:
-            # migration_entry_wait: migration is atomic in the model, so it has
-            # finished; the entry is replaced as remove_migration_ptes would.
+            if mm.sched is not None:
+                # migration_entry_wait in a concurrent run: wait on the page
+                # until remove_migration_ptes replaced the entry, then retry
+                wait_migration(mm, lambda: bool((pgt.ptes.get(vpn) or 0) & PTE_MIGRATION))
+                return 0
+            # migration_entry_wait: migration is atomic in a sequential run,
+            # so it has finished; the entry is replaced as
+            # remove_migration_ptes would.
             pgt.ptes[vpn] = (pte & ~PTE_MIGRATION) | PTE_PRESENT
             return 0
         if pte & PTE_SWAP:
@@ -334,6 +349,11 @@ def hugetlb_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     write = flags & FAULT_FLAG_WRITE
     if e is not None and not e & PTE_PRESENT:
         if e & PTE_MIGRATION:
+            if mm.sched is not None:
+                wait_migration(
+                    mm, lambda: bool((pgt.huge.get(hs) or {}).get(haddr >> hs, 0) & PTE_MIGRATION)
+                )
+                return 0
             pgt.set_huge(haddr, hs, (e & ~PTE_MIGRATION) | PTE_PRESENT)
             return 0
         if e & PTE_HWPOISON:

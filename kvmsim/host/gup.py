@@ -431,6 +431,8 @@ def follow_page_mask(mm: Mm, vma: Vma, address: int, flags: int) -> tuple[int | 
             return -EEXIST, 0
     if flags & FOLL_GET:
         phys.get_page(page)
+        if mm.race_points or mm.sched is not None:
+            mm.fire_point("gup_pinned")
     if flags & FOLL_TOUCH:
         if flags & FOLL_WRITE and not pte & PTE_DIRTY and not phys.PageDirty(page):
             phys.SetPageDirty(page)
@@ -466,6 +468,8 @@ def _follow_trans_huge_pmd(
     page = head + ((address & ((1 << THP_SHIFT) - 1)) >> ps)
     if flags & FOLL_GET:
         phys.get_page(page)
+        if mm.race_points or mm.sched is not None:
+            mm.fire_point("gup_pinned")
     return page, (1 << (THP_SHIFT - ps)) - 1
 
 
@@ -561,6 +565,8 @@ def follow_hugetlb_page(
             if pages is not None:
                 pages.append(head + off)
                 phys.get_page(head)
+                if mm.race_points or mm.sched is not None:
+                    mm.fire_point("gup_pinned")
             vaddr += 1 << ps
             off += 1
             remainder -= 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -88,6 +89,15 @@ def vm_get_page_prot(flags: int, writenotify: bool = False) -> int:
     return prot
 
 
+class WaitQueue:
+    """Something tasks of a concurrent run wait on (a page being migrated)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class Mm:
     """An address space.
 
@@ -107,6 +117,8 @@ class Mm:
         self.notifiers = MmuNotifierChain()
         self.current = "qemu"
         self.race_points: dict[str, Callable[[], None]] = {}
+        self.sched: Any = None  # a concurrent run's scheduler (kvmsim.explore.runtime)
+        self.migration_wait = WaitQueue("migration_entry_wait")
         self._next = MMAP_BASE
         self.swapcache: set[int] = set()
         """vpns of swapped-out pages whose read-back I/O has completed."""
@@ -114,23 +126,31 @@ class Mm:
     # ------------------------------------------------------------------ helpers
 
     def fire_point(self, name: str) -> None:
-        """Run (once) the callback the runner attached to race point ``name``."""
+        """Yield point ``name`` (:mod:`kvmsim.points`): run (once) the host event
+        a sequential scenario placed there, or let a concurrent run's
+        scheduler switch to another actor."""
         if self.race_points:
             cb = self.race_points.pop(name, None)
             if cb is not None:
                 cb()
+        if self.sched is not None:
+            self.sched.point(name)
 
     def notify_start(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_start``."""
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_invalidate_range_start", start=start, end=end)
         self.notifiers.invalidate_range_start(self, start, end)
+        if self.race_points or self.sched is not None:
+            self.fire_point("invalidate_range_start")
 
     def notify_end(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_end``."""
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_invalidate_range_end", start=start, end=end)
         self.notifiers.invalidate_range_end(self, start, end)
+        if self.race_points or self.sched is not None:
+            self.fire_point("invalidate_range_end")
 
     def notify_change_pte(self, address: int, pte: int) -> None:
         """``mmu_notifier_change_pte`` (``set_pte_at_notify``)."""
@@ -415,6 +435,8 @@ class Mm:
             self.notify_start(start, end)
             for v in vmas:
                 self.zap_range(v, max(start, v.start), min(end, v.end))
+            if self.race_points or self.sched is not None:
+                self.fire_point("host_pte_changed")
             self.notify_end(start, end)
             self._split_at(start)
             self._split_at(end)

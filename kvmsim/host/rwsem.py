@@ -1,11 +1,16 @@
-"""``struct rw_semaphore`` (``mmap_sem``) for a single-threaded simulation.
+"""``struct rw_semaphore`` (``mmap_sem``).
 
-The simulation runs each task to completion, so an acquisition that would
-have to wait for a holder can never be satisfied: it raises :class:`Deadlock`
-instead of blocking.
+A sequential run takes each task to completion, so an acquisition that
+would have to wait for a holder can never be satisfied: it raises
+:class:`Deadlock` instead of blocking.  In a concurrent run (``sched`` set,
+:mod:`kvmsim.explore.runtime`) the task waits: it is not runnable until the
+holder releases the semaphore, and it reaches the ``mmap_sem`` yield point
+before every acquisition.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from kvmsim.cmodel import KernelOops
 
@@ -35,12 +40,13 @@ class RwSem:
     holder or None.
     """
 
-    __slots__ = ("name", "readers", "writer")
+    __slots__ = ("name", "readers", "sched", "writer")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.readers: dict[str, int] = {}
         self.writer: str | None = None
+        self.sched: Any = None  # the concurrent run's scheduler, if any
 
     def held_by(self) -> dict[str, str]:
         """task → ``"read"`` or ``"write"``."""
@@ -54,6 +60,11 @@ class RwSem:
 
     def down_read(self, task: str) -> None:
         """``down_read``: waits (→ Deadlock) while a writer holds it."""
+        sched = self.sched
+        if sched is not None:
+            sched.point("mmap_sem")
+            while self.writer is not None:
+                sched.block(self)
         if self.writer is not None:
             raise Deadlock(self.name, task, self.held_by(), "down_read ")
         self.readers[task] = self.readers.get(task, 0) + 1
@@ -72,11 +83,18 @@ class RwSem:
             raise KernelOops(f"up_read({self.name}) by {task}, which does not hold it", "bug")
         if n == 1:
             del self.readers[task]
+            if self.sched is not None:
+                self.sched.released(self)
         else:
             self.readers[task] = n - 1
 
     def down_write(self, task: str) -> None:
         """``down_write``: waits (→ Deadlock) while anybody holds it."""
+        sched = self.sched
+        if sched is not None:
+            sched.point("mmap_sem")
+            while self.readers or self.writer is not None:
+                sched.block(self)
         if self.readers or self.writer is not None:
             raise Deadlock(self.name, task, self.held_by(), "down_write ")
         self.writer = task
@@ -86,6 +104,8 @@ class RwSem:
         if self.writer != task:
             raise KernelOops(f"up_write({self.name}) by {task}, which does not hold it", "bug")
         self.writer = None
+        if self.sched is not None:
+            self.sched.released(self)
 
     def downgrade_write(self, task: str) -> None:
         """``downgrade_write``."""

@@ -35,13 +35,19 @@ class SpinLock:
     that is a :class:`~kvmsim.host.rwsem.Deadlock`.
     """
 
-    __slots__ = ("holder", "name")
+    __slots__ = ("holder", "name", "sched")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.holder: str | None = None
+        self.sched: Any = None  # a concurrent run's scheduler: waiters spin, not runnable
 
     def lock(self, task: str) -> None:
+        sched = self.sched
+        if sched is not None:
+            sched.point("mmu_lock")
+            while self.holder is not None:
+                sched.block(self)
         if self.holder is not None:
             raise Deadlock(self.name, task, {self.holder: "spin"})
         self.holder = task
@@ -50,6 +56,8 @@ class SpinLock:
         if self.holder != task:
             raise KernelOops(f"spin_unlock({self.name}) by {task}, held by {self.holder}", "bug")
         self.holder = None
+        if self.sched is not None:
+            self.sched.released(self)
 
 
 class Kvm:
@@ -99,8 +107,9 @@ class Kvm:
     def fire_point(self, name: str) -> None:
         """A named point of the fault path: run a host event a scenario
         attached to it (``at = "after_hva_to_pfn"``), if any."""
-        if self.mm.race_points:
-            self.mm.fire_point(name)
+        mm = self.mm
+        if mm.race_points or mm.sched is not None:
+            mm.fire_point(name)
 
     def mmu_notifier_retry(self, mmu_seq: int) -> bool:
         """``mmu_notifier_retry``: an invalidation is running, or one ended
@@ -148,6 +157,9 @@ class Kvm:
             writable=writable,
             page_out=page_out,
         )
+        mm = self.mm
+        if mm.race_points or mm.sched is not None:
+            mm.fire_point("hva_to_pfn")
         return self.hooks.hva_to_pfn(kvm=self, request=req)
 
 

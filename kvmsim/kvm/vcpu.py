@@ -90,6 +90,9 @@ def guest_access(
         if tr.enabled:
             tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)
         if r.action == RESUME:
+            sched = kvm.mm.sched
+            if sched is not None:  # the guest re-executes: other CPUs go on meanwhile
+                sched.spin()
             continue
         if r.action == MMIO:
             return AccessResult(MMIO, None, n + 1, r.detail)

@@ -64,6 +64,7 @@ from kvmsim.scenario.model import (
     Scenario,
     StepKind,
     StepSpec,
+    Switch,
     VmaSpec,
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
@@ -105,7 +106,21 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
     }
 )
 
-_TOP_KEYS: Final = ("name", "description", "arch", "vma", "memslot", "device", "step", "known")
+_TOP_KEYS: Final = (
+    "name",
+    "description",
+    "arch",
+    "concurrent",
+    "vma",
+    "memslot",
+    "device",
+    "step",
+    "schedule",
+    "known",
+)
+_SWITCH_KEYS: Final = ("actor", "at", "run", "nth")
+#: Schedule-only points: where a choice is free (see kvmsim.explore.runtime).
+SCHEDULE_POINTS: Final = ("start", "step_end", "blocked", "guest_retry")
 _KNOWN_KEYS: Final = ("strategy", "arch", "verdicts", "outcomes", "failures", "reason")
 _VMA_KEYS: Final = (
     "name",
@@ -375,6 +390,8 @@ def parse_scenario(
         _device_kinds(devices),
     )
     known = _known(r, r.tables(doc, "known"), arch, steps)
+    concurrent = r.bool_("concurrent", doc.get("concurrent", False))
+    schedule = _schedule(r, r.tables(doc, "schedule"), concurrent, steps, kinds)
     return Scenario(
         name=name,
         description=description,
@@ -385,7 +402,58 @@ def parse_scenario(
         steps=steps,
         source=source,
         known=known,
+        concurrent=concurrent,
+        schedule=schedule,
     )
+
+
+def _schedule(
+    r: _Reader,
+    tables: list[Mapping[str, object]],
+    concurrent: bool,
+    steps: tuple[StepSpec, ...],
+    kinds: Mapping[str, StepKind],
+) -> tuple[Switch, ...]:
+    """A concurrent scenario's ``[[schedule]]`` switches, and the checks that
+    need the whole step list (actors, ``at``)."""
+    actors = {s.actor_name(kinds[s.do].faults) for s in steps}
+    for s in steps:
+        if s.actor is not None and not concurrent:
+            r.fail(
+                f"step[{s.index}].actor",
+                "actors exist only in a concurrent scenario",
+                "concurrent = true at the top, or no 'actor'",
+                s.actor,
+            )
+        if s.at is not None and concurrent:
+            r.fail(
+                f"step[{s.index}].at",
+                "a concurrent scenario places events with [[schedule]] switches "
+                "(or lets kvmsim explore find them), not with 'at'",
+                "no 'at' on this step",
+                s.at,
+            )
+    if tables and not concurrent:
+        r.fail("schedule", "a schedule needs concurrent = true", "concurrent = true at the top")
+    out: list[Switch] = []
+    for i, t in enumerate(tables):
+        path = f"schedule[{i}]"
+        r.check_keys(t, path, _SWITCH_KEYS, required=("at", "run"))
+        at = r.enum(f"{path}.at", t["at"], (*RACE_POINTS, *SCHEDULE_POINTS), "point")
+        if at == "start":  # the first choice: nobody reached anything yet
+            if "actor" in t:
+                r.fail(f"{path}.actor", "the start has no actor", "no 'actor' with at = 'start'")
+            actor = ""
+        else:
+            if "actor" not in t:
+                r.fail(f"{path}.actor", "missing required key", _one_of(sorted(actors)))
+            actor = r.enum(f"{path}.actor", t["actor"], sorted(actors), "actor")
+        run = r.enum(f"{path}.run", t["run"], sorted(actors), "actor")
+        nth = r.int_(f"{path}.nth", t.get("nth", 1))
+        if nth < 1:
+            r.fail(f"{path}.nth", "must be at least 1", "1 for the first arrival", nth)
+        out.append(Switch(actor=actor, at=at, run=run, nth=nth))
+    return tuple(out)
 
 
 def _known(
@@ -800,7 +868,7 @@ def _step(
 
     allowed = {"do", *kind.fields}
     if not kind.faults:
-        allowed.add("at")
+        allowed.update(("at", "actor"))
     if expect_keys:
         allowed.add("expect")
     for key in t:
@@ -829,6 +897,9 @@ def _step(
     op = r.enum(k("op"), t["op"], OPS, "op") if "op" in t else None
     prot = r.enum(k("prot"), t["prot"], PROTS, "prot") if "prot" in t else None
     at = r.enum(k("at"), t["at"], RACE_POINTS, "race point") if "at" in t else None
+    actor = r.name(k("actor"), t["actor"]) if "actor" in t else None
+    if actor is not None and actor.startswith("vcpu"):
+        r.fail(k("actor"), "vcpu actors run the guest's accesses", "another name, e.g. 'qemu2'")
 
     vma_name = None
     offset = 0
@@ -846,7 +917,7 @@ def _step(
 
     params: dict[str, object] = {}
     for key, value in t.items():
-        if key in ("do", "at", "expect") or key in CORE_STEP_KEYS:
+        if key in ("do", "at", "expect", "actor") or key in CORE_STEP_KEYS:
             continue
         types = kind.fields.get(key, kind.extra)
         assert types is not None  # unknown keys were rejected above
@@ -879,6 +950,7 @@ def _step(
         at=at,
         expect=expect,
         params=params,
+        actor=actor,
     )
 
 
@@ -906,7 +978,7 @@ def _reset_params(
 
 # Keys with a core meaning: never swallowed into params by a kind's `extra`,
 # so `vcpu = 1` on a device_reset step is an error, not a silent param.
-_ALL_STEP_KEYS: Final = frozenset({"do", "at", "expect", *CORE_STEP_KEYS})
+_ALL_STEP_KEYS: Final = frozenset({"do", "at", "expect", "actor", *CORE_STEP_KEYS})
 
 
 def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, ...]) -> Expect:

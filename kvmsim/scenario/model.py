@@ -15,9 +15,11 @@ from typing import Final, TypeAlias
 
 from attrs import field, frozen
 
+from kvmsim.points import POINTS
+
 #: Points in the fault path where a step's host event can be made to fire,
 #: inside the next guest access's fault (step key ``at``).
-RACE_POINTS: Final = ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
+RACE_POINTS: Final = tuple(POINTS)  # the first three are the original placements
 
 #: What a guest access may end in (``expect.outcome``).
 OUTCOMES: Final = (
@@ -226,6 +228,27 @@ class StepSpec:
     at: str | None = None  # one of RACE_POINTS
     expect: Expect | None = None
     params: Params = field(factory=Params, converter=_to_params)
+    actor: str | None = None  # a host step's actor in a concurrent scenario (default qemu)
+
+    def actor_name(self, faults: bool) -> str:
+        """The actor that runs this step in a concurrent scenario: an access
+        (a step kind that faults) belongs to ``vcpu<N>``, a host step to
+        ``qemu`` unless it names another."""
+        if faults:
+            return f"vcpu{self.vcpu}"
+        return self.actor or "qemu"
+
+
+@frozen
+class Switch:
+    """One entry of a concurrent scenario's ``[[schedule]]``: when ``actor``
+    reaches point ``at`` for the ``nth`` time, ``run`` runs next (until it
+    reaches a switch of its own, blocks or ends its step list)."""
+
+    actor: str
+    at: str
+    run: str
+    nth: int = 1
 
 
 #: What a recorded known defect may say a step ended in
@@ -273,6 +296,8 @@ class Scenario:
     steps: tuple[StepSpec, ...]
     source: str  # the file name errors were (and would be) reported against
     known: tuple[KnownDefect, ...] = ()  # recorded defects of strategies, [[known]]
+    concurrent: bool = False  # steps run as actors (kvmsim explore)
+    schedule: tuple[Switch, ...] = ()  # the switches kvmsim run follows (concurrent only)
 
     def known_for(self, strategy: str, arch: str) -> tuple[KnownDefect, ...]:
         """The recorded defects of *strategy* on *arch* (most specific first)."""

@@ -64,10 +64,18 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "every arch",
             "the one arch plugin the scenario runs on; without it, it runs on every arch",
         ),
+        "concurrent": (
+            "false",
+            "run the steps as actors that kvmsim explore interleaves (see docs/explore.md)",
+        ),
         "vma": ("[]", "host mappings of the VMM process ([[vma]] tables)"),
         "memslot": ("[]", "KVM memslots: guest physical ranges backed by vma ranges"),
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
+        "schedule": (
+            "[]",
+            "concurrent only: the switches kvmsim run follows ([[schedule]] tables)",
+        ),
         "known": ("[]", "recorded historical defects of strategies ([[known]] tables)"),
     },
     "vma": {
@@ -117,6 +125,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "now",
             "fire this host event later, inside the next access's fault (see Race points)",
         ),
+        "actor": (
+            "qemu",
+            "concurrent only: the host actor that runs this step (not vcpu<N>)",
+        ),
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
     },
     "access": {
@@ -136,6 +148,12 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             None,
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
+    },
+    "schedule": {
+        "actor": (None, "the actor that reaches the point (none with at = 'start')"),
+        "at": (None, "a yield point, or start, step_end, blocked, guest_retry"),
+        "nth": ("1", "the actor's nth arrival at the point"),
+        "run": (None, "the actor that runs next"),
     },
     "known": {
         "strategy": (None, "the strategy's entry-point name"),
@@ -198,6 +216,7 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
         props[key] = {**base, **(_doc("step", key) or _doc(table, key))}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
+        props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
     expect_keys = kind.expect_keys()
     if expect_keys:
         props["expect"] = (
@@ -224,7 +243,9 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
                     "then": {
                         "properties": {k: _type(t) for k, t in dk.reset_fields.items()},
                         "propertyNames": {
-                            "enum": sorted({"do", "at", "expect", *kind.fields, *dk.reset_fields})
+                            "enum": sorted(
+                                {"do", "at", "actor", "expect", *kind.fields, *dk.reset_fields}
+                            )
                         },
                     },
                 }
@@ -325,6 +346,22 @@ def _memslot_schema() -> dict[str, Any]:
     }
 
 
+def _schedule_schema() -> dict[str, Any]:
+    points = [*RACE_POINTS, *loader.SCHEDULE_POINTS]
+    props: dict[str, dict[str, Any]] = {
+        "actor": {"type": "string"},
+        "at": {"enum": points},
+        "nth": {"type": "integer", "minimum": 1},
+        "run": {"type": "string"},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**v, **_doc("schedule", k)} for k, v in props.items()},
+        "required": ["at", "run"],
+        "additionalProperties": False,
+    }
+
+
 def _known_schema() -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "strategy": {"type": "string", "pattern": _NAME_PATTERN},
@@ -385,10 +422,12 @@ def json_schema(
         "name": {"type": "string", "pattern": _NAME_PATTERN, **_doc("top", "name")},
         "description": {"type": "string", **_doc("top", "description")},
         "arch": arch,
+        "concurrent": {"type": "boolean", **_doc("top", "concurrent")},
         "vma": array("vma", "vma"),
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
         "step": array("step", "step"),
+        "schedule": array("schedule", "schedule"),
         "known": array("known", "known"),
     }
     assert list(top) == list(loader._TOP_KEYS)
@@ -421,6 +460,7 @@ def json_schema(
             },
             **{f"step_{name}": _step_schema(k, described) for name, k in sorted(kinds.items())},
             "expect": _expect_schema(),
+            "schedule": _schedule_schema(),
             "known": _known_schema(),
         },
     }
@@ -524,6 +564,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
         ("memslot", "[[memslot]]"),
         ("device", "[[device]]"),
         ("expect", "expect"),
+        ("schedule", "[[schedule]]"),
         ("known", "[[known]]"),
     ):
         lines += ["", f"### {title}", ""]

@@ -210,7 +210,9 @@ def test_plugin_step_kind() -> None:
 
 
 def test_public_tuples() -> None:
-    assert RACE_POINTS == ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
+    # the original three keep their names and order; the yield points of
+    # concurrent exploration extend them (kvmsim.points)
+    assert RACE_POINTS[:3] == ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
     assert set(OUTCOMES) == {
         "mapped",
         "mmio",

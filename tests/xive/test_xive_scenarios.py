@@ -14,7 +14,7 @@ from kvmsim import hookimpl
 from kvmsim.host.constants import PTE_NONCACHED, PTE_PFN_SHIFT, PTE_PRESENT, PTE_SPECIAL
 from kvmsim.registry import discover
 from kvmsim.runner import RunReport, Simulation
-from kvmsim.scenario import builtin_scenarios
+from kvmsim.scenario import builtin_scenarios, load_scenario
 
 LIB = {p.stem: p for p in builtin_scenarios() if p.stem.startswith("xive-")}
 ESB_GPA = 0x6_0000_0000
@@ -67,6 +67,10 @@ def test_scenarios_pass_under_resolving_strategies(
     # reads the PTE does (A.8, C.1, G.2); every such strategy must meet them.
     _need(strategy)
     report = run_sim(LIB[name], strategy=strategy)
+    known = load_scenario(LIB[name]).known_for(strategy, "ppc_radix")
+    if known:  # a race the handler version loses (the v4.17 PTE re-read): as recorded
+        assert sorted({v.name for v in report.verdicts}) == list(known[0].verdicts)
+        return
     assert report.passed, [(s.index, s.outcome, s.expect_failures) for s in report.steps]
     assert not report.verdicts
 
