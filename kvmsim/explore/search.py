@@ -55,7 +55,13 @@ class Outcome:
 
 
 def run_schedule(
-    scenario: Scenario, arch: str, strategy: str, prefix: Sequence[str], *, trace: bool = False
+    scenario: Scenario,
+    arch: str,
+    strategy: str,
+    prefix: Sequence[str],
+    *,
+    trace: bool = False,
+    extra_plugins: Sequence[object] = (),
 ) -> tuple[Outcome, list[tuple[Decision, str]], Any]:
     """Run ``scenario`` choosing ``prefix[i]`` at decision ``i`` (the default
     beyond it, or where the prefix names an actor that cannot run)."""
@@ -66,7 +72,9 @@ def run_schedule(
             return prefix[d.index]
         return d.default
 
-    sim = Simulation(scenario, arch=arch, strategy=strategy, trace=trace)
+    sim = Simulation(
+        scenario, arch=arch, strategy=strategy, trace=trace, extra_plugins=extra_plugins
+    )
     error = None
     report = None
     try:
@@ -115,13 +123,17 @@ def exhaustive(
     strategy: str,
     bound: int,
     roots: Sequence[tuple[str, ...]] = ((),),
+    extra_plugins: Sequence[object] = (),
 ) -> Iterator[Outcome]:
     """Every schedule with at most ``bound`` preemptions in the subtrees
-    ``roots`` (default: the whole tree), each exactly once, depth first."""
+    ``roots`` (default: the whole tree), each exactly once, depth first
+    (``extra_plugins``: registered in every run, e.g. a seeded bug)."""
     stack = list(reversed(roots))
     while stack:
         prefix = stack.pop()
-        out, decisions, _ = run_schedule(scenario, arch, strategy, prefix)
+        out, decisions, _ = run_schedule(
+            scenario, arch, strategy, prefix, extra_plugins=extra_plugins
+        )
         yield out
         stack.extend(_children(prefix, out, decisions, bound))
 
@@ -268,11 +280,13 @@ def explore(
     runs: int = 1000,
     seed: int = 0,
     depth: int = 3,
+    extra_plugins: Sequence[object] = (),
 ) -> Exploration:
-    """Explore one column; see the module docstring."""
+    """Explore one column; see the module docstring.  ``extra_plugins``
+    (exhaustive mode) are registered in every run."""
     t0 = time.perf_counter()
     gen = (
-        exhaustive(scenario, arch, strategy, bound)
+        exhaustive(scenario, arch, strategy, bound, extra_plugins=extra_plugins)
         if mode == "exhaustive"
         else pct(scenario, arch, strategy, runs, depth, seed)
     )

@@ -243,3 +243,16 @@ def test_spreading_over_processes_finds_the_same_classes(
             (c.verdicts, c.sites, c.best, c.schedules) for c in b.classes
         ]
         assert a.classes
+
+
+def test_seeded_bug_reference_dropped_before_install_is_found() -> None:
+    import kvmsim_plugins.strategies.follow_pfn_2024 as f24
+
+    from tests.explore.seeded import EarlyPut
+
+    sc = load_scenario(PATHS[BASE])
+    clean = explore(sc, "x86_ept", "follow_pfn_2024", bound=2)
+    assert clean.classes == ()
+    seeded = explore(sc, "x86_ept", "follow_pfn_2024", bound=2, extra_plugins=[EarlyPut(f24)])
+    found = {v for c in seeded.classes for v in c.verdicts}
+    assert found & {"refcount_underflow", "stale_mapping", "wrong_frame"}, seeded.classes
