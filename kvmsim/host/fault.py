@@ -256,6 +256,8 @@ def wp_page_copy(mm: Mm, vma: Vma, address: int, pte: int) -> int:
     start = address & ~(ps - 1)
     old = pte >> PTE_PFN_SHIFT
     new = phys.alloc_pages(0, owner="anon", kind="anon")
+    if phys.pfn_valid(old):
+        phys.copy_contents(old, new)  # cow_user_page
     mm.notify_start(start, start + ps)
     entry = (new << PTE_PFN_SHIFT) | vma.page_prot | _DY
     if vma.flags & VM_WRITE:
@@ -416,6 +418,8 @@ def do_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
         if ret & _FAULT_STOP:
             phys.host_put(new)
             return ret
+        if vmf.page is not None:
+            phys.copy_contents(vmf.page, new)  # copy_user_highpage of the file page
         entry = (new << PTE_PFN_SHIFT) | vma.page_prot | _DY
         if vma.flags & VM_WRITE:
             entry |= PTE_WRITE
