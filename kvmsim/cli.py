@@ -147,6 +147,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    from kvmsim.realkvm.command import crosscheck_command
+
+    return crosscheck_command(args)
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from kvmsim.scaffold import write_skeleton
 
@@ -189,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time the fault path: faults/s, hits/s, bytes per page")
     add_bench_arguments(bn)
     bn.set_defaults(func=cmd_bench)
+    from kvmsim.realkvm.command import add_arguments as add_crosscheck_arguments
+
+    cc = sub.add_parser(
+        "crosscheck", help="scenarios on this host's /dev/kvm, compared with the model"
+    )
+    add_crosscheck_arguments(cc)
+    cc.set_defaults(func=cmd_crosscheck)
     return p
 
 

@@ -26,10 +26,12 @@ SYS_GPA: Final = 1 << 32  # 4 GiB: mapped by PDPT[4]
 SYS_SIZE: Final = 0x10000
 GUEST_LIMIT: Final = 1 << 32  # scenario gpas must be below this (identity-mapped)
 SYS_SLOT: Final = 0x7F00  # memslot id of the system area
+TSS_OFFSET: Final = 0x7000  # the (all-zero) TSS page
 CODE_OFFSET: Final = 0x8000  # code page inside the system area
 CODE_SIZE: Final = 0x1000  # one page, faulted in by the warm-up run
 STEP_CODE: Final = 32  # bytes of code per step
 MAX_STEPS: Final = CODE_SIZE // STEP_CODE - 1  # the last slot is the warm-up
+MAX_VCPUS: Final = 8  # a bound on what one scenario may ask for
 STEP_PORT: Final = 0x10
 WARMUP_PORT: Final = 0x11
 
@@ -104,8 +106,10 @@ def sregs() -> bytes:
     """``struct kvm_sregs`` for 64-bit user mode with the tables above."""
     cs = _segment(USER_CS, 0xB, 3, code=True)
     ds = _segment(USER_DS, 0x3, 3, code=False)
-    # A busy 64-bit TSS and an unusable LDT: what VM entry checks want.
-    tr = k.SEGMENT.pack(0, 0x67, 0x40, 0xB, 1, 0, 0, 0, 0, 0, 0, 0)
+    # A busy 64-bit TSS and an unusable LDT: what VM entry checks want.  The
+    # TSS lies in the system area: kvm_pvm reads it at entry, and a TSS at
+    # gpa 0 with no memslot there triple-faults the guest.
+    tr = k.SEGMENT.pack(SYS_GPA + TSS_OFFSET, 0x67, 0x40, 0xB, 1, 0, 0, 0, 0, 0, 0, 0)
     ldt = k.SEGMENT.pack(0, 0, 0, 0x2, 0, 0, 0, 0, 0, 0, 0, 1)
     segs = cs + ds + ds + ds + ds + ds + tr + ldt  # cs ds es fs gs ss tr ldt
     tables = k.DTABLE.pack(0, 0xFFFF) + k.DTABLE.pack(0, 0)

@@ -74,7 +74,9 @@ REG_RIP: Final = 16
 REG_RFLAGS: Final = 17
 
 # struct kvm_segment and kvm_sregs (x86-64).
-SEGMENT: Final = struct.Struct("<QIH9Bx")  # base limit selector type present dpl db s l g avl unusable
+SEGMENT: Final = struct.Struct(
+    "<QIH9Bx"
+)  # base limit selector type present dpl db s l g avl unusable
 DTABLE: Final = struct.Struct("<QH6x")
 SREGS_TAIL: Final = struct.Struct("<7Q4Q")  # cr0 cr2 cr3 cr4 cr8 efer apic_base, interrupt_bitmap
 
@@ -135,7 +137,9 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def ioctl(fd: int, request: int, arg: int | bytes | bytearray | ctypes.Array[ctypes.c_char] = 0) -> int:
+def ioctl(
+    fd: int, request: int, arg: int | bytes | bytearray | ctypes.Array[ctypes.c_char] = 0
+) -> int:
     """One ioctl through libc (no EINTR retry); an integer *arg* is passed as is."""
     if isinstance(arg, int):
         return _check(_libc.ioctl(fd, request, ctypes.c_void_p(arg)), f"ioctl {request:#x}")
