@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -105,16 +106,13 @@ def summary(results: Sequence[ScenarioResult]) -> dict[str, int]:
     return counts
 
 
-def _select(args: Sequence[str], host: HostInfo) -> list[Scenario]:
-    """Named scenarios (files, builtin names or globs over builtin names);
-    by default every builtin scenario the backend can express."""
+def _named(args: Sequence[str]) -> list[Scenario]:
+    """Scenarios named on the command line (files, builtin names or globs
+    over builtin names), loaded: bad input fails here, before the probe."""
     from kvmsim.cli import _load, _resolve_scenario
     from kvmsim.scenario import builtin_scenarios
 
     builtin = {p.stem: p for p in builtin_scenarios()}
-    if not args:
-        loaded = [_load(str(path)) for path in builtin.values()]
-        return [sc for sc in loaded if isinstance(sc, Scenario) and plan(sc, host, arch=ARCH).runs]
     out: list[Scenario] = []
     for a in args:
         if any(c in a for c in "*?[") and "/" not in a:
@@ -133,18 +131,26 @@ def _select(args: Sequence[str], host: HostInfo) -> list[Scenario]:
     return out
 
 
+def _expressible(host: HostInfo) -> list[Scenario]:
+    """Every builtin scenario the backend can express on *host*."""
+    from kvmsim.cli import _load
+    from kvmsim.scenario import builtin_scenarios
+
+    loaded = [_load(str(path)) for path in builtin_scenarios()]
+    return [sc for sc in loaded if isinstance(sc, Scenario) and plan(sc, host, arch=ARCH).runs]
+
+
 def crosscheck_command(args: argparse.Namespace) -> int:
     from kvmsim.registry import build_manager
 
-    host = probe()
-    if not host.usable:
-        print(
-            f"kvmsim: crosscheck: no usable /dev/kvm: {host.reason}", file=__import__("sys").stderr
-        )
-        return EXIT_NO_KVM
     strategy = args.strategy or DEFAULT_STRATEGY
     build_manager(arch=ARCH, strategy=strategy)  # an unknown or unfit name: exit 2 here
-    scenarios = _select(args.scenario or (), host)
+    named = _named(args.scenario or ())
+    host = probe()
+    if not host.usable:
+        print(f"kvmsim: crosscheck: no usable /dev/kvm: {host.reason}", file=sys.stderr)
+        return EXIT_NO_KVM
+    scenarios = named or _expressible(host)
     known = load_known()
     results = [crosscheck_scenario(sc, host, strategy=strategy, known=known) for sc in scenarios]
     counts = summary(results)
