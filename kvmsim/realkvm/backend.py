@@ -12,10 +12,12 @@ process mapped later is touched.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import mmap as _mmap
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -72,6 +74,50 @@ class _Mapping:
             self.fd = None
 
 
+class _Reaper:
+    """Closes VM fds on a thread of its own: the last close of a VM fd runs
+    kvm_destroy_vm, which waits for SRCU/RCU grace periods (about 2 ms here),
+    so the next VM is set up meanwhile.  :func:`drain` waits for all of
+    them; every path that closes a VM ends in a drain (the command, the
+    bench, the tests' fd counts) or at interpreter exit."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[int] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            fd = self.queue.get()
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # already closed: nothing to release
+            finally:
+                self.queue.task_done()
+
+    def close(self, fd: int) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._work, name="kvmsim-vm-close", daemon=True
+                )
+                self.thread.start()
+        self.queue.put(fd)
+
+    def drain(self) -> None:
+        self.queue.join()
+
+
+_REAPER = _Reaper()
+atexit.register(_REAPER.drain)
+
+
+def drain() -> None:
+    """Wait until every VM closed so far is destroyed (its fd closed)."""
+    _REAPER.drain()
+
+
 @contextmanager
 def _alarm(timeout: float) -> Iterator[Callable[[], bool]]:
     """SIGALRM after *timeout* seconds so a KVM_RUN returns EINTR; yields
@@ -97,8 +143,13 @@ def _alarm(timeout: float) -> Iterator[Callable[[], bool]]:
 class RealVm:
     """One scenario's VM; use as a context manager, then :meth:`run`."""
 
-    def __init__(self, plan: Plan, *, timeout: float = RUN_TIMEOUT) -> None:
+    def __init__(
+        self, plan: Plan, *, timeout: float = RUN_TIMEOUT, code: dict[int, bytes] | None = None
+    ) -> None:
+        """*code*: guest code to run for some steps instead of their access
+        (the bench's touch loop); it may spill into later steps' slots."""
         self.plan = plan
+        self.code = code or {}
         self.sc = plan.scenario
         self.timeout = timeout
         self.stack = ExitStack()
@@ -126,7 +177,8 @@ class RealVm:
 
     def _setup(self) -> None:
         kvm = self._fd(os.open(DEV_KVM, os.O_RDWR | os.O_CLOEXEC))
-        self.vm = self._fd(k.ioctl(kvm, k.KVM_CREATE_VM, 0))
+        self.vm = k.ioctl(kvm, k.KVM_CREATE_VM, 0)
+        self.stack.callback(_REAPER.close, self.vm)
         sysmem = k.mmap(guest.SYS_SIZE, k.PROT_READ | k.PROT_WRITE, k.MAP_PRIVATE | k.MAP_ANONYMOUS)
         self.stack.callback(k.munmap, sysmem, guest.SYS_SIZE)
         tables = guest.page_tables()
@@ -174,6 +226,8 @@ class RealVm:
                 )
 
     def _code(self, s: StepSpec) -> bytes:
+        if s.index in self.code:
+            return self.code[s.index]
         width = int(s.params.get("width", 8))  # type: ignore[call-overload]
         if s.op == "read":
             return guest.load(s.gpa or 0, width)

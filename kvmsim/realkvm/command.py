@@ -17,7 +17,7 @@ from typing import Any, Final
 from attrs import define, field
 
 from kvmsim.errors import UsageError
-from kvmsim.realkvm.backend import RealError, RealVm
+from kvmsim.realkvm.backend import RealError, RealVm, drain
 from kvmsim.realkvm.compare import (
     DISAGREE,
     STATUSES,
@@ -152,7 +152,12 @@ def crosscheck_command(args: argparse.Namespace) -> int:
         return EXIT_NO_KVM
     scenarios = named or _expressible(host)
     known = load_known()
-    results = [crosscheck_scenario(sc, host, strategy=strategy, known=known) for sc in scenarios]
+    try:
+        results = [
+            crosscheck_scenario(sc, host, strategy=strategy, known=known) for sc in scenarios
+        ]
+    finally:
+        drain()  # every VM destroyed before the command returns
     counts = summary(results)
     if args.json:
         print(

@@ -17,6 +17,7 @@ a scenario memslot.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Final
 
@@ -48,6 +49,7 @@ USER_CS: Final = 0x33
 USER_DS: Final = 0x2B
 
 
+@functools.cache
 def page_tables() -> bytes:
     """PML4, PDPT, four PDs for the low 4 GiB, and one PD for the system area,
     laid out from offset 0 of the system area (7 pages)."""
@@ -83,6 +85,23 @@ def store(gpa: int, value: int, width: int = 8) -> bytes:
     )
 
 
+def touch_loop(base: int, count: int, stride: int) -> bytes:
+    """A store to each of *count* pages from *base*, *stride* apart, then
+    ``out STEP_PORT``: ``mov rdi, base; mov rcx, count; 1: mov [rdi], al;
+    add rdi, stride; dec rcx; jnz 1b; out``."""
+    body = b"\x88\x07" + b"\x48\x81\xc7" + struct.pack("<i", stride) + b"\x48\xff\xc9"
+    jnz = b"\x75" + struct.pack("<b", -(len(body) + 2))
+    return (
+        b"\x48\xbf"
+        + struct.pack("<Q", base)
+        + b"\x48\xb9"
+        + struct.pack("<Q", count)
+        + body
+        + jnz
+        + bytes((0xE6, STEP_PORT))
+    )
+
+
 def warmup() -> bytes:
     """``out WARMUP_PORT, al``: the first run faults the code page in alone."""
     return bytes((0xE6, WARMUP_PORT))
@@ -102,6 +121,7 @@ def _segment(selector: int, type_: int, dpl: int, *, code: bool, s: int = 1) -> 
     return k.SEGMENT.pack(0, 0xFFFFFFFF, selector, type_, 1, dpl, db, s, long_, 1, 0, 0)
 
 
+@functools.cache
 def sregs() -> bytes:
     """``struct kvm_sregs`` for 64-bit user mode with the tables above."""
     cs = _segment(USER_CS, 0xB, 3, code=True)
