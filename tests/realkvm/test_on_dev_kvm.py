@@ -22,6 +22,8 @@ from kvmsim.realkvm.host import probe
 from kvmsim.realkvm.plan import plan
 from kvmsim.scenario import parse_scenario
 
+from .scenarios import one_slot
+
 HOST = probe()
 pytestmark = [
     pytest.mark.realkvm,
@@ -82,27 +84,10 @@ def _fds_and_maps() -> tuple[int, int]:
     return len(os.listdir("/proc/self/fd")), len(Path("/proc/self/maps").read_text().splitlines())
 
 
-SCENARIO = """name = "t"
-arch = "x86_ept"
-[[vma]]
-name = "ram"
-size = "4M"
-backing = "{backing}"
-shared = {shared}
-[[memslot]]
-gpa = 0
-vma = "ram"
-[[step]]
-do = "access"
-gpa = 0x1000
-op = "write"
-value = 3
-[[step]]
-do = "munmap"
-vma = "ram"
-offset = 0x200000
-size = "4K"
-"""
+SCENARIO = one_slot(
+    'backing = "{backing}"\nshared = {shared}',
+    '[[step]]\ndo = "munmap"\nvma = "ram"\noffset = 0x200000\nsize = "4K"\n',
+)
 
 
 @pytest.mark.parametrize(

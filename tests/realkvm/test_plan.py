@@ -8,25 +8,14 @@ from kvmsim.realkvm.host import HostInfo
 from kvmsim.realkvm.plan import plan
 from kvmsim.scenario import parse_scenario
 
+from .scenarios import one_slot
+
 SHADOW = HostInfo(True, "", "6.18.0", "kvm_pvm", 0, 1, 8 << 30)
 EPT = HostInfo(True, "", "6.18.0", "kvm_intel", 4, 2, 8 << 30)
 
 
 def sc(vma: str = 'backing = "anon"', steps: str = "", head: str = "") -> object:
-    text = f"""name = "p"
-{head}
-[[vma]]
-name = "ram"
-size = "4M"
-{vma}
-[[memslot]]
-gpa = 0
-vma = "ram"
-[[step]]
-do = "access"
-gpa = 0x1000
-op = "write"
-{steps}"""
+    text = one_slot(vma, steps, head)
     return parse_scenario(text, "<t>")
 
 
