@@ -216,6 +216,9 @@ class RealVm:
             st = Stats(k.ioctl(fd, k.KVM_GET_STATS_FD))
             self.stack.callback(st.close)
             self.vcpus.append((fd, (run, st)))
+        # the alarm only exists on the main thread (signal handlers do); a
+        # VM run on another thread has no hang detection
+        self.alarmed = threading.current_thread() is threading.main_thread()
         self.is_timeout = self.stack.enter_context(_alarm(self.timeout))
         for i in range(self.plan.vcpus):
             ret, reason, port = self._enter(i, guest.warmup_gpa())
@@ -307,11 +310,17 @@ class RealVm:
 
     def _run(self, vcpu: int) -> tuple[int, int, int]:
         fd, (run, _) = self.vcpus[vcpu]
+        if not self.alarmed:
+            return self._decode(k.kvm_run(fd), run)
         signal.setitimer(signal.ITIMER_REAL, self.timeout)
         try:
             ret = k.kvm_run(fd)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        return self._decode(ret, run)
+
+    @staticmethod
+    def _decode(ret: int, run: _mmap.mmap) -> tuple[int, int, int]:
         reason = int.from_bytes(run[8:12], "little")
         port = k.RUN_IO.unpack_from(run, k.RUN_UNION)[2] if reason == k.KVM_EXIT_IO else 0
         return ret, reason, port
