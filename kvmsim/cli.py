@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time the fault path: faults/s, hits/s, bytes per page")
     add_bench_arguments(bn)
     bn.set_defaults(func=cmd_bench)
-    from kvmsim.realkvm.command import add_arguments as add_crosscheck_arguments
+    from kvmsim.realkvm.args import add_arguments as add_crosscheck_arguments
 
     cc = sub.add_parser(
         "crosscheck", help="scenarios on this host's /dev/kvm, compared with the model"

@@ -17,6 +17,7 @@ from typing import Any, Final
 from attrs import define, field
 
 from kvmsim.errors import UsageError
+from kvmsim.realkvm.args import DEFAULT_STRATEGY
 from kvmsim.realkvm.backend import RealError, RealVm, drain
 from kvmsim.realkvm.compare import (
     DISAGREE,
@@ -34,7 +35,6 @@ from kvmsim.scenario.model import Scenario
 
 EXIT_NO_KVM: Final = 4
 ARCH: Final = "x86_ept"
-DEFAULT_STRATEGY: Final = "follow_pfn_2024"
 
 
 @define
@@ -193,13 +193,3 @@ def _print_table(results: Sequence[ScenarioResult], host: HostInfo, counts: dict
         f"{sum(len(r.steps) for r in results)} steps in {len(results)} scenarios: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES)
     )
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "scenario",
-        nargs="*",
-        help="scenario files, builtin names or globs (default: every expressible builtin)",
-    )
-    p.add_argument("--strategy", help=f"strategy the model runs (default {DEFAULT_STRATEGY})")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
