@@ -114,11 +114,33 @@ def test_a_failing_set_up_releases_what_it_took(monkeypatch: pytest.MonkeyPatch)
     assert _fds_and_maps() == before
 
 
-def test_a_guest_that_never_exits_is_reported_as_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guest, "store", lambda gpa, value, width=8: b"\xeb\xfe")  # jmp $
+def test_a_guest_that_never_exits_is_reported_as_a_hang() -> None:
     p = plan(parse_scenario(SCENARIO.format(backing="anon", shared="false"), "<t>"), HOST)
     start = time.perf_counter()
-    with RealVm(p, timeout=0.2) as vm:
+    with RealVm(p, timeout=0.2, code={0: b"\xeb\xfe"}) as vm:  # jmp $
         obs = vm.run()
     assert obs[0] is not None and obs[0].outcome == "hang"
     assert time.perf_counter() - start < 5
+
+
+def test_a_disagreement_exits_1_and_names_the_observable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import attrs
+
+    import kvmsim.realkvm.command as command
+
+    real_model = command.run_model
+
+    def off_by_one(sc, **kw):  # type: ignore[no-untyped-def]
+        obs, passed = real_model(sc, **kw)
+        return [
+            attrs.evolve(o, value=o.value + 1) if o.value is not None else o for o in obs
+        ], passed
+
+    monkeypatch.setattr(command, "run_model", off_by_one)
+    rc, doc = crosscheck_json(capsys, "kvm-anon-read-write")
+    assert rc == 1
+    step1 = doc["results"][0]["steps"][1]
+    assert step1["status"] == "disagree" and step1["reason"] == "differs in value"
+    assert doc["summary"]["disagree"] == 2
