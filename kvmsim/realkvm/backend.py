@@ -194,10 +194,10 @@ class RealVm:
         assert len(code) == guest.CODE_SIZE
         ctypes.memmove(sysmem + guest.CODE_OFFSET, bytes(code), len(code))
         self._region(guest.SYS_SLOT, 0, guest.SYS_GPA, guest.SYS_SIZE, sysmem)
-        for v in self.sc.vmas:
-            m = self._map(v)
-            self.maps[v.name] = m
+        # registered first: a vma failing to map releases those mapped before it
         self.stack.callback(self._unmap_all)
+        for v in self.sc.vmas:
+            self.maps[v.name] = self._map(v)
         for ms in self.sc.memslots:
             flags = k.KVM_MEM_READONLY if ms.readonly else 0
             self.slot_flags[ms.index] = flags
@@ -292,9 +292,14 @@ class RealVm:
         tail = res + v.size + THP_SIZE - (start + v.size)
         if tail:
             k.munmap(start + v.size, tail)
+        m = _Mapping(v, addr, fd)
         if v.backing == "anon":
-            k.madvise(addr, v.size, k.MADV_HUGEPAGE if v.huge else k.MADV_NOHUGEPAGE)
-        return _Mapping(v, addr, fd)
+            try:
+                k.madvise(addr, v.size, k.MADV_HUGEPAGE if v.huge else k.MADV_NOHUGEPAGE)
+            except OSError:
+                m.unmap_all()
+                raise
+        return m
 
     def _unmap_all(self) -> None:
         for m in self.maps.values():

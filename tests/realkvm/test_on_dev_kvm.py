@@ -144,3 +144,20 @@ def test_a_disagreement_exits_1_and_names_the_observable(
     step1 = doc["results"][0]["steps"][1]
     assert step1["status"] == "disagree" and step1["reason"] == "differs in value"
     assert doc["summary"]["disagree"] == 2
+
+
+def test_a_vma_failing_to_map_releases_the_ones_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = one_slot('backing = "anon"') + '[[vma]]\nname = "b"\nsize = "4M"\nbacking = "shmem"\n'
+    p = plan(parse_scenario(text, "<t>"), HOST)
+    before = _fds_and_maps()
+
+    def no_memfd(name: str, flags: int = 0) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)  # the second vma (shmem) fails
+    with pytest.raises(OSError, match="Too many open files"):
+        with RealVm(p):
+            pass
+    assert _fds_and_maps() == before
