@@ -210,6 +210,7 @@ def do_swap_page(mm: Mm, vma: Vma, address: int, flags: int) -> int:
             return VM_FAULT_RETRY | VM_FAULT_MAJOR
     mm.swapcache.discard(vpn)
     page = mm.phys.alloc_pages(0, owner="anon", kind="anon")
+    mm.phys.put_contents(page, mm.swap_slots.pop(vpn, {}))  # swap_read_folio
     entry = (page << PTE_PFN_SHIFT) | vma.page_prot
     if flags & FAULT_FLAG_WRITE:
         entry |= _DY | PTE_WRITE
@@ -495,6 +496,7 @@ def filemap_fault(vmf: VmFault) -> int:
     page = f.cache.get(index)
     if page is None:
         page = phys.alloc_pages(0, owner=f"pagecache:{f.name}", kind="file")
+        phys.put_contents(page, f.disk.pop(index, {}))  # the read from disk
         f.cache[index] = page
     phys.host_get(page)
     vmf.page = page

@@ -206,6 +206,20 @@ class PhysMem:
         """A store of *value* (cut to *width* bytes) at byte *offset* of *pfn*."""
         self.contents[(pfn << self.page_shift) | offset] = value & ((1 << (8 * width)) - 1)
 
+    def page_contents(self, pfn: int) -> dict[int, int]:
+        """Frame *pfn*'s stored words, by offset (what swap-out writes to
+        the swap slot; the frame keeps them, as a freed frame does, for
+        whoever still maps it)."""
+        lo = pfn << self.page_shift
+        hi = lo + (1 << self.page_shift)
+        return {a - lo: v for a, v in self.contents.items() if lo <= a < hi}
+
+    def put_contents(self, pfn: int, words: dict[int, int]) -> None:
+        """Fill frame *pfn* with *words* (swap-in reading the slot back)."""
+        base = pfn << self.page_shift
+        for off, v in words.items():
+            self.contents[base + off] = v
+
     def copy_contents(self, src: int, dst: int, npages: int = 1) -> None:
         """``copy_user_highpage`` / ``copy_highpage`` over *npages* frames: the
         new frames read what the old ones held (COW break, migration)."""

@@ -116,3 +116,25 @@ def test_prot_none_is_accepted_and_faults() -> None:
         "<t>",
     )
     assert Simulation(sc, strategy="follow_pfn_2024").run().passed
+
+
+def test_a_swapped_out_page_comes_back_with_its_contents() -> None:
+    # reclaim writes the page to its swap slot; do_swap_page reads it back
+    # into a new frame (swap_read_folio), so the guest sees what it stored
+    steps = (
+        access("write", 0x1000, value="0x77")
+        + '[[step]]\ndo = "swap_out"\nvma = "ram"\noffset = 0x1000\n'
+        + access("read", 0x1000, expect="{ value = 0x77 }")
+    )
+    assert run(steps)[2] == 0x77
+
+
+def test_an_evicted_file_page_is_read_back_with_its_contents() -> None:
+    # reclaim of a shared file page: written back, dropped from the page
+    # cache; filemap_fault reads it into a new page
+    steps = (
+        access("write", 0x1000, value="0x99")
+        + '[[step]]\ndo = "swap_out"\nvma = "ram"\noffset = 0x1000\n'
+        + access("read", 0x1000, expect="{ value = 0x99 }")
+    )
+    assert run(steps, backing="file", shared="true")[2] == 0x99
