@@ -761,6 +761,12 @@ def add_arguments(p: Any) -> None:
         action="store_true",
         help="demand_paging, trace_off: instructions per fault under callgrind (slow, repeatable)",
     )
+    p.add_argument(
+        "--backend",
+        choices=("model", "kvm"),
+        default="model",
+        help="kvm: demand_paging on this host's /dev/kvm, beside the model (x86_ept)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -778,8 +784,12 @@ def run_bench(args: Any) -> dict[str, Any]:
     args.trace = bool(getattr(args, "tracing", False))
     args.arch_given = args.arch is not None
     args.strategy_given = args.strategy is not None
-    args.arch = args.arch or (RUNS_ARCH if args.workload in ("runs", "explore") else "ppc_radix")
-    args.strategy = args.strategy or "generic_v4_16"
+    kvm = getattr(args, "backend", "model") == "kvm"
+    if kvm and args.workload != "demand_paging":
+        raise UsageError(f"--backend kvm: only --workload demand_paging, not {args.workload}")
+    default_arch = "x86_ept" if kvm or args.workload in ("runs", "explore") else "ppc_radix"
+    args.arch = args.arch or default_arch
+    args.strategy = args.strategy or ("follow_pfn_2024" if kvm else "generic_v4_16")
     args.mem = _size(args.mem, "--mem")
     args.page_size = _size(args.page_size, "--page-size") if args.page_size else None
     if args.vcpus < 1:
@@ -808,6 +818,10 @@ def run_bench(args: Any) -> dict[str, Any]:
                 f"--mem {format_size(args.mem)}: --instructions also runs half of it, "
                 f"which must be a multiple of the page size {format_size(psize)}"
             )
+    if kvm:
+        from kvmsim.realkvm.bench import kvm_demand_paging
+
+        return kvm_demand_paging(args, RUNNERS["demand_paging"])
     return RUNNERS[args.workload](args)
 
 

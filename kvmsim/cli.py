@@ -168,6 +168,12 @@ def cmd_points(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    from kvmsim.realkvm.command import crosscheck_command
+
+    return crosscheck_command(args)
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from kvmsim.scaffold import write_skeleton
 
@@ -221,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_explore)
     pt = sub.add_parser("points", help="list the yield points (race placements)")
     pt.set_defaults(func=cmd_points)
+
+    from kvmsim.realkvm.args import add_arguments as add_crosscheck_arguments
+
+    cc = sub.add_parser(
+        "crosscheck", help="scenarios on this host's /dev/kvm, compared with the model"
+    )
+    add_crosscheck_arguments(cc)
+    cc.set_defaults(func=cmd_crosscheck)
     return p
 
 

@@ -27,7 +27,7 @@ from kvmsim.kvm.memslot import KVM_MEM_READONLY, Memslot
 from kvmsim.kvm.vcpu import guest_access
 from kvmsim.registry import Dispatcher, build_manager, plugin_set
 from kvmsim.scenario import load_scenario, parse_scenario
-from kvmsim.scenario.model import Scenario, StepSpec
+from kvmsim.scenario.model import HOST_WRITE_VALUE, Scenario, StepSpec
 from kvmsim.scenario.sizes import format_size
 from kvmsim.trace import Tracer
 
@@ -70,6 +70,7 @@ class StepReport:
     writable: bool | None = None
     page_size: int | None = None
     value: int | None = None
+    faults: int | None = None  # stage-2 faults the access took
     verdicts: list[str] = field(factory=list)
     expect_failures: list[str] = field(factory=list)
     detail: str = ""
@@ -311,7 +312,8 @@ class Simulation:
                 elif do == "split_thp":
                     events.split_thp(mm, addr())
                 elif do == "host_write":
-                    events.host_write(mm, addr())
+                    value = step.params.get("value", HOST_WRITE_VALUE)
+                    events.host_write(mm, addr(), cast(int, value))
                 elif do == "device_reset":
                     r = self.hooks.hook.device_step(kvm=kvm, step=step)
                     if r is None:
@@ -345,6 +347,7 @@ class Simulation:
         report.outcome = r.outcome
         report.detail = r.detail
         report.value = r.value
+        report.faults = r.faults
         t = r.translation
         if t is not None and t.pfn is not None:
             report.pfn = t.pfn
@@ -457,6 +460,9 @@ class Simulation:
             fails.append(f"page_size: expected {format_size(exp.page_size)}, got {got}")
         if exp.frame is not None:
             self._expect_frame(step, report, exp.frame, fails)
+        if exp.value is not None and report.value != exp.value:
+            got = None if report.value is None else hex(report.value)
+            fails.append(f"value: expected {exp.value:#x}, got {got}")
         if exp.verdicts is not None:
             missing = sorted(set(exp.verdicts) - set(report.verdicts))
             if missing:

@@ -207,6 +207,7 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     )
     new = phys.alloc_pages(order, owner=phys.owner.get(old, "anon"), kind=kind)
     phys.flags[new] = fl
+    phys.copy_contents(old, new, 1 << order)  # migrate_folio copies the data
     hrefs = phys.host_refs.get(old, 0)
     for vma in mm.vmas:
         f = vma.file
@@ -227,13 +228,13 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     return 0
 
 
-def host_write(mm: Mm, hva: int) -> int:
+def host_write(mm: Mm, hva: int, value: int | None = None) -> int:
     """QEMU writes to the page at ``hva``: nothing to do for a present
     writable entry (the CPU sets dirty/accessed); otherwise a user write
     fault (``handle_mm_fault`` with FAULT_FLAG_WRITE|USER, under
     ``mmap_sem`` for read), which COWs the zero page or a private page
-    (start, change_pte, end).  Returns the VM_FAULT_* bits (SIGSEGV with no
-    vma)."""
+    (start, change_pte, end).  With *value*, the 8 bytes at ``hva`` then
+    hold it.  Returns the VM_FAULT_* bits (SIGSEGV with no vma)."""
     mm.mmap_sem.down_read(mm.current)
     try:
         vma = mm.find_vma(hva)
@@ -244,13 +245,26 @@ def host_write(mm: Mm, hva: int) -> int:
             _set_entry(
                 mm, hva & ~((1 << (shift or mm.page_shift)) - 1), shift, e | PTE_DIRTY | PTE_YOUNG
             )
-            return 0
-        ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_WRITE | FAULT_FLAG_USER)
-        if mm.tracer.enabled:
-            mm.tracer.emit("host_write", hva=hva, result=ret)
+            ret = 0
+        else:
+            ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_WRITE | FAULT_FLAG_USER)
+            if mm.tracer.enabled:
+                mm.tracer.emit("host_write", hva=hva, result=ret)
+        if value is not None:
+            _store(mm, hva, value)
         return ret
     finally:
         mm.mmap_sem.up_read(mm.current)
+
+
+def _store(mm: Mm, hva: int, value: int) -> None:
+    """The CPU's store through the (now writable) host PTE at ``hva``."""
+    e, shift = mm.pgtable.find_linux_pte(hva)
+    if e is None or not e & PTE_PRESENT or not e & PTE_WRITE:
+        return  # the fault failed: the process got SIGSEGV/SIGBUS instead
+    ps = mm.page_shift
+    pfn = (e >> PTE_PFN_SHIFT) + ((hva & ((1 << (shift or ps)) - 1)) >> ps)
+    mm.phys.write_word(pfn, hva & ((1 << ps) - 1), value)
 
 
 def split_thp(mm: Mm, hva: int) -> bool:

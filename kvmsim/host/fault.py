@@ -225,6 +225,7 @@ def do_swap_page(mm: Mm, vma: Vma, address: int, flags: int) -> int:
             return VM_FAULT_RETRY | VM_FAULT_MAJOR
     mm.swapcache.discard(vpn)
     page = mm.phys.alloc_pages(0, owner="anon", kind="anon")
+    mm.phys.put_contents(page, mm.swap_slots.pop(vpn, {}))  # swap_read_folio
     entry = (page << PTE_PFN_SHIFT) | vma.page_prot
     if flags & FAULT_FLAG_WRITE:
         entry |= _DY | PTE_WRITE
@@ -271,6 +272,8 @@ def wp_page_copy(mm: Mm, vma: Vma, address: int, pte: int) -> int:
     start = address & ~(ps - 1)
     old = pte >> PTE_PFN_SHIFT
     new = phys.alloc_pages(0, owner="anon", kind="anon")
+    if phys.pfn_valid(old):
+        phys.copy_contents(old, new)  # cow_user_page
     mm.notify_start(start, start + ps)
     entry = (new << PTE_PFN_SHIFT) | vma.page_prot | _DY
     if vma.flags & VM_WRITE:
@@ -436,6 +439,8 @@ def do_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
         if ret & _FAULT_STOP:
             phys.host_put(new)
             return ret
+        if vmf.page is not None:
+            phys.copy_contents(vmf.page, new)  # copy_user_highpage of the file page
         entry = (new << PTE_PFN_SHIFT) | vma.page_prot | _DY
         if vma.flags & VM_WRITE:
             entry |= PTE_WRITE
@@ -511,6 +516,7 @@ def filemap_fault(vmf: VmFault) -> int:
     page = f.cache.get(index)
     if page is None:
         page = phys.alloc_pages(0, owner=f"pagecache:{f.name}", kind="file")
+        phys.put_contents(page, f.disk.pop(index, {}))  # the read from disk
         f.cache[index] = page
     phys.host_get(page)
     vmf.page = page

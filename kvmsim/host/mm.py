@@ -121,6 +121,8 @@ class Mm:
         self.migration_wait = WaitQueue("migration_entry_wait")
         self._next = MMAP_BASE
         self.swapcache: set[int] = set()
+        self.swap_slots: dict[int, dict[int, int]] = {}
+        """what each swapped-out page held, by vpn (its swap slot)"""
         """vpns of swapped-out pages whose read-back I/O has completed."""
 
     # ------------------------------------------------------------------ helpers
@@ -549,6 +551,7 @@ class Mm:
         if pte is not None and pte & PTE_PRESENT and not pte & PTE_SPECIAL:
             self.notify_start(hva, hva + ps)
             self.pgtable.set_pte(hva, PTE_SWAP)
+            self.swap_slots[hva >> self.page_shift] = self.phys.page_contents(_pfn(pte))
             self.phys.host_put(_pfn(pte))
             self.notify_end(hva, hva + ps)
         else:
@@ -581,6 +584,7 @@ class Mm:
                     self.zap_range(v, addr, addr + ps)
                     self.notify_end(addr, addr + ps)
             del f.cache[index]
+            f.disk[index] = self.phys.page_contents(page)  # writeback, then eviction
             self.phys.host_put(page)
         f.needs_io.add(index)
 

@@ -71,6 +71,7 @@ class PhysMem:
         "_ranges",
         "_rc",
         "anomalies",
+        "contents",
         "flags",
         "freed",
         "host_refs",
@@ -118,6 +119,11 @@ class PhysMem:
         self._ranges: list[tuple[int, int, str]] = []  # non-compound allocations: base, n, owner
         self.mmio_ranges: list[tuple[int, int, str]] = []
         self.huge_zero_pfn: int | None = None
+        self.contents: dict[int, int] = {}
+        """what has been stored, by physical byte address (pfn << page_shift |
+        offset): one value per address, as written with its width; a frame
+        never written reads 0 (the allocator hands out zeroed frames here,
+        and never reuses one)."""
         self.refcount.fill(0, kernel_pages, 1)
         self.host_refs.fill(0, kernel_pages, 1)
         self.flags.fill(0, kernel_pages, PG_RESERVED)
@@ -188,6 +194,39 @@ class PhysMem:
             )
             self.flags[self.huge_zero_pfn] &= ~PG_ANON
         return self.huge_zero_pfn
+
+    # ------------------------------------------------------------------ contents
+
+    def read_word(self, pfn: int, offset: int) -> int:
+        """What a load at byte *offset* of frame *pfn* returns (0 if never stored)."""
+        return self.contents.get((pfn << self.page_shift) | offset, 0)
+
+    def write_word(self, pfn: int, offset: int, value: int, width: int = 8) -> None:
+        """A store of *value* (cut to *width* bytes) at byte *offset* of *pfn*."""
+        self.contents[(pfn << self.page_shift) | offset] = value & ((1 << (8 * width)) - 1)
+
+    def page_contents(self, pfn: int) -> dict[int, int]:
+        """Frame *pfn*'s stored words, by offset (what swap-out writes to
+        the swap slot; the frame keeps them, as a freed frame does, for
+        whoever still maps it)."""
+        lo = pfn << self.page_shift
+        hi = lo + (1 << self.page_shift)
+        return {a - lo: v for a, v in self.contents.items() if lo <= a < hi}
+
+    def put_contents(self, pfn: int, words: dict[int, int]) -> None:
+        """Fill frame *pfn* with *words* (swap-in reading the slot back)."""
+        base = pfn << self.page_shift
+        for off, v in words.items():
+            self.contents[base + off] = v
+
+    def copy_contents(self, src: int, dst: int, npages: int = 1) -> None:
+        """``copy_user_highpage`` / ``copy_highpage`` over *npages* frames: the
+        new frames read what the old ones held (COW break, migration)."""
+        shift = self.page_shift
+        lo, hi = src << shift, (src + npages) << shift
+        delta = (dst - src) << shift
+        for addr, v in [(a, v) for a, v in self.contents.items() if lo <= a < hi]:
+            self.contents[addr + delta] = v
 
     def _free(self, head: int, why: str) -> None:
         """``__free_pages``: the page goes back to the allocator (never reused)."""

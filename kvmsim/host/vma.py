@@ -44,6 +44,8 @@ class File:
         ``unmap_mapping_range``.
     :param needs_io: page indexes not yet read from disk: a fault on them
         needs I/O (``FOLL_NOWAIT`` gets VM_FAULT_RETRY).
+    :param disk: what a page evicted from the cache held, by index (written
+        back, or in swap for tmpfs), read into the new page on the next fault.
     """
 
     name: str
@@ -54,6 +56,7 @@ class File:
     cache: dict[int, int] = field(factory=dict)
     mapping: list[Vma] = field(factory=list)
     needs_io: set[int] = field(factory=set)
+    disk: dict[int, dict[int, int]] = field(factory=dict)
     private_data: Any = None
 
 

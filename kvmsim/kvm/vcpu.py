@@ -33,7 +33,9 @@ class AccessResult:
         through stage 2.
     :param faults: how many stage-2 faults the access took.
     :param detail: the handler's last words.
-    :param value: what a load returned from a device, if any.
+    :param value: what a load returned: the page's contents for RAM (0 where
+        nothing was stored: a fresh or zero page), a device's reply for MMIO;
+        ``None`` for a store, or an MMIO load no device answered.
     """
 
     outcome: str
@@ -74,6 +76,13 @@ def guest_access(
                 # a frame with no struct page is I/O: the access is MMIO
                 # performed by the device through the stage-2 mapping
                 return AccessResult(MMIO, t, n, value=None if r is None else r.value)
+            # the access is performed on the frame stage 2 maps (a stale
+            # entry reads and writes the old frame, as the real CPU would)
+            offset = gpa & ((1 << kvm.page_shift) - 1)
+            if op == "read":
+                return AccessResult(MAPPED, t, n, value=kvm.phys.read_word(pfn, offset))
+            if op == "write":
+                kvm.phys.write_word(pfn, offset, value, size)
             return AccessResult(MAPPED, t, n)
         if tr.enabled:
             tr.emit(

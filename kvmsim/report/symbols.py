@@ -29,6 +29,7 @@ MISMATCH_SYMBOLS: Final = {
     "frame": "~f",
     "page_size": "~p",
     "verdicts": "~v",
+    "value": "~d",  # the data a load returned
 }
 
 #: Status -> (marker, meaning, rich style).

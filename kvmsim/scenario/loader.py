@@ -47,6 +47,7 @@ from kvmsim.scenario.model import (
     EXPECT_KEYS,
     FRAME_WORDS,
     KNOWN_STEP_OUTCOMES,
+    MAX_VALUE,
     OPS,
     OUTCOMES,
     PFN_BACKINGS,
@@ -94,7 +95,14 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
             StepKind("migrate", _RANGE, required=("vma",)),
             StepKind("split_thp", _RANGE, required=("vma",)),
-            StepKind("host_write", _RANGE, required=("vma",), default_size=PAGE_SIZE),
+            # value: the 8 bytes stored at the range's first address
+            # (default HOST_WRITE_VALUE, a marker a guest load recognises)
+            StepKind(
+                "host_write",
+                {**_RANGE, "value": int},
+                required=("vma",),
+                default_size=PAGE_SIZE,
+            ),
             # Device-specific keys (source = 3, ...) are not known here.
             StepKind(
                 "device_reset",
@@ -937,6 +945,12 @@ def _step(
     expect = None
     if "expect" in t:
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+        if expect.value is not None and op is not None and op != "read":
+            r.fail(
+                k("expect.value"),
+                f"a {op} returns no value: only a load sees one",
+                "expect.value only with op = 'read'",
+            )
     return StepSpec(
         index=i,
         do=do,
@@ -1011,6 +1025,11 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
         else:
             r.fail(f"{path}.frame", "wrong type", "'host', 'none' or a pfn (integer)", raw)
     page_size = r.size(f"{path}.page_size", t["page_size"]) if "page_size" in t else None
+    value = None
+    if "value" in t:
+        value = r.int_(f"{path}.value", t["value"])
+        if value > MAX_VALUE:
+            r.fail(f"{path}.value", "wider than a load", "an integer below 2**64", value)
     verdicts = None
     if "verdicts" in t:
         raw_list = t["verdicts"]
@@ -1028,6 +1047,12 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             if v in verdicts[:j]:
                 r.fail(f"{path}.verdicts[{j}]", "verdict listed twice", "each verdict once", v)
 
+    if value is not None and outcome is not None and outcome not in ("mapped", "mmio"):
+        r.fail(
+            f"{path}.value",
+            f"an access with outcome {outcome!r} returns no value",
+            "no value unless outcome = 'mapped' or 'mmio'",
+        )
     # Only a mapped access leaves a stage-2 entry to describe.
     if outcome is not None and outcome != "mapped":
         for key in ("writable", "page_size"):
@@ -1051,4 +1076,4 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             "'host' or a pfn with outcome 'mapped'",
             frame,
         )
-    return Expect(outcome, writable, frame, page_size, verdicts)
+    return Expect(outcome, writable, frame, page_size, verdicts, value)

@@ -64,8 +64,12 @@ BACKINGS: Final = (
 #: Backings whose frames are described by ``pfn_kind``.
 PFN_BACKINGS: Final = ("pfnmap_linear", "pfnmap_fault", "mixedmap")
 
-#: vma ``prot`` values (and mprotect steps' ``prot``).
-PROTS: Final = ("r", "rw", "rx", "rwx")
+#: vma ``prot`` values (and mprotect steps' ``prot``); ``none`` is PROT_NONE.
+PROTS: Final = ("r", "rw", "rx", "rwx", "none")
+
+#: What a ``host_write`` step stores at its address when it names no
+#: ``value`` (a marker a guest load can recognise: ASCII "HOSTMARK").
+HOST_WRITE_VALUE: Final = 0x4B52414D54534F48
 
 #: Kinds of frame behind a pfnmap/mixedmap vma (``pfn_kind``).
 PFN_KINDS: Final = ("mmio", "ram", "ram_unrefcounted")
@@ -77,7 +81,10 @@ OPS: Final = ("read", "write", "exec")
 FRAME_WORDS: Final = ("host", "none")
 
 #: The keys of an ``expect`` table.
-EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts")
+EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts", "value")
+
+#: The largest ``expect.value`` (a load is at most 8 bytes wide).
+MAX_VALUE: Final = 2**64 - 1
 
 #: Step keys the loader itself validates and stores in :class:`StepSpec`
 #: attributes.  A :class:`StepKind` may list any of them in ``fields``.
@@ -205,6 +212,7 @@ class Expect:
     frame: str | int | None = None  # "host", "none" or an exact pfn
     page_size: int | None = None  # stage-2 mapping size, bytes
     verdicts: tuple[str, ...] | None = None  # VERDICTS expected to fire
+    value: int | None = None  # what a load returns (page contents or a device's reply)
 
 
 @frozen

@@ -130,6 +130,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "concurrent only: the host actor that runs this step (not vcpu<N>)",
         ),
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
+        "value": (
+            "the host marker",
+            "host_write: the 8-byte value QEMU stores (a load reads it back)",
+        ),
     },
     "access": {
         "ea": ("gpa", "the guest effective address, for MMUs that translate it (HPT)"),
@@ -148,6 +152,7 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             None,
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
+        "value": (None, "a load: the value the guest reads (page contents, a device's reply)"),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -213,7 +218,7 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     props: dict[str, Any] = {"do": {"const": kind.name, **_doc("step", "do")}}
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
-        props[key] = {**base, **(_doc("step", key) or _doc(table, key))}
+        props[key] = {**base, **(_doc(table, key) or _doc("step", key))}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
         props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
@@ -261,6 +266,7 @@ def _expect_schema(keys: Iterable[str] = EXPECT_KEYS) -> dict[str, Any]:
         "frame": {"anyOf": [{"enum": list(FRAME_WORDS)}, {"type": "integer", "minimum": 0}]},
         "page_size": {"$ref": "#/$defs/size"},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
+        "value": {"type": "integer", "minimum": 0},
     }
     return {
         "type": "object",
