@@ -50,6 +50,11 @@ class CheckContext:
             self._mappings = list(self.kvm.hooks.hook.stage2_mappings(kvm=self.kvm) or ())
         return self._mappings
 
+    @property
+    def has_slot_frames(self) -> bool:
+        """:meth:`memslot_frames` was computed (or given)."""
+        return self._slot_frames is not None
+
     def memslot_frames(self) -> Intervals:
         """Every frame the host maps inside some memslot's hva range (what the
         guest may legitimately reach), computed once per step and only when a

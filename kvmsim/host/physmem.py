@@ -81,6 +81,7 @@ class PhysMem:
         "owner",
         "page_shift",
         "page_size",
+        "poisoned",
         "ram_pages",
         "refcount",
         "zero_pfn",
@@ -118,6 +119,8 @@ class PhysMem:
         self._ranges: list[tuple[int, int, str]] = []  # non-compound allocations: base, n, owner
         self.mmio_ranges: list[tuple[int, int, str]] = []
         self.huge_zero_pfn: int | None = None
+        self.poisoned: set[int] = set()
+        """every pfn ``SetPageHWPoison`` was called on (the flag is never cleared)."""
         for pfn in range(kernel_pages):
             self.refcount[pfn] = 1
             self.host_refs[pfn] = 1
@@ -300,6 +303,7 @@ class PhysMem:
     def SetPageHWPoison(self, pfn: int) -> None:
         """``SetPageHWPoison``."""
         self.flags[pfn] = self.flags.get(pfn, 0) | PG_HWPOISON
+        self.poisoned.add(pfn)
 
     def PageDirty(self, pfn: int) -> bool:
         """``PageDirty`` (on the head)."""
