@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmsim import hookimpl
-from kvmsim.checks import CheckContext, frames, stale
+from kvmsim.checks import CheckContext, frames, poison, stale
 from kvmsim.checks.leaves import LeafScan, host_frame, scan_leaf, slot_frames
 from kvmsim.hooktypes import Stage2Mapping
 from kvmsim.host.constants import PTE_PRESENT, PTE_READ, PTE_WRITE
@@ -271,3 +271,34 @@ def test_every_arch_judges_every_base_page(arch: str) -> None:
     assert _names(sim, _leaf(0, 2, pfn, size=page)) >= {"wrong_frame"}
     # a leaf reaching one page past the 2M memslot
     assert "outside_memslot" in _names(sim, _leaf(0x200000 - page, 2, pfn, size=page))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), max_size=4),
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3)), min_size=1, max_size=4),
+)
+def test_poison_checker_matches_the_per_page_walk(
+    poisoned: list[int], leaves: list[tuple[int, int]]
+) -> None:
+    """``poison_mapped`` asks only poisoned frames; the answer is the walk's."""
+    sim, crafted = _sim()
+    phys = sim.kvm.phys
+    huge = phys.alloc_pages(3, owner="t", kind="hugetlb")  # a poisoned head covers 8 pages
+    small = phys.alloc_pages(0, owner="t")
+    base = min(huge, small)
+    for p in poisoned:
+        phys.SetPageHWPoison(base + p)
+    if len(poisoned) > 1:
+        phys.SetPageHWPoison(huge)
+    maps = [_leaf(i * PAGE, 1 << order, base + start) for i, (start, order) in enumerate(leaves)]
+    crafted.maps = maps
+    want = set()
+    for m in maps:
+        for i in range(m.size // PAGE):
+            pfn = m.pfn + i
+            if phys.pfn_valid(pfn) and phys.PageHWPoison(pfn):
+                want.add((m.gpa, pfn))
+                break
+    got = {f.key for f in poison.check(CheckContext(sim.kvm))}
+    assert got == want
