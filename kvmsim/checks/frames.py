@@ -28,14 +28,15 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
             )
         if s.other is not None:
             gpa, s2pfn, hva, host_pfn = s.other
-            yield Finding(
-                "wrong_frame",
-                (gpa, s2pfn),
-                f"stage-2 maps gpa {gpa:#x} to pfn {s2pfn:#x}, "
-                f"the host maps hva {hva:#x} to pfn {host_pfn:#x}",
-            )
+            yield wrong_frame(gpa, s2pfn, f", the host maps hva {hva:#x} to pfn {host_pfn:#x}")
         if s.other_outside is not None:
             yield outside_frame(*s.other_outside)
+
+
+def wrong_frame(gpa: int, s2pfn: int, host: str) -> Finding:
+    """``wrong_frame`` for one base page; ``host`` says what the host maps there."""
+    detail = f"stage-2 maps gpa {gpa:#x} to pfn {s2pfn:#x}{host}"
+    return Finding("wrong_frame", (gpa, s2pfn), detail)
 
 
 def outside_frame(gpa: int, s2pfn: int) -> Finding:

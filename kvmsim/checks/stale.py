@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kvmsim.checks.context import CheckContext, Finding
-from kvmsim.checks.frames import outside_frame
+from kvmsim.checks.frames import outside_frame, wrong_frame
 
 
 def check(ctx: CheckContext) -> Iterator[Finding]:
@@ -30,11 +30,6 @@ def check(ctx: CheckContext) -> Iterator[Finding]:
             )
         if s.nothing is not None:
             gpa, s2pfn, hva = s.nothing
-            yield Finding(
-                "wrong_frame",
-                (gpa, s2pfn),
-                f"stage-2 maps gpa {gpa:#x} to pfn {s2pfn:#x} "
-                f"but the host maps nothing at hva {hva:#x}",
-            )
+            yield wrong_frame(gpa, s2pfn, f" but the host maps nothing at hva {hva:#x}")
         if s.nothing_outside is not None:
             yield outside_frame(*s.nothing_outside)
