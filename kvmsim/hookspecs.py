@@ -254,6 +254,31 @@ def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
 
 
 @hookspec(firstresult=True)
+def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    """List the present stage-2 leaves overlapping a guest physical range.
+
+    Implemented by: arch plugins that report their stage-2 changes; optional.
+    An arch implementing it promises to call ``kvm.stage2_changed(gpa)`` with
+    an address inside every leaf it installs or changes (a removed leaf needs
+    no report), from any path: the checkers then judge after each step only
+    the leaves reported, those over host pages that changed and those an
+    invalidation reached, instead of every leaf.  Without it the checkers
+    judge every leaf after every step (correct, but quadratic in a long run).
+    Called: by the checkers after each step; no lock needed (the simulation
+    is stopped).
+    Models: nothing: it is the checkers' window on the arch's state.
+
+    :param kvm: the VM.
+    :param start: first guest physical address of the range.
+    :param end: first address past the range.
+    :returns: the leaves as :class:`~kvmsim.hooktypes.Stage2Mapping`, in gpa
+        order, each as :func:`stage2_mappings` gives it.
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     """Run a scenario step of a kind the arch added (``step_kinds``), such as
     an HPT ``hcall`` or an x86 ``dirty_log`` round.

@@ -17,6 +17,7 @@ from typing import Any, cast
 from attrs import define, field
 
 from kvmsim.checks import CheckContext, Finding, run_checks
+from kvmsim.checks.incremental import StepChecks
 from kvmsim.cmodel import KernelOops
 from kvmsim.errors import ScenarioError
 from kvmsim.hooktypes import StepResult, unsupported
@@ -421,8 +422,13 @@ class Simulation:
         return RunReport(sc.name, self.arch, self.strategy, steps, verdicts, tr.events, unexpected)
 
     def _check(self, step: StepSpec, report: StepReport, verdicts: list[Verdict]) -> None:
-        ctx = CheckContext(self.kvm, report.outcome, report.detail)
+        checks: StepChecks | None = getattr(self, "_checks", None)
+        if checks is None:
+            checks = self._checks = StepChecks(self.kvm)
+        armed = step.at is not None and step.do != "access"
+        ctx = checks.context(step.do, armed, report.outcome, report.detail)
         findings: list[Finding] = run_checks(ctx)
+        checks.done(ctx)
         last = self.tracer.last()
         for f in findings:
             k = (f.name, f.key)

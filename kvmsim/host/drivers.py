@@ -114,11 +114,16 @@ def remap_pfn_range(mm: Mm, vma: Vma, addr: int, pfn: int, size: int, prot: int)
     vma.flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
     ptes = mm.pgtable.ptes
     shift = mm.page_shift
-    bits = prot | PTE_SPECIAL
-    for i in range((end - addr) >> shift):
-        vpn = (addr >> shift) + i
-        BUG_ON(vpn in ptes, "remap_pte_range: PTE not none")
-        ptes[vpn] = ((pfn + i) << PTE_PFN_SHIFT) | bits
+    n = (end - addr) >> shift
+    BUG_ON(
+        any(True for _ in ptes.items_in(addr >> shift, (addr >> shift) + n)),
+        "remap_pte_range: PTE not none",
+    )
+    # every PTE is set now, as a special PTE; the model builds each PTE
+    # page's array when something first reads it (a 16G BAR costs nothing)
+    ptes.fill_linear(
+        addr >> shift, n, (pfn << PTE_PFN_SHIFT) | prot | PTE_SPECIAL, 1 << PTE_PFN_SHIFT
+    )
     if mm.tracer.enabled:
         mm.tracer.emit(
             "remap_pfn_range", addr=addr, pfn=pfn, size=end - addr, ret=0, vm_pgoff=vma.pgoff

@@ -34,15 +34,22 @@ class PteMap:
     order (callers that care sort anyway).
     """
 
-    __slots__ = ("_big", "_counts", "_regions")
+    __slots__ = ("_big", "_counts", "_lazy", "_regions", "touched")
 
     def __init__(self) -> None:
         self._regions: dict[int, array[int]] = {}
         self._counts: dict[int, int] = {}
         self._big: dict[int, int] = {}
+        self._lazy: dict[int, tuple[int, int, int, int]] = {}
+        """region → (first slot, end slot, pte + 1 at the first, stride):
+        entries :meth:`fill_linear` set that no access has needed yet."""
+        self.touched: set[int] | None = None
+        """vpns written or cleared since a checker last looked (None: not recorded)."""
 
     def get(self, vpn: int, default: int | None = None) -> int | None:
         r = self._regions.get(vpn >> _REGION_SHIFT)
+        if r is None and self._lazy:
+            r = self._materialize(vpn >> _REGION_SHIFT)
         if r is not None:
             v = r[vpn & _REGION_MASK]
             if v:
@@ -61,8 +68,13 @@ class PteMap:
         return self.get(vpn, _MISSING) is not _MISSING  # type: ignore[arg-type]
 
     def __setitem__(self, vpn: int, pte: int) -> None:
+        t = self.touched
+        if t is not None:
+            t.add(vpn)
         ri = vpn >> _REGION_SHIFT
         r = self._regions.get(ri)
+        if r is None and self._lazy:
+            r = self._materialize(ri)
         if r is None:
             r = self._regions[ri] = array("Q", _ZEROS)
             self._counts[ri] = 0
@@ -81,6 +93,8 @@ class PteMap:
     def pop(self, vpn: int, default: object = _MISSING) -> int | None:
         ri = vpn >> _REGION_SHIFT
         r = self._regions.get(ri)
+        if r is None and self._lazy:
+            r = self._materialize(ri)
         old: object = _MISSING
         if r is not None:
             i = vpn & _REGION_MASK
@@ -91,6 +105,8 @@ class PteMap:
             elif self._big and vpn in self._big:
                 old = self._big.pop(vpn)
             if old is not _MISSING:
+                if self.touched is not None:
+                    self.touched.add(vpn)
                 n = self._counts[ri] - 1
                 if n:
                     self._counts[ri] = n
@@ -104,10 +120,48 @@ class PteMap:
         return old  # type: ignore[return-value]
 
     def __len__(self) -> int:
-        return sum(self._counts.values())
+        return sum(self._counts.values()) + sum(b - a for a, b, _, _ in self._lazy.values())
 
     def __bool__(self) -> bool:
-        return bool(self._counts)
+        return bool(self._counts) or bool(self._lazy)
+
+    def fill_linear(self, vpn: int, n: int, pte: int, stride: int) -> None:
+        """Set ``n`` entries from ``vpn``: ``pte``, ``pte + stride``, ...
+        (``remap_pfn_range``'s consecutive frames).  The entries exist at
+        once for every reader, but each region's array is only built when
+        something first reads or writes it, so a 16G linear mapping costs
+        nothing until touched.  The range must hold no entry."""
+        if pte < 0 or pte + n * stride >= _STORABLE:
+            for i in range(n):
+                self[vpn + i] = pte + i * stride
+            return
+        t = self.touched
+        if t is not None:
+            t.update(range(vpn, vpn + n))
+        end = vpn + n
+        while vpn < end:
+            ri = vpn >> _REGION_SHIFT
+            i0 = vpn & _REGION_MASK
+            i1 = min(_REGION_MASK + 1, i0 + end - vpn)
+            if ri in self._regions or ri in self._lazy:
+                # the region has other entries: write these ones now
+                for i in range(i1 - i0):
+                    self[vpn + i] = pte + i * stride
+            else:
+                self._lazy[ri] = (i0, i1, pte + 1, stride)
+            pte += (i1 - i0) * stride
+            vpn += i1 - i0
+
+    def _materialize(self, ri: int) -> array[int] | None:
+        """Build region ``ri``'s array from its :meth:`fill_linear` record."""
+        lz = self._lazy.pop(ri, None)
+        if lz is None:
+            return None
+        i0, i1, first, stride = lz
+        r = self._regions[ri] = array("Q", _ZEROS)
+        r[i0:i1] = array("Q", range(first, first + (i1 - i0) * stride, stride))
+        self._counts[ri] = i1 - i0
+        return r
 
     def items(self) -> Iterator[tuple[int, int]]:
         """(vpn, pte) of every entry, in vpn order."""
@@ -118,16 +172,21 @@ class PteMap:
         no bound), in vpn order; visits only regions that have entries."""
         regions = self._regions
         big = self._big
+        lazy = self._lazy
         if hi < 0:
-            keys = sorted(regions)
+            keys = sorted(regions.keys() | lazy.keys()) if lazy else sorted(regions)
         else:
             rlo, rhi = lo >> _REGION_SHIFT, (hi - 1) >> _REGION_SHIFT
-            if rhi - rlo + 1 <= len(regions):
-                keys = [k for k in range(rlo, rhi + 1) if k in regions]
+            if rhi - rlo + 1 <= len(regions) + len(lazy):
+                keys = [k for k in range(rlo, rhi + 1) if k in regions or k in lazy]
             else:
-                keys = sorted(k for k in regions if rlo <= k <= rhi)
+                keys = sorted(k for k in regions.keys() | lazy.keys() if rlo <= k <= rhi)
         for ri in keys:
-            r = regions[ri]
+            r = regions.get(ri)
+            if r is None:
+                r = self._materialize(ri)
+                if r is None:  # written and emptied since the keys were taken
+                    continue
             base = ri << _REGION_SHIFT
             i0, i1 = 0, _REGION_MASK + 1
             if hi >= 0:
@@ -151,7 +210,7 @@ class PteMap:
 class PageTable:
     """``mm->pgd`` and everything below it."""
 
-    __slots__ = ("huge", "page_shift", "ptes", "shifts")
+    __slots__ = ("huge", "huge_touched", "page_shift", "ptes", "shifts")
 
     def __init__(self, page_shift: int) -> None:
         self.page_shift = page_shift
@@ -161,6 +220,9 @@ class PageTable:
         """shift → (hva >> shift → leaf entry)."""
         self.shifts: list[int] = []
         """shifts with a huge dict, ascending."""
+        self.huge_touched: set[tuple[int, int]] | None = None
+        """``(shift, hva >> shift)`` of huge leaves written or cleared since a
+        checker last looked (None: not recorded); base PTEs: ``ptes.touched``."""
 
     # -- lookups -----------------------------------------------------------------
 
@@ -212,12 +274,16 @@ class PageTable:
             self.shifts.append(shift)
             self.shifts.sort()
         d[hva >> shift] = entry
+        if self.huge_touched is not None:
+            self.huge_touched.add((shift, hva >> shift))
 
     def clear_huge(self, hva: int, shift: int) -> int | None:
         """Clear the huge leaf at ``hva``; returns the old entry."""
         d = self.huge.get(shift)
         if d is None:
             return None
+        if self.huge_touched is not None:
+            self.huge_touched.add((shift, hva >> shift))
         return d.pop(hva >> shift, None)
 
     # -- walks -------------------------------------------------------------------

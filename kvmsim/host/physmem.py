@@ -82,6 +82,7 @@ class PhysMem:
         "owner",
         "page_shift",
         "page_size",
+        "poisoned",
         "ram_pages",
         "refcount",
         "zero_pfn",
@@ -124,6 +125,8 @@ class PhysMem:
         offset): one value per address, as written with its width; a frame
         never written reads 0 (the allocator hands out zeroed frames here,
         and never reuses one)."""
+        self.poisoned: set[int] = set()
+        """every pfn ``SetPageHWPoison`` was called on (the flag is never cleared)."""
         self.refcount.fill(0, kernel_pages, 1)
         self.host_refs.fill(0, kernel_pages, 1)
         self.flags.fill(0, kernel_pages, PG_RESERVED)
@@ -338,6 +341,7 @@ class PhysMem:
     def SetPageHWPoison(self, pfn: int) -> None:
         """``SetPageHWPoison``."""
         self.flags[pfn] = self.flags.get(pfn, 0) | PG_HWPOISON
+        self.poisoned.add(pfn)
 
     def PageDirty(self, pfn: int) -> bool:
         """``PageDirty`` (on the head)."""

@@ -96,6 +96,9 @@ class Kvm:
         # (seq after the invalidation ended, start, end): the stale-mapping
         # checker compares entries' mmu_seq against it.
         self.invalidations: list[tuple[int, int, int]] = []
+        # gpas inside stage-2 leaves the arch installed or changed since the
+        # checkers last looked (None: nobody looks, nothing is recorded)
+        self.stage2_dirty: list[int] | None = None
         self.arch: Any = None
         self.devices: dict[str, Any] = {}
         self.nr_vcpus = 1
@@ -110,6 +113,13 @@ class Kvm:
         mm = self.mm
         if mm.race_points or mm.sched is not None:
             mm.fire_point(name)
+
+    def stage2_changed(self, gpa: int) -> None:
+        """The arch installed or changed the stage-2 leaf covering ``gpa``
+        (see the ``stage2_mappings_in`` hook): the checkers judge it again."""
+        d = self.stage2_dirty
+        if d is not None:
+            d.append(gpa)
 
     def mmu_notifier_retry(self, mmu_seq: int) -> bool:
         """``mmu_notifier_retry``: an invalidation is running, or one ended

@@ -144,6 +144,25 @@ _VMA_KEYS: Final = (
     "fault_retry",
 )
 _MEMSLOT_KEYS: Final = ("gpa", "vma", "offset", "size", "readonly")
+
+# Limits on what a scenario makes the model simulate, checked before any
+# set-up work so that a typo (size = "64T") is one clear error, not minutes
+# of work and a MemoryError.  docs/performance.md ("Scenario limits") lists them.
+MAX_VMA_TOTAL: Final = 64 << 30
+"""All vmas together: the host address space the model lays out (a
+``pfnmap_linear`` BAR costs a record per 512 pages until touched)."""
+MAX_RAM_TOTAL: Final = 8 << 30
+"""Vmas whose pages are RAM frames the model allocates (anon, shmem, file,
+hugetlbfs, and PFN backings with ``pfn_kind`` ram*): half the simulated RAM
+with 4K base pages (4M frames), leaving room for COW and migration copies."""
+MAX_POPULATE_TOTAL: Final = 1 << 30
+"""Bytes ``populate = true`` faults in page by page at set-up (hugetlbfs
+excluded: it populates whole huge pages)."""
+MAX_GPA: Final = 1 << 52
+"""The largest guest physical address space modelled (POWER9 radix: 52 bits)."""
+ACCESS_WIDTHS: Final = (1, 2, 4, 8)
+"""Access sizes in bytes: what KVM's MMIO exit carries (``kvm_run.mmio.data``
+is 8 bytes on every arch) and what the modelled loads and stores use."""
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_GOT: Final = 60
@@ -645,10 +664,35 @@ def _vmas(
     declared: Collection[str],
 ) -> dict[str, VmaSpec]:
     vmas: dict[str, VmaSpec] = {}
+    totals = {"all": 0, "ram": 0, "populate": 0}
     for i, t in enumerate(tables):
         spec = _vma(r, f"vma[{i}]", t, available, declared, vmas)
         vmas[spec.name] = spec
+        _vma_limits(r, f"vma[{i}]", spec, totals)
     return vmas
+
+
+def _vma_limits(r: _Reader, path: str, v: VmaSpec, totals: dict[str, int]) -> None:
+    """Refuse the vma that takes the scenario over a simulated-memory limit."""
+    ram = v.backing in ("anon", "shmem", "file", "hugetlbfs") or (
+        v.backing in PFN_BACKINGS and v.pfn_kind != "mmio"
+    )
+    populate = v.populate and v.backing != "hugetlbfs"
+    for what, counts, limit, key, words in (
+        ("all", True, MAX_VMA_TOTAL, "size", "of vmas"),
+        ("ram", ram, MAX_RAM_TOTAL, "size", "of RAM-backed vmas"),
+        ("populate", populate, MAX_POPULATE_TOTAL, "populate", "populated at set-up"),
+    ):
+        if not counts:
+            continue
+        totals[what] += v.size
+        if totals[what] > limit:
+            r.fail(
+                _join(path, key),
+                f"the scenario would simulate {format_size(totals[what])} {words}, "
+                f"over kvmsim's limit of {format_size(limit)}",
+                f"at most {format_size(limit)} {words} in one scenario",
+            )
 
 
 def _vma(
@@ -816,6 +860,13 @@ def _memslots(
         gpa = r.int_(f"{path}.gpa", t["gpa"], align=PAGE_SIZE)
         vma = _vma_ref(r, f"{path}.vma", t["vma"], vmas)
         offset, size = _range(r, path, t, vma, None)
+        if gpa + size > MAX_GPA:
+            r.fail(
+                f"{path}.gpa",
+                f"guest range {hex(gpa)}+{format_size(size)} ends past the largest modelled "
+                f"guest physical address space ({format_size(MAX_GPA)}, 52 bits)",
+                f"gpa + size <= {hex(MAX_GPA)}",
+            )
         readonly = r.bool_(f"{path}.readonly", t.get("readonly", False))
         for other in slots:
             if gpa < other.gpa + other.size and other.gpa < gpa + size:
@@ -941,6 +992,8 @@ def _step(
         params[key] = value
     if do == "device_reset":
         _reset_params(r, path, params, device_kinds)
+    elif do == "access":
+        _access_params(r, path, params)
 
     expect = None
     if "expect" in t:
@@ -966,6 +1019,31 @@ def _step(
         params=params,
         actor=actor,
     )
+
+
+def _access_params(r: _Reader, path: str, params: Mapping[str, object]) -> None:
+    """An access's ``width`` (one of :data:`ACCESS_WIDTHS`), the ``value`` a
+    store writes (fits in ``width`` bytes) and ``ea`` (an address)."""
+    width = params.get("width", 8)
+    if width not in ACCESS_WIDTHS:
+        r.fail(
+            _join(path, "width"),
+            "not an access size",
+            f"one of {', '.join(map(str, ACCESS_WIDTHS))} (bytes)",
+            width,
+        )
+    assert isinstance(width, int)
+    value = params.get("value", 0)
+    assert isinstance(value, int)
+    if not 0 <= value < 1 << (8 * width):
+        r.fail(
+            _join(path, "value"),
+            f"does not fit in {width} byte(s)",
+            f"an integer from 0 to {hex((1 << (8 * width)) - 1)}",
+            value,
+        )
+    if "ea" in params:
+        r.int_(_join(path, "ea"), params["ea"])
 
 
 def _reset_params(

@@ -74,6 +74,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     HPTE_R_G,
     HPTE_R_I,
     HPTE_R_M,
+    PAGE_SIZES,
     wimg_bits,
 )
 
@@ -92,7 +93,6 @@ if TYPE_CHECKING:
 NAME = "ppc_hpt"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
 VERSIONS = ("v4.15", "v4.16", "v5.7", "v6.13")
-PAGE_SIZES = (1 << 16, 1 << 24)
 
 HCALL_STEP = StepKind(
     "hcall",
@@ -255,6 +255,12 @@ def notifier_change_pte(kvm: Kvm, hva: int, pte: int) -> None:
 def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
     st: HptState = kvm.arch
     return st.mappings()
+
+
+@hookimpl
+def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    st: HptState = kvm.arch
+    return st.mappings_in(start, end)
 
 
 @hookimpl

@@ -392,6 +392,7 @@ def install(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     st.r[index] = r
     st.seqs[index] = mmu_seq
     st.unlock_hpte(index, hpte0)
+    kvm.stage2_changed(gfn << kvm.page_shift)
     if tr.enabled:
         tr.emit(
             "hpt_install",

@@ -174,6 +174,7 @@ def do_h_enter(
         return H_PTEG_FULL, -1
     st.lock_hpte(pte_index, task)
     st.guest_rpte[pte_index] = g_ptel
+    st.by_gpa.setdefault(gpa, set()).add(pte_index)
     if pteh & HPTE_V_VALID:
         assert rmap_gfn is not None
         st.lock_rmap(rmap_gfn, task)
@@ -191,6 +192,7 @@ def do_h_enter(
             st.seqs[pte_index] = mmu_seq
     st.r[pte_index] = ptel
     st.unlock_hpte(pte_index, pteh)
+    kvm.stage2_changed(gpa)
     if tr.enabled:
         tr.emit(
             "kvmppc_do_h_enter",

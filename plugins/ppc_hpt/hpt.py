@@ -42,6 +42,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     KVMPPC_RMAP_PRESENT,
     KVMPPC_RMAP_RC_SHIFT,
     KVMPPC_RMAP_REFERENCED,
+    PAGE_SIZES,
     SID_SHIFT,
     SLB_BASE_PAGE_SHIFT,
     SLB_VSID_B,
@@ -108,6 +109,7 @@ class HptState:
     __slots__ = (
         "back",
         "bolted",
+        "by_gpa",
         "dsi_queued",
         "entered",
         "forw",
@@ -143,6 +145,9 @@ class HptState:
         self.back: dict[int, int] = {}
         self.rmap: dict[int, int] = {}
         self.seqs: dict[int, int] = {}  # index → mmu_seq of the code that made it valid
+        # guest real address an H_ENTER gave → the indices entered there (for
+        # the checkers' range lookups; an index's current entry is re-read)
+        self.by_gpa: dict[int, set[int]] = {}
         self.hpte_locks: dict[int, str] = {}
         self.rmap_locks: dict[int, str] = {}
         self.seg_shift: dict[int, int] = {}  # ESID → base page shift (guest SLB model)
@@ -443,26 +448,44 @@ class HptState:
         """One :class:`Stage2Mapping` per valid HPTE: the guest real address
         the guest asked for, the host frame KVM put in, PP and WIMG as they
         stand."""
-        out = []
-        ps = self.page_shift
-        for index, v in self.v.items():
-            if not v & HPTE_V_VALID:
-                continue
-            r = self.r.get(index, 0)
-            gr = self.guest_rpte.get(index, 0)
-            psize = actual_pgsz(v, gr)
-            out.append(
-                Stage2Mapping(
-                    gpa=hpte_rpn(gr, psize, ps) << ps,
-                    size=psize,
-                    pfn=hpte_rpn(r, psize, ps),
-                    writable=hpte_is_writable(r),
-                    noncached=bool(r & HPTE_R_I),
-                    mmu_seq=self.seqs.get(index, -1),
-                )
-            )
+        out = [m for m in map(self._mapping, self.v) if m is not None]
         out.sort(key=lambda m: m.gpa)
         return out
+
+    def mappings_in(self, start: int, end: int) -> list[Stage2Mapping]:
+        """The valid HPTEs whose guest page overlaps ``[start, end)``."""
+        by_gpa = self.by_gpa
+        bases: set[int] = set()
+        for psize in PAGE_SIZES:
+            lo = start & ~(psize - 1)
+            if (end - lo) // psize > len(by_gpa):
+                bases.update(b for b in by_gpa if lo <= b < end)
+            else:
+                bases.update(b for b in range(lo, end, psize) if b in by_gpa)
+        out = []
+        for base in sorted(bases):
+            for index in sorted(by_gpa[base]):
+                m = self._mapping(index)
+                if m is not None and m.gpa < end and start < m.gpa + m.size:
+                    out.append(m)
+        return out
+
+    def _mapping(self, index: int) -> Stage2Mapping | None:
+        v = self.v.get(index, 0)
+        if not v & HPTE_V_VALID:
+            return None
+        r = self.r.get(index, 0)
+        gr = self.guest_rpte.get(index, 0)
+        psize = actual_pgsz(v, gr)
+        ps = self.page_shift
+        return Stage2Mapping(
+            gpa=hpte_rpn(gr, psize, ps) << ps,
+            size=psize,
+            pfn=hpte_rpn(r, psize, ps),
+            writable=hpte_is_writable(r),
+            noncached=bool(r & HPTE_R_I),
+            mmu_seq=self.seqs.get(index, -1),
+        )
 
 
 def read_update_linux_pte(kvm: Kvm, hva: int, writing: bool) -> int:

@@ -102,6 +102,10 @@ PPC_MAX_HPT_ORDER: Final = 46
 HPTES_PER_GROUP: Final = 8
 
 
+PAGE_SIZES = (1 << 16, 1 << 24)
+"""The HPTE page sizes the model enters: 64K (the base page) and 16M."""
+
+
 def hpte_page_shifts(v: int, r: int) -> int:
     """``kvmppc_hpte_page_shifts``: the LP decoding of POWER7/8/9.  Returns
     the shift, or ``(actual << 8) + base`` for mixed page sizes, or 0."""

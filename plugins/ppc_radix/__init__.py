@@ -98,3 +98,8 @@ def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
 @hookimpl
 def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
     return mmu.mappings(kvm)
+
+
+@hookimpl
+def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    return mmu.mappings_in(kvm, start, end)

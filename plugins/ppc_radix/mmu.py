@@ -54,6 +54,7 @@ from kvmsim.host.constants import (
     PTE_WRITE,
     PTE_YOUNG,
 )
+from kvmsim.kvm.tables import leaves_in
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -196,6 +197,7 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         if ret == _SAME:  # v4.17: "someone else set the same thing": 0, nothing written
             ret = 0
         if installed:
+            kvm.stage2_changed(gpa)
             leaf_shift = (tree.page_shift, PMD_SHIFT, PUD_SHIFT)[level]
             tree.seqs[gpa & ~((1 << leaf_shift) - 1)] = mmu_seq
             if level == 0:
@@ -407,16 +409,27 @@ def _next_populated(tree: RadixTree, gpa: int) -> int:
 
 def mappings(kvm: Kvm) -> list[Stage2Mapping]:
     """Every present leaf, for the checkers."""
-    st: RadixState = kvm.arch
-    tree = st.tree
+    tree = kvm.arch.tree
+    return [_mapping(tree, gpa, shift, pte) for gpa, shift, pte in tree.leaves()]
+
+
+def mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    """The present leaves overlapping ``[start, end)``, for the checkers."""
+    tree = kvm.arch.tree
+    shifts = (PGD_SHIFT, PUD_SHIFT, PMD_SHIFT, tree.page_shift)
     return [
-        Stage2Mapping(
-            gpa=gpa,
-            size=1 << shift,
-            pfn=pte >> PTE_PFN_SHIFT,
-            writable=bool(pte & PTE_WRITE),
-            noncached=bool(pte & PTE_NONCACHED),
-            mmu_seq=tree.seqs.get(gpa, -1),
-        )
-        for gpa, shift, pte in tree.leaves()
+        _mapping(tree, gpa, shift, pte)
+        for gpa, shift, pte in leaves_in(tree.pgd, shifts, start, end)
+        if pte & PTE_PRESENT
     ]
+
+
+def _mapping(tree: RadixTree, gpa: int, shift: int, pte: int) -> Stage2Mapping:
+    return Stage2Mapping(
+        gpa=gpa,
+        size=1 << shift,
+        pfn=pte >> PTE_PFN_SHIFT,
+        writable=bool(pte & PTE_WRITE),
+        noncached=bool(pte & PTE_NONCACHED),
+        mmu_seq=tree.seqs.get(gpa, -1),
+    )

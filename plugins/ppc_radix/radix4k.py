@@ -19,6 +19,7 @@ from kvmsim_plugins.ppc_radix import (
     notifier_age,
     notifier_invalidate,
     stage2_mappings,
+    stage2_mappings_in,
     translate,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "notifier_age",
     "notifier_invalidate",
     "stage2_mappings",
+    "stage2_mappings_in",
     "translate",
 ]
 

@@ -75,6 +75,11 @@ def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
 
 
 @hookimpl
+def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    return ept.mappings_in(kvm, start, end)
+
+
+@hookimpl
 def step_kinds() -> list[StepKind]:
     return list(steps.STEP_KINDS)
 

@@ -459,21 +459,34 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
 def mappings(kvm: Kvm) -> list[Stage2Mapping]:
     """Every present leaf (MMIO SPTEs are not mappings), for the checkers."""
     st: EptState = kvm.arch
+    return [
+        _mapping(st, gpa, level, spte)
+        for gpa, level, spte in st.leaves()
+        if is_shadow_present_pte(spte)
+    ]
+
+
+def mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    """The present leaves overlapping ``[start, end)``, for the checkers."""
+    st: EptState = kvm.arch
     out = []
-    for gpa, level, spte in st.leaves():
-        if not is_shadow_present_pte(spte):
-            continue
-        out.append(
-            Stage2Mapping(
-                gpa=gpa,
-                size=1 << level_shift(level),
-                pfn=spte_to_pfn(spte),
-                writable=bool(spte & EPT_W),
-                noncached=(spte & EPT_MT_MASK) >> EPT_MT_SHIFT == MTRR_TYPE_UNCACHABLE,
-                mmu_seq=st.seqs.get(gpa, -1),
-            )
-        )
+    for table, idx, level, gpa in st.leaves_in(start, end):
+        spte = table[idx]
+        assert isinstance(spte, int)
+        if is_shadow_present_pte(spte):
+            out.append(_mapping(st, gpa, level, spte))
     return out
+
+
+def _mapping(st: EptState, gpa: int, level: int, spte: int) -> Stage2Mapping:
+    return Stage2Mapping(
+        gpa=gpa,
+        size=1 << level_shift(level),
+        pfn=spte_to_pfn(spte),
+        writable=bool(spte & EPT_W),
+        noncached=(spte & EPT_MT_MASK) >> EPT_MT_SHIFT == MTRR_TYPE_UNCACHABLE,
+        mmu_seq=st.seqs.get(gpa, -1),
+    )
 
 
 def age_hva_range(kvm: Kvm, start: int, end: int) -> int:

@@ -514,6 +514,7 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
         if new != spte and is_access_allowed(error_code, new):
             # fast_pf_fix_direct_spte: cmpxchg, then mark the gfn dirty
             table[idx] = new
+            kvm.stage2_changed(gpa)
             kvm.arch.hits.pop(spte, None)
             if new & EPT_W and not spte & EPT_W:
                 mark_page_dirty(kvm, (gpa >> LEVEL_SHIFT[lvl]) << (LEVEL_SHIFT[lvl] - 12))
@@ -622,6 +623,7 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     flags = pte & ((1 << SPTE_PFN_SHIFT) - 1)
     gfn = gpa >> 12
     kvm_level = level + 1
+    kvm.stage2_changed(gpa)  # whatever this installs covers gpa
     kvm.mmu_lock.lock(task)
     try:
         if kvm.arch.version == "v5.13":

@@ -396,6 +396,11 @@ class XiveDevice:
             self.trigger(kvm, irq, xd)
 
 
+MODEL_MAX_SOURCES = 1 << 16
+"""Sources one simulated device may have: each is set up eagerly, so more
+would cost seconds before the first step (a documented model limit)."""
+
+
 def create(kvm: Kvm, spec: DeviceSpec, where: str) -> XiveDevice:
     """KVM_CREATE_DEVICE plus the set-up QEMU and the guest do before the
     scenario starts: ``sources`` sources (KVM_DEV_XIVE_GRP_SOURCE) each with
@@ -404,6 +409,14 @@ def create(kvm: Kvm, spec: DeviceSpec, where: str) -> XiveDevice:
     ``masked``, enabled by the guest (PQ = 00; QEMU and set_source leave it
     at 01).  ``trigger_page = false`` models firmware giving no trigger page."""
     sources = _int(spec, "sources", 16, where, lo=1, hi=KVMPPC_XIVE_NR_IRQS)
+    if sources > MODEL_MAX_SOURCES:
+        raise ScenarioError(
+            f"the model sets every source up at once (an IPI and its ESB pair each) and "
+            f"simulates at most {MODEL_MAX_SOURCES}; the kernel accepts {KVMPPC_XIVE_NR_IRQS}",
+            key=f"{where}.sources",
+            expected=f"an integer in 1..{MODEL_MAX_SOURCES}",
+            got=sources,
+        )
     priority = _int(spec, "priority", 6, where, lo=0, hi=7)
     server = _int(spec, "server", 0, where, lo=0, hi=1 << 16)
     masked = _bool(spec, "masked", False, where)

@@ -23,6 +23,7 @@ PUBLIC = {
     "kvmsim.errors",
     "kvmsim.cmodel",
     "kvmsim.kvm.pfn",
+    "kvmsim.kvm.tables",
     "kvmsim.host",
     "kvmsim.host.constants",
     "kvmsim.host.pte",

@@ -769,3 +769,89 @@ def test_long_values_are_cut_short_in_errors() -> None:
 def test_odd_step_key_is_quoted_in_the_key_path() -> None:
     # found by the fuzz test: the raw newline used to break the one-line error
     bad(HEAD + RAM + table("step", do='"munmap"', vma='"ram"', **{'"\\n"': "0"}), 'step[0]."\\n"')
+
+
+# ---- values the model cannot simulate (issue 22 item 13) -------------------
+
+
+def access(**kv: str) -> str:
+    keys = {"do": '"access"', "gpa": "0x1000", "op": '"write"', **kv}
+    return table("step", **keys)
+
+
+@pytest.mark.parametrize("width", ["-2", "0", "3", "16", "1073741826"])
+def test_access_width_is_an_mmio_size(width: str) -> None:
+    # kvm_run.mmio.data is 8 bytes: loads and stores of 1, 2, 4 or 8 bytes
+    err = bad(HEAD + RAM + SLOT + access(width=width), "step[0].width", says="access size")
+    assert err.expected is not None and "1, 2, 4, 8" in err.expected
+
+
+@pytest.mark.parametrize("width", ["1", "2", "4", "8"])
+def test_access_widths_accepted(width: str) -> None:
+    sc = parse_scenario(HEAD + RAM + SLOT + access(width=width), FILE)
+    assert sc.steps[0].params["width"] == int(width)
+
+
+@pytest.mark.parametrize(("width", "value"), [("1", "256"), ("2", "-1"), ("8", "-5")])
+def test_store_value_fits_its_width(width: str, value: str) -> None:
+    bad(HEAD + RAM + SLOT + access(width=width, value=value), "step[0].value", says="fit")
+
+
+def test_store_value_at_the_top_of_its_width_is_accepted() -> None:
+    sc = parse_scenario(HEAD + RAM + SLOT + access(width="2", value="0xffff"), FILE)
+    assert sc.steps[0].params["value"] == 0xFFFF
+
+
+def test_negative_ea_is_refused() -> None:
+    bad(HEAD + RAM + SLOT + access(ea="-4096"), "step[0].ea", says="negative")
+
+
+def test_vma_of_2_pow_64_bytes_is_over_the_address_space_limit() -> None:
+    err = bad(HEAD + vma(size=str(2**64)), "vma[0].size", says="64G of vmas")
+    assert "limit" in err.message
+
+
+def test_vmas_over_the_limit_together_name_the_one_that_crosses_it() -> None:
+    text = HEAD + vma(name='"a"', size='"40G"', backing='"pfnmap_linear"')
+    text += vma(name='"b"', size='"40G"', backing='"pfnmap_linear"')
+    bad(text, "vma[1].size", says="80G of vmas")
+
+
+def test_a_16g_pfnmap_linear_bar_is_accepted() -> None:
+    # MMIO frames cost no simulated RAM and its PTEs are built when touched
+    sc = parse_scenario(HEAD + vma(size='"16G"', backing='"pfnmap_linear"'), FILE)
+    assert sc.vmas[0].size == 16 << 30
+
+
+@pytest.mark.parametrize(
+    "kv",
+    [
+        {"size": '"16G"'},
+        {"size": '"16G"', "backing": '"pfnmap_linear"', "pfn_kind": '"ram"'},
+        {"size": '"16G"', "backing": '"hugetlbfs"', "huge": '"1G"'},
+    ],
+)
+def test_ram_backed_vmas_over_the_simulated_ram_limit(kv: dict[str, str]) -> None:
+    bad(HEAD + vma(**kv), "vma[0].size", says="of RAM-backed vmas")
+
+
+def test_populating_more_than_the_limit_is_refused() -> None:
+    bad(HEAD + vma(size='"2G"', populate="true"), "vma[0].populate", says="populated")
+    # hugetlbfs populates whole huge pages: not limited
+    sc = parse_scenario(
+        HEAD + vma(size='"2G"', backing='"hugetlbfs"', huge='"1G"', populate="true"), FILE
+    )
+    assert sc.vmas[0].populate
+
+
+def test_memslot_past_the_guest_physical_address_space() -> None:
+    slot = table("memslot", gpa=hex((1 << 52) - 0x1000), vma='"ram"', size='"8K"')
+    bad(HEAD + RAM + slot, "memslot[0].gpa", says="52 bits")
+
+
+def test_limits_are_checked_by_kvmsim_run_before_any_work(tmp_path: Path) -> None:
+    from kvmsim.cli import main
+
+    f = tmp_path / "big.toml"
+    f.write_text(HEAD + 'arch = "ppc_radix"\n' + vma(size='"64G"', populate="true") + SLOT)
+    assert main(["run", str(f), "--strategy", "generic_v4_16"]) == 2

@@ -1,17 +1,24 @@
-"""Whatever the input, the loader returns a Scenario or raises ScenarioError."""
+"""Whatever the input, the loader returns a Scenario or raises ScenarioError;
+whatever a mutated builtin scenario holds, ``kvmsim run`` ends in a verdict or
+one clean error."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import io
 import math
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from kvmsim.cli import main
 from kvmsim.errors import ScenarioError
 from kvmsim.scenario import (
     BACKINGS,
@@ -25,6 +32,7 @@ from kvmsim.scenario import (
     DeviceKind,
     Scenario,
     StepKind,
+    library,
     parse_scenario,
 )
 
@@ -292,3 +300,151 @@ def test_the_mutation_base_is_valid() -> None:
     # If the base stopped loading, the mutation strategy would only test errors.
     text = to_toml(EXAMPLE, headers=False)
     assert parse_scenario(text, SOURCE, devices=["xive"]).name == EXAMPLE["name"]
+
+
+# ---- builtin scenarios, mutated, through `kvmsim run` (issue 22 item 16) ----
+#
+# The same code path as the command line: kvmsim.cli.main in-process, on a
+# file.  Every run must end in a verdict (exit 0 or 1) or one clean error
+# (exit 2); exit 3 (an internal error) or an escaping exception is a bug.
+# benchmarks/fuzz_scenarios.py runs these strategies 10,000 times.
+
+LIBRARY = sorted((Path(library.__file__).parent).glob("*.toml"))
+LIBRARY_TEXTS = [(p.stem, p.read_text(encoding="utf-8")) for p in LIBRARY]
+BOUNDARY_INTS = [
+    2**63 - 1,
+    -(2**63),
+    2**62,
+    2**52,
+    2**40,
+    2**32 + 2,
+    1073741826,
+    10**18,
+    4097,
+    3,
+    1,
+    0,
+    -1,
+    -2,
+    -4096,
+]
+wrong_values = st.one_of(
+    st.sampled_from(BOUNDARY_INTS),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from(WORDS),
+    st.text(max_size=10),
+    st.booleans(),
+    st.floats(),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.dictionaries(st.sampled_from(KEYS), st.integers(-5, 5), max_size=2),
+)
+
+
+def numbers_like(old: int) -> st.SearchStrategy[int]:
+    """Another integer for a slot holding ``old``: boundary values, small
+    ones, and page-aligned ones (so that addresses and sizes get past the
+    alignment checks and reach the runner)."""
+    return st.one_of(
+        st.sampled_from(BOUNDARY_INTS),
+        st.integers(-4, 64),
+        st.integers(-4, 1 << 24).map(lambda n: n * 4096),
+        st.integers(0, 64).map(lambda n: old * n),
+    )
+
+
+RUN_STRATEGIES = ["generic_v4_16", "ppc_original", "paolo_refactor", "follow_pfn_2024"]
+RUN_ARCHES = [None, None, "ppc_radix", "ppc_hpt", "x86_ept", "ppc_radix_4k"]
+
+
+def _nest(value: Any, depth: int, arrays: bool) -> Any:
+    for _ in range(depth):
+        value = [value] if arrays else {"n": value}
+    return value
+
+
+@st.composite
+def mutated_library(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A builtin scenario with 1-4 mutations of its document (a value of the
+    wrong type, a huge or negative number, an unknown key, a deletion, a
+    value nested deep), then maybe truncated, with binary junk inserted, or
+    behind a line of arrays nested thousands deep."""
+    name, text = draw(st.sampled_from(LIBRARY_TEXTS))
+    doc = tomllib.loads(text)
+    for _ in range(draw(st.integers(1, 4))):
+        slots = _slots(doc)
+        if not slots:
+            break
+        numbers = [(c, k) for c, k in slots if type(c[k]) is int]
+        action = draw(st.sampled_from(["number", "number", "replace", "delete", "add", "nest"]))
+        if action == "number" and numbers:
+            # the same type, another value: what reaches the runner
+            container, k = numbers[draw(st.integers(0, len(numbers) - 1))]
+            container[k] = draw(numbers_like(container[k]))
+            continue
+        container, k = slots[draw(st.integers(0, len(slots) - 1))]
+        if action in ("replace", "number"):
+            container[k] = draw(wrong_values)
+        elif action == "delete":
+            del container[k]
+        elif action == "add":
+            if isinstance(container, dict):
+                container[draw(keys)] = draw(wrong_values)
+            else:
+                container.append(draw(wrong_values))
+        else:
+            depth = draw(st.sampled_from([2, 10, 60, 120]))
+            container[k] = _nest(container[k], depth, draw(st.booleans()))
+    out = to_toml(doc, headers=draw(st.booleans())).encode("utf-8")
+    damage = draw(st.sampled_from(["none"] * 6 + ["truncate", "junk", "deep"]))
+    if damage == "deep":  # deeper than the writer recurses: arrays as text
+        depth = draw(st.sampled_from([500, 5000]))
+        out = b"deep = " + b"[" * depth + b"]" * depth + b"\n" + out
+    elif damage == "truncate":
+        out = out[: draw(st.integers(0, len(out)))]
+    elif damage == "junk":
+        at = draw(st.integers(0, len(out)))
+        out = out[:at] + draw(st.binary(min_size=1, max_size=40)) + out[at:]
+    return name, out
+
+
+fuzz_runs = st.tuples(
+    mutated_library(), st.sampled_from(RUN_STRATEGIES), st.sampled_from(RUN_ARCHES)
+)
+
+
+def run_fuzzed(case: tuple[tuple[str, bytes], str, str | None], path: Path) -> tuple[int, str]:
+    """Run one fuzzed case as ``kvmsim run FILE --strategy S [--arch A]``
+    does, in-process; returns the exit status (99: an exception escaped
+    main) and what it wrote to stderr."""
+    (_, data), strategy, arch = case
+    path.write_bytes(data)
+    argv = ["run", str(path), "--strategy", strategy]
+    if arch is not None:
+        argv += ["--arch", arch]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = main(argv)
+    except SystemExit as exc:  # argparse
+        rc = exc.code if isinstance(exc.code, int) else 2
+    except BaseException as exc:  # what escaped is the finding
+        return 99, f"{type(exc).__name__}: {exc}"
+    return rc, err.getvalue()
+
+
+RUN_BOUND_S = 30.0  # a hang guard, not a performance target (see the benchmark)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(fuzz_runs)
+def test_kvmsim_run_on_mutated_builtin_scenarios(
+    tmp_path_factory: pytest.TempPathFactory, case: Any
+) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "fuzzed.toml"
+    t0 = time.perf_counter()
+    rc, err = run_fuzzed(case, path)
+    took = time.perf_counter() - t0
+    assert rc in (0, 1, 2), f"exit {rc} on a mutation of {case[0][0]}: {err}"
+    if rc == 2:
+        assert err.count("\n") == 1 and err.startswith("kvmsim: error: "), err
+    assert took < RUN_BOUND_S, f"{took:.1f} s on a mutation of {case[0][0]}"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmsim.cmodel import EAGAIN, EFAULT, KernelOops
 from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
+from kvmsim.kvm.tables import leaves_in
 from kvmsim_arm64.desc import (
     AF,
     DESC_VALID,
@@ -165,6 +166,7 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
             base = gpa & ~((1 << shift) - 1)
         if ret == 0:
             st.seqs[base] = mmu_seq
+            kvm.stage2_changed(base)
         if tr.enabled:
             tr.emit(
                 "stage2_set_pmd_huge" if level else "stage2_set_pte",
@@ -363,6 +365,13 @@ def mappings(kvm: Kvm) -> list[Stage2Mapping]:
             for i3, d in sorted(e2.items()):
                 out.append(_mapping(st, base2 | (i3 << L3_SHIFT), L3_SHIFT, d))
     return out
+
+
+def mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
+    """The valid leaves overlapping ``[start, end)``, for the checkers."""
+    st: Stage2 = kvm.arch
+    shifts = (L1_SHIFT, L2_SHIFT, L3_SHIFT)
+    return [_mapping(st, b, sh, d) for b, sh, d in leaves_in(st.l1, shifts, start, end)]
 
 
 def _mapping(st: Stage2, base: int, shift: int, desc: int) -> Stage2Mapping:
