@@ -1,0 +1,200 @@
+"""The v5.13 x86 TDP fault handler: ``kvm_tdp_page_fault`` →
+``direct_page_fault`` of 5.13 (legacy MMU; the TDP MMU was off by default
+until 5.15), in what the model can express: ``kvm_is_reserved_pfn``
+excludes the zero page (7df003c85218, v5.6), so the release helpers drop
+its gup reference; the level is chosen under ``mmu_lock`` after the retry
+check by ``kvm_mmu_hugepage_adjust`` (the host page-table level at the hva
+of a compound page, no ``mmap_sem`` and no vma page size), moving no
+reference; the one ``kvm_release_pfn_clean(pfn)`` of the pfn
+``hva_to_pfn`` returned sits at ``out_unlock``; a fault on a memslot being
+deleted or moved (``KVM_MEMSLOT_INVALID``) is retried; the retry check is
+skipped for a NOSLOT pfn.  Not modelled: ``mmu_notifier_retry_hva``'s range
+test (the model never checks while an invalidation is in progress) and the
+NX huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
+multihit erratum).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmsim_plugins.x86_ept.common import (
+    LPAGE_LEVEL,
+    PFERR_WRITE_MASK,
+    REQ_MAP_WRITABLE,
+    REQ_PREFAULT,
+    REQ_WRITE_FAULT,
+    RET_PF_RETRY,
+    _async_not_present,
+    _request_flags,
+    direct_map,
+    fast_page_fault,
+    handle_abnormal_pfn,
+    lpage_disallowed,
+    notifier_retry,
+    try_async_pf,
+)
+from kvmsim_plugins.x86_ept.ept import (
+    PT_DIRECTORY_LEVEL,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PDPE_LEVEL,
+    SPTE_PFN_SHIFT,
+    EptState,
+    is_reserved_pfn,
+    level_shift,
+    pages_per_hpage,
+)
+
+from kvmsim.cmodel import EAGAIN
+from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
+from kvmsim.kvm.pfn import (
+    is_error_noslot_pfn,
+    is_noslot_pfn,
+    pfn_name,
+)
+
+if TYPE_CHECKING:
+    from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
+
+
+def direct_page_fault(
+    kvm: Kvm, vcpu: int, gpa: int, error_code: int, prefault: bool
+) -> tuple[int, str | None, str]:
+    """``kvm_tdp_page_fault`` → ``direct_page_fault`` (5.13, legacy MMU):
+    the largest level the guest MTRRs allow (uniform here: 1G), the lockless
+    ``fast_page_fault`` walking to the leaf, ``mmu_notifier_seq``,
+    ``try_async_pf``, ``handle_abnormal_pfn``, then under ``mmu_lock`` the
+    retry check and ``__direct_map`` (``create_pte``), and at ``out_unlock``
+    one ``kvm_release_pfn_clean`` of the pfn ``hva_to_pfn`` returned, with
+    v5.6's ``kvm_is_reserved_pfn`` (the zero page is released)."""
+    st: EptState = kvm.arch
+    tr = kvm.tracer
+    gfn = gpa >> 12
+    write = bool(error_code & PFERR_WRITE_MASK)
+    # kvm_tdp_page_fault: kvm_mtrr_check_gfn_range_consistency holds at every
+    # level (uniform guest MTRRs), so max_level = KVM_MAX_HUGEPAGE_LEVEL.
+    # page_fault_handle_page_track: no gfn is write-tracked.
+    max_level = PT_PDPE_LEVEL
+    if tr.enabled:
+        tr.emit(
+            "kvm_tdp_page_fault",
+            gpa=hex(gpa),
+            error_code=hex(error_code),
+            max_level=max_level,
+            prefault=prefault,
+        )
+    if fast_page_fault(kvm, vcpu, gpa, PT_PAGE_TABLE_LEVEL, error_code):
+        return RET_PF_RETRY, None, "fast_page_fault"
+    mmu_seq = kvm.mmu_notifier_seq
+    slot = kvm.memslots.gfn_to_memslot(gfn)
+    if slot is not None and slot.flags & KVM_MEMSLOT_INVALID:
+        # try_async_pf: retry until the memslot update has zapped the old
+        # SPTEs, rather than install an MMIO SPTE for the gfn
+        if tr.enabled:
+            tr.emit("try_async_pf", gfn=hex(gfn), retry="KVM_MEMSLOT_INVALID")
+        return RET_PF_RETRY, None, "memslot being deleted or moved"
+    handled, res = try_async_pf(kvm, vcpu, prefault, gfn, gpa, write)
+    kvm.fire_point("after_hva_to_pfn")
+    if handled:
+        return _async_not_present(st, vcpu)
+    assert res is not None
+    pfn = res.pfn
+    # (EPT caches MMIO SPTEs: shadow_mmio_value != 0)
+    bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
+    if bad is not None:
+        return bad
+    flags = _request_flags(write, res.writable, prefault)
+    kvm.fire_point("before_create_pte")
+    r = kvm.hooks.create_pte(
+        kvm=kvm,
+        gpa=gpa & ~0xFFF,
+        pte=(pfn << SPTE_PFN_SHIFT) | flags,
+        level=max_level - 1,
+        mmu_seq=mmu_seq,
+    )
+    # out_unlock: write_unlock(mmu_lock), then kvm_release_pfn_clean(pfn)
+    # whether the fault was retried or mapped
+    kvm_release_pfn_clean_v5_6(kvm, pfn)
+    if r == -EAGAIN:
+        return RET_PF_RETRY, None, "mmu_notifier_retry"
+    return r, None, ""
+
+
+def kvm_release_pfn_clean_v5_6(kvm: Kvm, pfn: int) -> None:
+    """``kvm_release_pfn_clean`` with v5.6's ``kvm_is_reserved_pfn``: put_page
+    unless an error/NOSLOT pfn or reserved; the zero page is not reserved."""
+    if not is_error_noslot_pfn(pfn) and not is_reserved_pfn(kvm, pfn):
+        kvm.phys.put_page(pfn)
+
+
+def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq: int) -> int:
+    """The part of 5.13 ``direct_page_fault`` under ``mmu_lock``: the retry
+    check (skipped for a NOSLOT pfn), then ``__direct_map``, which starts
+    with ``kvm_mmu_hugepage_adjust``."""
+    if not is_noslot_pfn(pfn) and notifier_retry(kvm, gfn, mmu_seq):
+        return -EAGAIN
+    # make_mmu_pages_available: there is always room
+    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level)
+    base_gfn = gfn & ~(pages_per_hpage(level) - 1)
+    return direct_map(
+        kvm,
+        bool(flags & REQ_WRITE_FAULT),
+        bool(flags & REQ_MAP_WRITABLE),
+        level,
+        base_gfn,
+        pfn,
+        bool(flags & REQ_PREFAULT),
+        mmu_seq,
+    )
+
+
+def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:
+    """``host_pfn_mapping_level`` (5.13): 4K unless the pfn is part of a
+    compound page (hugetlbfs or THP; ZONE_DEVICE is not modelled); else the
+    level of the host page-table leaf at the gfn's hva
+    (``lookup_address_in_mm``), found with ``__gfn_to_hva_memslot``, which
+    skips the read-only test of ``gfn_to_hva``."""
+    if not kvm.phys.PageCompound(pfn):
+        return PT_PAGE_TABLE_LEVEL
+    hva = slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
+    e, shift = kvm.mm.pgtable.find_linux_pte(hva)
+    if e is None:
+        return PT_PAGE_TABLE_LEVEL
+    if shift >= level_shift(PT_PDPE_LEVEL):
+        return PT_PDPE_LEVEL
+    if shift >= level_shift(PT_DIRECTORY_LEVEL):
+        return PT_DIRECTORY_LEVEL
+    return PT_PAGE_TABLE_LEVEL
+
+
+def kvm_mmu_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, max_level: int) -> tuple[int, int]:
+    """``kvm_mmu_hugepage_adjust`` (5.13), under ``mmu_lock`` after the retry
+    check: 4K for an error/NOSLOT or reserved pfn (v5.6 rule), for no slot
+    and for a slot with dirty logging (``gfn_to_memslot_dirty_bitmap``);
+    else the largest level the slot's ``disallow_lpage`` allows
+    (``kvm_mmu_max_mapping_level``), capped by the host mapping; the pfn is
+    aligned down to that level.  No reference moves (unlike v4.16's
+    ``transparent_hugepage_adjust``).  Returns (level, pfn)."""
+    st: EptState = kvm.arch
+    level = PT_PAGE_TABLE_LEVEL
+    if max_level > PT_PAGE_TABLE_LEVEL and not (
+        is_error_noslot_pfn(pfn) or is_reserved_pfn(kvm, pfn)
+    ):
+        slot = kvm.memslots.gfn_to_memslot(gfn)
+        if (
+            slot is not None
+            and not slot.flags & KVM_MEMSLOT_INVALID
+            and slot.id not in st.dirty_bitmaps
+        ):
+            lvl = min(max_level, LPAGE_LEVEL)
+            while lvl > PT_PAGE_TABLE_LEVEL and lpage_disallowed(slot, gfn, lvl):
+                lvl -= 1
+            if lvl > PT_PAGE_TABLE_LEVEL:
+                level = min(host_pfn_mapping_level(kvm, gfn, pfn, slot), lvl)
+    if level > PT_PAGE_TABLE_LEVEL:
+        # VM_BUG_ON((gfn & mask) != (pfn & mask)): compiled out (no DEBUG_VM)
+        pfn &= ~(pages_per_hpage(level) - 1)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvm_mmu_hugepage_adjust", gfn=hex(gfn), level=level, pfn=pfn_name(pfn))
+    return level, pfn
