@@ -62,6 +62,7 @@ segment is a 16M page.  HPT size: ``KVM_DEFAULT_HPT_ORDER`` (2^24 bytes,
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_hpt import handler
@@ -83,6 +84,7 @@ from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, T
 from kvmsim.host.constants import VM_IO, VM_MIXEDMAP, VM_PFNMAP
 from kvmsim.scenario.model import StepKind
 from kvmsim.scenario.sizes import parse_size
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -92,6 +94,13 @@ if TYPE_CHECKING:
 NAME = "ppc_hpt"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
 VERSIONS = ("v4.15", "v4.16", "v5.7", "v6.13")
+# the module holding each version's body
+VERSION_MODULES = {
+    "v4.15": "handler_v4_15",
+    "v4.16": "handler_v4_15",
+    "v5.7": "handler_v5_7",
+    "v6.13": "handler_v6_13",
+}
 PAGE_SIZES = (1 << 16, 1 << 24)
 
 HCALL_STEP = StepKind(
@@ -120,6 +129,10 @@ def arch_info() -> ArchInfo:
         page_shift=PAGE_SHIFT,
         page_sizes=PAGE_SIZES,
         readonly_memslots=False,  # no __KVM_HAVE_READONLY_MEM on powerpc
+        handler_sources={
+            v: read_from(importlib.import_module(f"{__name__}.{m}").__doc__)
+            for v, m in VERSION_MODULES.items()
+        },
     )
 
 

@@ -12,11 +12,14 @@ The selected strategy names the version (``StrategyInfo.handlers``):
 - ``v6.13``: ``kvmppc_book3s_instantiate_page`` after the 2024 rework
   (kernel-semantics E): ``__kvm_faultin_pfn`` for every fault, the host PTE
   for every pfn, and the release of exactly the page the strategy handed
-  back (``kvm_release_faultin_page``).
+  back (``set_page_dirty_lock`` + ``put_page`` of ``*refcounted_page``).
 
 This module holds the prologue every version shares; the versions'
 bodies are in :mod:`.handler_v4_15`, :mod:`.handler_v4_17` and
 :mod:`.handler_v6_13`.
+
+Read from: see the version modules (the prologue is the same in Linux
+4.15.1, 4.16.13, 4.17.0 and the v6.13 series' base).
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ What the sketch does, and what that means here:
   caller's page then reads as ``UNINIT``.
 
 Handlers: radix v4.17, HPT v5.7, others v4.16 (the generic callers).
+
+Read from: Paolo's mail in reference/kvm-ppc-thread-2018-02.txt (2018-02-12)
+and its base virt/kvm/kvm_main.c blob b4414842b023 (kernel-semantics I.2).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_FAULT,
     KVM_PFN_ERR_HWPOISON,
 )
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -93,6 +97,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
         kernel="sketch on kvm_main.c b4414842b023 (2018-02-12)",
+        source=read_from(__doc__),
     )
 
 

@@ -14,6 +14,8 @@ The value handed to ``create_pte`` as ``pte`` is a fault request, not an
 SPTE: ``pfn << 12`` with the ``REQ_*`` bits of :mod:`.common`;
 ``create_pte`` builds the SPTE (``set_spte``) under ``mmu_lock`` after the
 retry check and the level adjustment, as the handlers order them.
+
+Read from: see the version modules.
 """
 
 from __future__ import annotations

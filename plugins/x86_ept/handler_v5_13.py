@@ -12,6 +12,12 @@ skipped for a NOSLOT pfn.  Not modelled: ``mmu_notifier_retry_hva``'s range
 test (the model never checks while an invalidation is in progress) and the
 NX huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
 multihit erratum).
+
+Read from: Linux 5.13 (v5.13 tag, torvalds/linux),
+arch/x86/kvm/mmu/mmu.c ``direct_page_fault`` / ``kvm_mmu_hugepage_adjust``
+/ ``kvm_mmu_max_mapping_level``; the level rule re-read in this round
+against the post-fix text of ec607a564f70 (v5.15; in 5.13.16 stable),
+whose clamp v5.13.0 lacks.
 """
 
 from __future__ import annotations

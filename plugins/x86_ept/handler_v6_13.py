@@ -4,6 +4,10 @@ E.9): only ``result.page`` (``*refcounted_page``) is released, by page
 (``kvm_release_faultin_page``), and ``transparent_hugepage_adjust`` moves
 no reference.  The v6.13 level selection (``kvm_mmu_hugepage_adjust``
 walking the host page tables) is NOT modelled: levels are chosen as in v4.16.
+
+Read from: the v6.13 "Stop grabbing references to PFNMAP'd pages" series
+(v13, kvm list 2024-10-10; kernel-semantics E.9) for the release rule
+only; the rest of the v6.13 x86 fault path is NOT modelled (see above).
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ def test_v5_13_retries_a_fault_on_a_memslot_being_moved(make_sim: Any) -> None:
     object.__setattr__(slot, "flags", slot.flags | KVM_MEMSLOT_INVALID)
     # try_async_pf (5.13): KVM_MEMSLOT_INVALID → RET_PF_RETRY, before any
     # hva_to_pfn and without an MMIO SPTE for the gfn
-    r, event, _ = handler_v5_13.direct_page_fault(sim.kvm, 0, 0x10000, common.PFERR_USER_MASK, False)
+    r, event, _ = handler_v5_13.direct_page_fault(
+        sim.kvm, 0, 0x10000, common.PFERR_USER_MASK, False
+    )
     assert (r, event) == (common.RET_PF_RETRY, None)
     assert not sim.kvm.arch.root
 
