@@ -500,10 +500,14 @@ def set_spte(
         writable = False
     spte |= pfn << SPTE_PFN_SHIFT
     if writable:
-        if level > PT_PAGE_TABLE_LEVEL and lpage_disallowed(
-            kvm.memslots.gfn_to_memslot(gfn), gfn, level
+        if (
+            st.version == "v4.16"
+            and level > PT_PAGE_TABLE_LEVEL
+            and lpage_disallowed(kvm.memslots.gfn_to_memslot(gfn), gfn, level)
         ):
-            return  # goto done: the SPTE is left as it was
+            # goto done: the SPTE is left as it was (v4.16 only: v5.6 dropped
+            # the check once the level was chosen under mmu_lock)
+            return
         spte |= EPT_W | SPTE_MMU_WRITEABLE
         # mmu_need_write_protect: no write-tracked gfn, no shadow pages
         mark_page_dirty(kvm, gfn)

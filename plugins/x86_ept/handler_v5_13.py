@@ -8,7 +8,13 @@ of a compound page, no ``mmap_sem`` and no vma page size), moving no
 reference; the one ``kvm_release_pfn_clean(pfn)`` of the pfn
 ``hva_to_pfn`` returned sits at ``out_unlock``; a fault on a memslot being
 deleted or moved (``KVM_MEMSLOT_INVALID``) is retried; the retry check is
-skipped for a NOSLOT pfn.  Not modelled: ``mmu_notifier_retry_hva``'s range
+skipped for a NOSLOT pfn.  The level is v5.13.0's as released:
+``kvm_mmu_max_mapping_level`` returns the host level unclamped by the
+slot's ``disallow_lpage`` (the clamp, ec607a564f70, came in v5.15 and
+5.13.16), so a 1G hugetlb page behind a slot that allows only 2M maps
+whole (:func:`kvm_mmu_hugepage_adjust`), and ``set_spte`` no longer has
+v4.16's ``lpage_disallowed`` check (dropped in v5.6 when the level moved
+under ``mmu_lock``) to stop it.  Not modelled: ``mmu_notifier_retry_hva``'s range
 test (the model never checks while an invalidation is in progress) and the
 NX huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
 multihit erratum).
@@ -174,14 +180,40 @@ def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:
     return PT_PAGE_TABLE_LEVEL
 
 
-def kvm_mmu_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, max_level: int) -> tuple[int, int]:
+def kvm_mmu_max_mapping_level(
+    kvm: Kvm, slot: Memslot, gfn: int, pfn: int, max_level: int, *, clamp: bool
+) -> int:
+    """``kvm_mmu_max_mapping_level``: walk down from ``max_level`` (capped by
+    the CPU's largest EPT page) to the first level the slot's
+    ``disallow_lpage`` allows; 4K if none.  Otherwise v5.13.0 returns the
+    host mapping level *unclamped* (``clamp`` false), so a 1G host page
+    outranks a slot that allows only 2M there; ec607a564f70 (v5.15, in
+    5.13.16 stable) returns ``min(host level, that level)`` (``clamp``
+    true)."""
+    lvl = min(max_level, LPAGE_LEVEL)
+    while lvl > PT_PAGE_TABLE_LEVEL and lpage_disallowed(slot, gfn, lvl):
+        lvl -= 1
+    if lvl == PT_PAGE_TABLE_LEVEL:
+        return PT_PAGE_TABLE_LEVEL
+    host_level = host_pfn_mapping_level(kvm, gfn, pfn, slot)
+    return min(host_level, lvl) if clamp else host_level
+
+
+def kvm_mmu_hugepage_adjust(
+    kvm: Kvm, gfn: int, pfn: int, max_level: int, *, clamp: bool = False
+) -> tuple[int, int]:
     """``kvm_mmu_hugepage_adjust`` (5.13), under ``mmu_lock`` after the retry
     check: 4K for an error/NOSLOT or reserved pfn (v5.6 rule), for no slot
     and for a slot with dirty logging (``gfn_to_memslot_dirty_bitmap``);
-    else the largest level the slot's ``disallow_lpage`` allows
-    (``kvm_mmu_max_mapping_level``), capped by the host mapping; the pfn is
-    aligned down to that level.  No reference moves (unlike v4.16's
-    ``transparent_hugepage_adjust``).  Returns (level, pfn)."""
+    else ``kvm_mmu_max_mapping_level`` capped by the fault's ``max_level``
+    (1G under uniform guest MTRRs), not by the slot: as released (no
+    ``clamp``), a 1G hugetlb page behind a slot that allows only 2M at the
+    gfn (a slot covering part of the page, or congruent to it only modulo
+    2M) is mapped with one 1G leaf — past the slot's end, or on the frames
+    of the gfn's 1G-aligned neighbourhood instead of its own.  The pfn is
+    aligned down to the level (``VM_BUG_ON`` compiled out).  No reference
+    moves (unlike v4.16's ``transparent_hugepage_adjust``).  Returns
+    (level, pfn)."""
     st: EptState = kvm.arch
     level = PT_PAGE_TABLE_LEVEL
     if max_level > PT_PAGE_TABLE_LEVEL and not (
@@ -193,11 +225,8 @@ def kvm_mmu_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, max_level: int) -> tup
             and not slot.flags & KVM_MEMSLOT_INVALID
             and slot.id not in st.dirty_bitmaps
         ):
-            lvl = min(max_level, LPAGE_LEVEL)
-            while lvl > PT_PAGE_TABLE_LEVEL and lpage_disallowed(slot, gfn, lvl):
-                lvl -= 1
-            if lvl > PT_PAGE_TABLE_LEVEL:
-                level = min(host_pfn_mapping_level(kvm, gfn, pfn, slot), lvl)
+            level = kvm_mmu_max_mapping_level(kvm, slot, gfn, pfn, max_level, clamp=clamp)
+            level = min(level, max_level)
     if level > PT_PAGE_TABLE_LEVEL:
         # VM_BUG_ON((gfn & mask) != (pfn & mask)): compiled out (no DEBUG_VM)
         pfn &= ~(pages_per_hpage(level) - 1)
