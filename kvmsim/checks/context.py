@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 
-from kvmsim.host.pte import pte_pfn, pte_present, pte_write
+from kvmsim.checks import leaves
+from kvmsim.checks.leaves import Intervals, LeafScan
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Mapping
@@ -29,36 +30,41 @@ class CheckContext:
     :param kvm: the VM (host at ``kvm.mm``/``kvm.phys``, arch at ``kvm.arch``).
     :param outcome: the step's outcome (``oops``, ``deadlock``, ``livelock``...), if any.
     :param detail: the outcome's detail.
+    :param mappings: the stage-2 leaves to judge; None: every present leaf
+        (an incremental check passes only the leaves whose inputs changed).
+    :param slot_frames: the frames the host maps inside the memslots, if the
+        caller already has them.
     """
 
     kvm: Kvm
     outcome: str | None = None
     detail: str = ""
     _mappings: list[Stage2Mapping] | None = None
-    _slot_frames: set[int] | None = None
+    _slot_frames: Intervals | None = None
+    _scans: dict[Stage2Mapping, LeafScan] = field(factory=dict)
 
     @property
     def mappings(self) -> list[Stage2Mapping]:
-        """Present stage-2 leaves, fetched once per step."""
+        """The leaves to judge, fetched once per step."""
         if self._mappings is None:
             self._mappings = list(self.kvm.hooks.hook.stage2_mappings(kvm=self.kvm) or ())
         return self._mappings
 
-    def memslot_frames(self) -> set[int]:
+    def memslot_frames(self) -> Intervals:
         """Every frame the host maps inside some memslot's hva range (what the
         guest may legitimately reach), computed once per step and only when a
         checker needs it."""
         if self._slot_frames is None:
-            kvm = self.kvm
-            ps = kvm.page_shift
-            frames: set[int] = set()
-            for slot in kvm.memslots.slots:
-                for i in range(slot.npages):
-                    pfn, _ = self.host_frame(slot.userspace_addr + (i << ps))
-                    if pfn is not None:
-                        frames.add(pfn)
-            self._slot_frames = frames
+            self._slot_frames = leaves.slot_frames(self.kvm)
         return self._slot_frames
+
+    def scan(self, m: Stage2Mapping) -> LeafScan:
+        """Every base page of ``m`` judged (:func:`kvmsim.checks.leaves.scan_leaf`),
+        once per step for the checkers that share it."""
+        s = self._scans.get(m)
+        if s is None:
+            s = self._scans[m] = leaves.scan_leaf(self.kvm, m, self.memslot_frames)
+        return s
 
     def gpa_to_hva(self, gpa: int) -> int | None:
         """The hva a guest physical address maps to through the memslots."""
@@ -71,18 +77,4 @@ class CheckContext:
     def host_frame(self, hva: int) -> tuple[int | None, bool]:
         """The frame the host page table maps at ``hva`` (None if no present
         entry) and whether that entry is writable."""
-        pte, shift = self.kvm.mm.pgtable.find_linux_pte(hva)
-        if pte is None or not pte_present(pte):
-            return None, False
-        ps = self.kvm.page_shift
-        pfn = pte_pfn(pte) + ((hva & ((1 << shift) - 1)) >> ps)
-        return pfn, pte_write(pte)
-
-
-def sample_offsets(size: int, page_size: int) -> range | tuple[int, ...]:
-    """Offsets of the base pages of a leaf to check: all of them for up to
-    512 pages, else the first, middle and last."""
-    n = size // page_size
-    if n <= 512:
-        return range(0, size, page_size)
-    return (0, (n // 2) * page_size, (n - 1) * page_size)
+        return leaves.host_frame(self.kvm, hva)
