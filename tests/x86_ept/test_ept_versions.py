@@ -101,3 +101,29 @@ def test_v6_13_follow_pfn_2024_balances_every_reference(make_sim: Any) -> None:
         # dropped, PFNMAP pfns carry none and are not put (no underflow)
         assert report.passed, (name, report.to_json())
         assert sim.phys.others_refs() == {}, name
+
+
+def _leaf_sizes(make_sim: Any, scenario: str, strategy: str) -> list[int]:
+    sim = make_sim(LIB[scenario], arch="x86_ept", strategy=strategy)
+    sim.run()
+    return sorted({m.size for m in ept.mappings(sim.kvm)})
+
+
+def test_v5_13_0_maps_a_1g_page_whole_past_a_partial_memslot(make_sim: Any) -> None:
+    # v5.13.0: kvm_mmu_max_mapping_level returns the host's 1G unclamped by the
+    # slot's disallow_lpage; v4.16's mapping_level and the ec607a564f70 clamp
+    # (v6.13) stop at 2M because the 512M slot ends inside the 1G page.
+    name = "ept-hugetlb-1g-partial-memslot"
+    assert _leaf_sizes(make_sim, name, "refcount_guarded") == [1 << 30]
+    assert _leaf_sizes(make_sim, name, "generic_v4_16") == [1 << 21]
+    assert _leaf_sizes(make_sim, name, "follow_pfn_2024") == [1 << 21]
+
+
+def test_v5_13_0_maps_the_wrong_frames_on_a_misaligned_memslot(make_sim: Any) -> None:
+    # gpa and hva agree modulo 2M but not 1G: 1G is disallowed everywhere, the
+    # host level 1G wins in v5.13.0, and the pfn is aligned down to the host
+    # page's head while the gfn is aligned down to its own 1G boundary.
+    sim = make_sim(LIB["gen-hugetlb-1g-misaligned"], arch="x86_ept", strategy="refcount_guarded")
+    report = sim.run()
+    assert {v.name for v in report.verdicts} == {"wrong_frame"}
+    assert _leaf_sizes(make_sim, "gen-hugetlb-1g-misaligned", "generic_v4_16") == [1 << 21]
