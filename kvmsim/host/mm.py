@@ -107,6 +107,10 @@ class Mm:
         self.notifiers = MmuNotifierChain()
         self.current = "qemu"
         self.race_points: dict[str, Callable[[], None]] = {}
+        # invalidate_range_end calls of an "across_create_pte" event, held
+        # until the fault that was in flight returns (None: not holding)
+        self.held_ends: list[tuple[int, int]] = []
+        self._holding = False
         self._next = MMAP_BASE
         self.swapcache: set[int] = set()
         """vpns of swapped-out pages whose read-back I/O has completed."""
@@ -114,11 +118,29 @@ class Mm:
     # ------------------------------------------------------------------ helpers
 
     def fire_point(self, name: str) -> None:
-        """Run (once) the callback the runner attached to race point ``name``."""
+        """Run (once) the callback the runner attached to race point ``name``.
+        At ``before_create_pte`` an ``across_create_pte`` event runs too, with
+        its ``invalidate_range_end`` calls held back: the invalidation is in
+        progress while the fault takes ``mmu_lock`` and checks for a retry,
+        and ends (:meth:`release_held_ends`) when the fault has returned."""
         if self.race_points:
             cb = self.race_points.pop(name, None)
             if cb is not None:
                 cb()
+            if name == "before_create_pte":
+                cb = self.race_points.pop("across_create_pte", None)
+                if cb is not None:
+                    self._holding = True
+                    try:
+                        cb()
+                    finally:
+                        self._holding = False
+
+    def release_held_ends(self) -> None:
+        """The held ``invalidate_range_end`` calls, in order."""
+        held, self.held_ends = self.held_ends, []
+        for start, end in held:
+            self.notify_end(start, end)
 
     def notify_start(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_start``."""
@@ -128,6 +150,9 @@ class Mm:
 
     def notify_end(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_end``."""
+        if self._holding:
+            self.held_ends.append((start, end))
+            return
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_invalidate_range_end", start=start, end=end)
         self.notifiers.invalidate_range_end(self, start, end)

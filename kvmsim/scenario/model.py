@@ -17,7 +17,14 @@ from attrs import field, frozen
 
 #: Points in the fault path where a step's host event can be made to fire,
 #: inside the next guest access's fault (step key ``at``).
-RACE_POINTS: Final = ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
+RACE_POINTS: Final = (
+    "after_hva_to_pfn",
+    "before_create_pte",
+    "mmap_sem_dropped",
+    # invalidate_range_start (and the page-table change) before the retry
+    # check under mmu_lock, invalidate_range_end after the fault returned
+    "across_create_pte",
+)
 
 #: What a guest access may end in (``expect.outcome``).
 OUTCOMES: Final = (

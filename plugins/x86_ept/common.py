@@ -130,19 +130,23 @@ def _request_flags(write: bool, map_writable: bool, prefault: bool) -> int:
     return flags
 
 
-def notifier_retry(kvm: Kvm, gfn: int, mmu_seq: int) -> bool:
-    """``mmu_notifier_retry`` as the handlers call it under ``mmu_lock``,
-    traced; True means the fault must be retried."""
-    if not kvm.mmu_notifier_retry(mmu_seq):
+def notifier_retry(kvm: Kvm, gfn: int, mmu_seq: int, retry: bool, check: str = "") -> bool:
+    """The version's notifier retry check under ``mmu_lock`` (``retry``, its
+    result), traced; True means the fault must be retried.  ``check`` names
+    a range-based check (v5.13's ``mmu_notifier_retry_hva``, v6.13's
+    ``mmu_invalidate_retry_gfn``); empty for ``mmu_notifier_retry``."""
+    if not retry:
         return False
     tr = kvm.tracer
     if tr.enabled:
+        extra = {"check": check} if check else {}
         tr.emit(
             "mmu_notifier_retry",
             gfn=hex(gfn),
             mmu_seq=mmu_seq,
             mmu_notifier_seq=kvm.mmu_notifier_seq,
             mmu_notifier_count=kvm.mmu_notifier_count,
+            **extra,
         )
     return True
 

@@ -8,14 +8,15 @@ of a compound page, no ``mmap_sem`` and no vma page size), moving no
 reference; the one ``kvm_release_pfn_clean(pfn)`` of the pfn
 ``hva_to_pfn`` returned sits at ``out_unlock``; a fault on a memslot being
 deleted or moved (``KVM_MEMSLOT_INVALID``) is retried; the retry check is
-skipped for a NOSLOT pfn.  The level is v5.13.0's as released:
+skipped for a NOSLOT pfn and is ``mmu_notifier_retry_hva`` (an
+invalidation in progress forces a retry only when the fault's hva lies in
+its range; one that ended since ``mmu_seq`` always does).  The level is v5.13.0's as released:
 ``kvm_mmu_max_mapping_level`` returns the host level unclamped by the
 slot's ``disallow_lpage`` (the clamp, ec607a564f70, came in v5.15 and
 5.13.16), so a 1G hugetlb page behind a slot that allows only 2M maps
 whole (:func:`kvm_mmu_hugepage_adjust`), and ``set_spte`` no longer has
 v4.16's ``lpage_disallowed`` check (dropped in v5.6 when the level moved
-under ``mmu_lock``) to stop it.  Not modelled: ``mmu_notifier_retry_hva``'s range
-test (the model never checks while an invalidation is in progress) and the
+under ``mmu_lock``) to stop it.  Not modelled: the
 NX huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
 multihit erratum).
 
@@ -60,6 +61,7 @@ from kvmsim_plugins.x86_ept.ept import (
 from kvmsim.cmodel import EAGAIN
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import (
+    gfn_to_hva_memslot,
     is_error_noslot_pfn,
     is_noslot_pfn,
     pfn_name,
@@ -144,7 +146,9 @@ def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq
     """The part of 5.13 ``direct_page_fault`` under ``mmu_lock``: the retry
     check (skipped for a NOSLOT pfn), then ``__direct_map``, which starts
     with ``kvm_mmu_hugepage_adjust``."""
-    if not is_noslot_pfn(pfn) and notifier_retry(kvm, gfn, mmu_seq):
+    if not is_noslot_pfn(pfn) and notifier_retry(
+        kvm, gfn, mmu_seq, retry_hva(kvm, gfn, mmu_seq), "mmu_notifier_retry_hva"
+    ):
         return -EAGAIN
     # make_mmu_pages_available: there is always room
     level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level)
@@ -159,6 +163,16 @@ def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq
         bool(flags & REQ_PREFAULT),
         mmu_seq,
     )
+
+
+def retry_hva(kvm: Kvm, gfn: int, mmu_seq: int) -> bool:
+    """``mmu_notifier_retry_hva(kvm, mmu_seq, hva)`` with the hva
+    ``__gfn_to_pfn_memslot`` handed back for the gfn (a NOSLOT pfn never
+    gets here)."""
+    slot = kvm.memslots.gfn_to_memslot(gfn)
+    if slot is None:
+        return kvm.mmu_notifier_retry(mmu_seq)
+    return kvm.mmu_notifier_retry_hva(mmu_seq, gfn_to_hva_memslot(slot, gfn, 12))
 
 
 def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:

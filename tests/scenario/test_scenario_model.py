@@ -210,7 +210,12 @@ def test_plugin_step_kind() -> None:
 
 
 def test_public_tuples() -> None:
-    assert RACE_POINTS == ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
+    assert RACE_POINTS == (
+        "after_hva_to_pfn",
+        "before_create_pte",
+        "mmap_sem_dropped",
+        "across_create_pte",
+    )
     assert set(OUTCOMES) == {
         "mapped",
         "mmio",
