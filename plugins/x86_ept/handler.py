@@ -119,6 +119,7 @@ def mmu_page_fault(
     """``vcpu->arch.mmu->page_fault`` of the handler version."""
     if kvm.arch.version == "v5.13":
         return handler_v5_13.direct_page_fault(kvm, vcpu, gpa, error_code, prefault)
+    # v4.16 tdp_page_fault; v6.13 kvm_tdp_page_fault (5.13's flow, its rules)
     return VERSIONS[kvm.arch.version].tdp_page_fault(kvm, vcpu, gpa, error_code, prefault)
 
 

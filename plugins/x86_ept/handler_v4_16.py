@@ -17,7 +17,6 @@ arch/x86/kvm/mmu.c and vmx.c (kernel-semantics H, L.1, L.5).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim_plugins.x86_ept.common import (
@@ -60,25 +59,16 @@ from kvmsim.kvm.pfn import (
 )
 
 if TYPE_CHECKING:
-    from kvmsim.hooktypes import HvaToPfnResult
     from kvmsim.kvm.core import Kvm
     from kvmsim.kvm.memslot import Memslot
 
 
 def tdp_page_fault(
-    kvm: Kvm,
-    vcpu: int,
-    gpa: int,
-    error_code: int,
-    prefault: bool,
-    release: Callable[[Kvm, HvaToPfnResult, int], None] | None = None,
+    kvm: Kvm, vcpu: int, gpa: int, error_code: int, prefault: bool
 ) -> tuple[int, str | None, str]:
     """``tdp_page_fault`` (H): returns the RET_PF_* value or a negative errno,
     an event for the vcpu loop (``sigbus``, ``not_present``) and a detail.
-    ``release``: a later version's release after the map (v6.13's
-    ``kvm_release_faultin_page``, called with the map's return value);
-    None is v4.16's (``mmu_set_spte`` released a mapped pfn, ``out_unlock``
-    a retried one)."""
+    ``mmu_set_spte`` releases a mapped pfn, ``out_unlock`` a retried one."""
     st: EptState = kvm.arch
     tr = kvm.tracer
     gfn = gpa >> 12
@@ -122,12 +112,9 @@ def tdp_page_fault(
         level=level - 1,
         mmu_seq=mmu_seq,
     )
-    if release is not None:
-        release(kvm, res, r)
     if r == -EAGAIN:
-        if release is None:
-            # out_unlock: spin_unlock, then kvm_release_pfn_clean(pfn)
-            kvm_release_pfn_clean(kvm.phys, pfn)
+        # out_unlock: spin_unlock, then kvm_release_pfn_clean(pfn)
+        kvm_release_pfn_clean(kvm.phys, pfn)
         return RET_PF_RETRY, None, "mmu_notifier_retry"
     return r, None, ""
 
@@ -256,12 +243,9 @@ def transparent_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, level: int) -> tup
         moved = bool(pfn & mask)
         if pfn & mask:
             gfn &= ~mask
-            if kvm.arch.version == "v6.13":
-                pfn &= ~mask
-            else:
-                kvm_release_pfn_clean(phys, pfn)
-                pfn &= ~mask
-                kvm_get_pfn(phys, pfn)
+            kvm_release_pfn_clean(phys, pfn)
+            pfn &= ~mask
+            kvm_get_pfn(phys, pfn)
         if kvm.tracer.enabled:
             kvm.tracer.emit(
                 "transparent_hugepage_adjust", gfn=hex(gfn), pfn=hex(pfn), ref_moved=moved

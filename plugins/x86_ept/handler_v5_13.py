@@ -29,6 +29,7 @@ whose clamp v5.13.0 lacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim_plugins.x86_ept.common import (
@@ -68,12 +69,18 @@ from kvmsim.kvm.pfn import (
 )
 
 if TYPE_CHECKING:
+    from kvmsim.hooktypes import HvaToPfnResult
     from kvmsim.kvm.core import Kvm
     from kvmsim.kvm.memslot import Memslot
 
 
 def direct_page_fault(
-    kvm: Kvm, vcpu: int, gpa: int, error_code: int, prefault: bool
+    kvm: Kvm,
+    vcpu: int,
+    gpa: int,
+    error_code: int,
+    prefault: bool,
+    release: Callable[[Kvm, HvaToPfnResult, int], None] | None = None,
 ) -> tuple[int, str | None, str]:
     """``kvm_tdp_page_fault`` → ``direct_page_fault`` (5.13, legacy MMU):
     the largest level the guest MTRRs allow (uniform here: 1G), the lockless
@@ -81,7 +88,9 @@ def direct_page_fault(
     ``try_async_pf``, ``handle_abnormal_pfn``, then under ``mmu_lock`` the
     retry check and ``__direct_map`` (``create_pte``), and at ``out_unlock``
     one ``kvm_release_pfn_clean`` of the pfn ``hva_to_pfn`` returned, with
-    v5.6's ``kvm_is_reserved_pfn`` (the zero page is released)."""
+    v5.6's ``kvm_is_reserved_pfn`` (the zero page is released).  ``release``:
+    a later version's release after the unlock instead (v6.13's
+    ``kvm_mmu_finish_page_fault``, called with the map's return value)."""
     st: EptState = kvm.arch
     tr = kvm.tracer
     gfn = gpa >> 12
@@ -127,9 +136,12 @@ def direct_page_fault(
         level=max_level - 1,
         mmu_seq=mmu_seq,
     )
-    # out_unlock: write_unlock(mmu_lock), then kvm_release_pfn_clean(pfn)
-    # whether the fault was retried or mapped
-    kvm_release_pfn_clean_v5_6(kvm, pfn)
+    if release is not None:
+        release(kvm, res, r)
+    else:
+        # out_unlock: write_unlock(mmu_lock), then kvm_release_pfn_clean(pfn)
+        # whether the fault was retried or mapped
+        kvm_release_pfn_clean_v5_6(kvm, pfn)
     if r == -EAGAIN:
         return RET_PF_RETRY, None, "mmu_notifier_retry"
     return r, None, ""
@@ -150,8 +162,16 @@ def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq
         kvm, gfn, mmu_seq, retry_hva(kvm, gfn, mmu_seq), "mmu_notifier_retry_hva"
     ):
         return -EAGAIN
+    return adjust_and_map(kvm, gfn, pfn, flags, max_level, mmu_seq)
+
+
+def adjust_and_map(
+    kvm: Kvm, gfn: int, pfn: int, flags: int, max_level: int, mmu_seq: int, *, v6: bool = False
+) -> int:
+    """After the retry check: ``__direct_map``, which starts with
+    ``kvm_mmu_hugepage_adjust`` (``v6``: the v6.13 rule)."""
     # make_mmu_pages_available: there is always room
-    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level)
+    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level, v6=v6)
     base_gfn = gfn & ~(pages_per_hpage(level) - 1)
     return direct_map(
         kvm,
@@ -175,13 +195,17 @@ def retry_hva(kvm: Kvm, gfn: int, mmu_seq: int) -> bool:
     return kvm.mmu_notifier_retry_hva(mmu_seq, gfn_to_hva_memslot(slot, gfn, 12))
 
 
-def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:
+def host_pfn_mapping_level(
+    kvm: Kvm, gfn: int, pfn: int, slot: Memslot, *, compound: bool = True
+) -> int:
     """``host_pfn_mapping_level`` (5.13): 4K unless the pfn is part of a
     compound page (hugetlbfs or THP; ZONE_DEVICE is not modelled); else the
     level of the host page-table leaf at the gfn's hva
     (``lookup_address_in_mm``), found with ``__gfn_to_hva_memslot``, which
-    skips the read-only test of ``gfn_to_hva``."""
-    if not kvm.phys.PageCompound(pfn):
+    skips the read-only test of ``gfn_to_hva``.  ``compound`` false: the
+    v6.13 walk (a8ac499bb6ab, v6.0, dropped the struct-page test: any pfn,
+    refcounted or not, takes the host leaf's level)."""
+    if compound and not kvm.phys.PageCompound(pfn):
         return PT_PAGE_TABLE_LEVEL
     hva = slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
     e, shift = kvm.mm.pgtable.find_linux_pte(hva)
@@ -195,26 +219,26 @@ def host_pfn_mapping_level(kvm: Kvm, gfn: int, pfn: int, slot: Memslot) -> int:
 
 
 def kvm_mmu_max_mapping_level(
-    kvm: Kvm, slot: Memslot, gfn: int, pfn: int, max_level: int, *, clamp: bool
+    kvm: Kvm, slot: Memslot, gfn: int, pfn: int, max_level: int, *, v6: bool
 ) -> int:
     """``kvm_mmu_max_mapping_level``: walk down from ``max_level`` (capped by
     the CPU's largest EPT page) to the first level the slot's
     ``disallow_lpage`` allows; 4K if none.  Otherwise v5.13.0 returns the
     host mapping level *unclamped* (``clamp`` false), so a 1G host page
     outranks a slot that allows only 2M there; ec607a564f70 (v5.15, in
-    5.13.16 stable) returns ``min(host level, that level)`` (``clamp``
-    true)."""
+    5.13.16 stable) returns ``min(host level, that level)`` (v6.13, ``v6``
+    true, whose host walk also needs no compound page)."""
     lvl = min(max_level, LPAGE_LEVEL)
     while lvl > PT_PAGE_TABLE_LEVEL and lpage_disallowed(slot, gfn, lvl):
         lvl -= 1
     if lvl == PT_PAGE_TABLE_LEVEL:
         return PT_PAGE_TABLE_LEVEL
-    host_level = host_pfn_mapping_level(kvm, gfn, pfn, slot)
-    return min(host_level, lvl) if clamp else host_level
+    host_level = host_pfn_mapping_level(kvm, gfn, pfn, slot, compound=not v6)
+    return min(host_level, lvl) if v6 else host_level
 
 
 def kvm_mmu_hugepage_adjust(
-    kvm: Kvm, gfn: int, pfn: int, max_level: int, *, clamp: bool = False
+    kvm: Kvm, gfn: int, pfn: int, max_level: int, *, v6: bool = False
 ) -> tuple[int, int]:
     """``kvm_mmu_hugepage_adjust`` (5.13), under ``mmu_lock`` after the retry
     check: 4K for an error/NOSLOT or reserved pfn (v5.6 rule), for no slot
@@ -226,12 +250,13 @@ def kvm_mmu_hugepage_adjust(
     2M) is mapped with one 1G leaf — past the slot's end, or on the frames
     of the gfn's 1G-aligned neighbourhood instead of its own.  The pfn is
     aligned down to the level (``VM_BUG_ON`` compiled out).  No reference
-    moves (unlike v4.16's ``transparent_hugepage_adjust``).  Returns
-    (level, pfn)."""
+    moves (unlike v4.16's ``transparent_hugepage_adjust``).  ``v6``: the
+    v6.13 rule: no reserved-pfn test (gone with the refcounted-page
+    requirement), the clamped max mapping level.  Returns (level, pfn)."""
     st: EptState = kvm.arch
     level = PT_PAGE_TABLE_LEVEL
     if max_level > PT_PAGE_TABLE_LEVEL and not (
-        is_error_noslot_pfn(pfn) or is_reserved_pfn(kvm, pfn)
+        is_error_noslot_pfn(pfn) or (not v6 and is_reserved_pfn(kvm, pfn))
     ):
         slot = kvm.memslots.gfn_to_memslot(gfn)
         if (
@@ -239,7 +264,7 @@ def kvm_mmu_hugepage_adjust(
             and not slot.flags & KVM_MEMSLOT_INVALID
             and slot.id not in st.dirty_bitmaps
         ):
-            level = kvm_mmu_max_mapping_level(kvm, slot, gfn, pfn, max_level, clamp=clamp)
+            level = kvm_mmu_max_mapping_level(kvm, slot, gfn, pfn, max_level, v6=v6)
             level = min(level, max_level)
     if level > PT_PAGE_TABLE_LEVEL:
         # VM_BUG_ON((gfn & mask) != (pfn & mask)): compiled out (no DEBUG_VM)

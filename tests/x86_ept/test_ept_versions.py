@@ -127,3 +127,15 @@ def test_v5_13_0_maps_the_wrong_frames_on_a_misaligned_memslot(make_sim: Any) ->
     report = sim.run()
     assert {v.name for v in report.verdicts} == {"wrong_frame"}
     assert _leaf_sizes(make_sim, "gen-hugetlb-1g-misaligned", "generic_v4_16") == [1 << 21]
+
+
+def test_v6_13_sizes_leaves_from_the_host_page_tables(make_sim: Any) -> None:
+    # v6.13 kvm_mmu_hugepage_adjust: the host leaf's level under mmu_lock
+    # (host_pfn_mapping_level), not v4.16's vma page size + THP adjustment
+    sim = make_sim(LIB["ept-thp-2m"], arch="x86_ept", strategy="follow_pfn_2024")
+    report = sim.run()
+    assert report.passed, report.to_json()
+    names = {e["event"] for e in report.events}
+    assert "kvm_mmu_hugepage_adjust" in names
+    assert not names & {"tdp_page_fault", "transparent_hugepage_adjust"}
+    assert {m.size for m in ept.mappings(sim.kvm)} == {1 << 21}
