@@ -85,6 +85,7 @@ REQ_WRITE_FAULT: Final = 1 << 0  # the fault is a write (``write``)
 REQ_MAP_WRITABLE: Final = 1 << 1  # ``map_writable``: set_spte's host_writable
 REQ_PREFAULT: Final = 1 << 2  # ``prefault``: mmu_set_spte's speculative
 REQ_FORCE_PT_LEVEL: Final = 1 << 3  # ``force_pt_level``: no THP adjustment
+REQ_EXEC: Final = 1 << 4  # ``fault->exec``: an instruction fetch
 
 # vmx_get_lpage_level: EPT with 1G pages (cpu_has_vmx_ept_1g_page)
 LPAGE_LEVEL: Final = PT_MAX_HUGEPAGE_LEVEL
@@ -118,9 +119,9 @@ def handle_abnormal_pfn(
     return None
 
 
-def _request_flags(write: bool, map_writable: bool, prefault: bool) -> int:
+def _request_flags(write: bool, map_writable: bool, prefault: bool, exec_: bool = False) -> int:
     """What ``create_pte`` needs to know of the fault besides the pfn."""
-    flags = 0
+    flags = REQ_EXEC if exec_ else 0
     if write:
         flags |= REQ_WRITE_FAULT
     if map_writable:
@@ -493,7 +494,11 @@ def set_spte(
     spte = 0
     if not speculative and st.ad_enabled:
         spte |= EPT_A
-    spte |= EPT_X | EPT_R  # ACC_EXEC_MASK, ACC_USER_MASK (= R on EPT)
+    spte |= EPT_R  # ACC_USER_MASK (= R on EPT)
+    if not (st.nx_huge_pages and level > PT_PAGE_TABLE_LEVEL):
+        # ACC_EXEC_MASK; with the iTLB-multihit workaround (v5.4+:
+        # nx_huge_pages) make_spte maps a huge page non-executable
+        spte |= EPT_X
     if level > PT_PAGE_TABLE_LEVEL:
         spte |= EPT_LARGE
     spte |= vmx_get_mt_mask(kvm, gfn, kvm_is_mmio_pfn(kvm, pfn))

@@ -159,6 +159,7 @@ class EptState:
         "hits",
         "hwpoison_signals",
         "lpages",
+        "nx_huge_pages",
         "pf_fixed",
         "root",
         "seqs",
@@ -181,6 +182,8 @@ class EptState:
         self.apf: dict[int, ApfVcpu] = {}
         self.pf_fixed = 0
         self.lpages = 0
+        self.nx_huge_pages = False
+        """``kvm.nx_huge_pages`` (v5.4+; the iTLB multihit workaround)."""
         self.hits: dict[int, Translation] = {}
         """The frozen Translation of a 4K leaf hit, keyed by the SPTE value
         (A/D already set): a function of the value alone, so a changed SPTE

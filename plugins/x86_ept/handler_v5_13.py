@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING
 
 from kvmsim_plugins.x86_ept.common import (
     LPAGE_LEVEL,
+    PFERR_FETCH_MASK,
     PFERR_WRITE_MASK,
+    REQ_EXEC,
     REQ_MAP_WRITABLE,
     REQ_PREFAULT,
     REQ_WRITE_FAULT,
@@ -127,7 +129,7 @@ def direct_page_fault(
     bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
     if bad is not None:
         return bad
-    flags = _request_flags(write, res.writable, prefault)
+    flags = _request_flags(write, res.writable, prefault, bool(error_code & PFERR_FETCH_MASK))
     kvm.fire_point("before_create_pte")
     r = kvm.hooks.create_pte(
         kvm=kvm,
@@ -171,7 +173,10 @@ def adjust_and_map(
     """After the retry check: ``__direct_map``, which starts with
     ``kvm_mmu_hugepage_adjust`` (``v6``: the v6.13 rule)."""
     # make_mmu_pages_available: there is always room
-    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level, v6=v6)
+    # huge_page_disallowed: an instruction fetch under the iTLB multihit
+    # workaround is mapped with 4K pages
+    nx = bool(flags & REQ_EXEC) and kvm.arch.nx_huge_pages
+    level, pfn = kvm_mmu_hugepage_adjust(kvm, gfn, pfn, max_level, v6=v6, nx_disallowed=nx)
     base_gfn = gfn & ~(pages_per_hpage(level) - 1)
     return direct_map(
         kvm,
@@ -238,7 +243,7 @@ def kvm_mmu_max_mapping_level(
 
 
 def kvm_mmu_hugepage_adjust(
-    kvm: Kvm, gfn: int, pfn: int, max_level: int, *, v6: bool = False
+    kvm: Kvm, gfn: int, pfn: int, max_level: int, *, v6: bool = False, nx_disallowed: bool = False
 ) -> tuple[int, int]:
     """``kvm_mmu_hugepage_adjust`` (5.13), under ``mmu_lock`` after the retry
     check: 4K for an error/NOSLOT or reserved pfn (v5.6 rule), for no slot
@@ -266,6 +271,10 @@ def kvm_mmu_hugepage_adjust(
         ):
             level = kvm_mmu_max_mapping_level(kvm, slot, gfn, pfn, max_level, v6=v6)
             level = min(level, max_level)
+            if nx_disallowed:
+                # the requested level was computed (for the NX accounting),
+                # then refused: 4K with the gfn's own pfn, not aligned down
+                level = PT_PAGE_TABLE_LEVEL
     if level > PT_PAGE_TABLE_LEVEL:
         # VM_BUG_ON((gfn & mask) != (pfn & mask)): compiled out (no DEBUG_VM)
         pfn &= ~(pages_per_hpage(level) - 1)

@@ -22,6 +22,12 @@
 - ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
   range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
   the young SPTEs (``kvm.arch.young_reports``).
+- ``nx_huge_pages`` (``enabled`` = true): the administrator writes the
+  ``kvm.nx_huge_pages`` module parameter (the iTLB multihit workaround,
+  v5.4; on by default on affected CPUs).  ``set_nx_huge_pages`` zaps every
+  SPTE of the VM (``kvm_mmu_zap_all_fast``) when the value changes; from
+  then on huge leaves are mapped non-executable and an instruction fetch is
+  mapped with 4K pages.  v4.16 has no such parameter: nothing changes.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from kvmsim_plugins.x86_ept.ept import (
     drop_spte,
     is_shadow_present_pte,
     spte_to_pfn,
+    unmap_hva_range,
 )
 
 from kvmsim.errors import ScenarioError
@@ -63,6 +70,7 @@ STEP_KINDS: Final = (
         required=("slot", "action"),
     ),
     StepKind("age", _RANGE, required=("vma",)),
+    StepKind("nx_huge_pages", {"enabled": bool}),
 )
 NAMES: Final = frozenset(k.name for k in STEP_KINDS)
 DIRTY_ACTIONS: Final = ("enable", "get", "disable")
@@ -82,7 +90,33 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
         return _apf_complete(kvm, vcpu)
     if do == "dirty_log":
         return _dirty_log(kvm, step)
+    if do == "nx_huge_pages":
+        return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
     return _age(kvm, step)
+
+
+def _nx_huge_pages(kvm: Kvm, enabled: bool) -> StepResult:
+    st: EptState = kvm.arch
+    if st.version == "v4.16":
+        return StepResult(outcome="done", detail="no kvm.nx_huge_pages before v5.4: no effect")
+    if enabled != st.nx_huge_pages:
+        st.nx_huge_pages = enabled
+        # set_nx_huge_pages → kvm_mmu_zap_all_fast: every SPTE goes
+        task = kvm.mm.current
+        kvm.mmu_lock.lock(task)
+        try:
+            for start, end in _slot_ranges(kvm):
+                unmap_hva_range(kvm, start, end)
+        finally:
+            kvm.mmu_lock.unlock(task)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("set_nx_huge_pages", enabled=enabled)
+    return StepResult(outcome="done")
+
+
+def _slot_ranges(kvm: Kvm) -> list[tuple[int, int]]:
+    shift = kvm.page_shift
+    return [(s.userspace_addr, s.userspace_addr + (s.npages << shift)) for s in kvm.memslots.slots]
 
 
 def _range(kvm: Kvm, step: StepSpec) -> tuple[int, int]:

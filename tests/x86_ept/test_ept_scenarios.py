@@ -35,6 +35,7 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
+        "ept-nx-huge-pages-exec",
         "ept-pfnmap-linear",
         "ept-readonly-pfnmap-store",
         "ept-thp-2m",

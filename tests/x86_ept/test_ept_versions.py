@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from kvmsim_plugins.x86_ept import common, ept, handler_v5_13
 
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
@@ -139,3 +140,22 @@ def test_v6_13_sizes_leaves_from_the_host_page_tables(make_sim: Any) -> None:
     assert "kvm_mmu_hugepage_adjust" in names
     assert not names & {"tdp_page_fault", "transparent_hugepage_adjust"}
     assert {m.size for m in ept.mappings(sim.kvm)} == {1 << 21}
+
+
+@pytest.mark.parametrize("strategy", ["refcount_guarded", "follow_pfn_2024"])
+def test_nx_huge_pages_maps_huge_leaves_nx_and_fetches_4k(make_sim: Any, strategy: str) -> None:
+    sim = make_sim(LIB["ept-nx-huge-pages-exec"], arch="x86_ept", strategy=strategy)
+    report = sim.run()
+    assert report.passed, report.to_json()
+    leaves = {(m.gpa, m.size) for m in ept.mappings(sim.kvm)}
+    # the 2M leaf the read installed gave way to a table for the fetch
+    assert leaves == {(0x20_3000, 4096)}
+    adjust = [e for e in report.events if e["event"] == "kvm_mmu_hugepage_adjust"]
+    assert [e["level"] for e in adjust] == [2, 1]
+
+
+def test_nx_huge_pages_step_is_a_no_op_before_v5_4(make_sim: Any) -> None:
+    sim = make_sim(LIB["ept-nx-huge-pages-exec"], arch="x86_ept", strategy="generic_v4_16")
+    report = sim.run()
+    assert not sim.kvm.arch.nx_huge_pages
+    assert report.steps[3].page_size == 1 << 21
