@@ -51,13 +51,17 @@ from kvmsim_plugins.x86_ept.ept import (
 
 from kvmsim.cmodel import EFAULT
 from kvmsim.hooktypes import ASYNC
+from kvmsim.host import gup
+from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import (
     KVM_HVA_ERR_BAD,
     KVM_PFN_ERR_HWPOISON,
     KVM_PFN_ERR_RO_FAULT,
+    gfn_to_hva_many,
     gfn_to_hva_memslot,
     is_error_pfn,
     is_noslot_pfn,
+    kvm_is_error_hva,
     kvm_release_pfn_clean,
     pfn_name,
 )
@@ -389,7 +393,7 @@ def direct_map(
 ) -> int:
     """``__direct_map``: walk from the root, dropping a large SPTE in the way
     (``drop_large_spte``) and linking new tables, down to ``level``; there
-    ``mmu_set_spte``.  (``direct_pte_prefetch`` is not modelled.)"""
+    ``mmu_set_spte``, then (legacy MMU: v4.16, v5.13) ``direct_pte_prefetch``."""
     st: EptState = kvm.arch
     gpa = gfn << 12
     table = st.root
@@ -410,8 +414,67 @@ def direct_map(
         lvl -= 1
     idx = (gpa >> LEVEL_SHIFT[level]) & 511
     ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
+    if st.version != "v6.13" and level == PT_PAGE_TABLE_LEVEL and st.ad_enabled:
+        # the v6.13 TDP MMU (kvm_tdp_mmu_map) prefetches nothing
+        direct_pte_prefetch(kvm, table, idx, gfn, mmu_seq)
     st.pf_fixed += 1
     return ret
+
+
+PTE_PREFETCH_NUM: Final = 8
+
+
+def direct_pte_prefetch(kvm: Kvm, table: Table, idx: int, gfn: int, mmu_seq: int) -> None:
+    """``direct_pte_prefetch`` (v4.16; v5.13 adds: nothing while an
+    invalidation is in progress): in the faulting 4K SPTE's aligned group of
+    ``PTE_PREFETCH_NUM``, each run of non-present SPTEs that ends at a
+    present one or at the faulting one is filled from
+    ``gfn_to_page_many_atomic``; a run after the faulting SPTE that reaches
+    the group's end is not.  The first run that cannot be filled ends it."""
+    if kvm.arch.version == "v5.13" and kvm.mmu_notifier_count:
+        return
+    base = idx & ~(PTE_PREFETCH_NUM - 1)
+    start: int | None = None
+    for i in range(base, base + PTE_PREFETCH_NUM):
+        e = table.get(i)
+        if i == idx or (isinstance(e, int) and is_shadow_present_pte(e)):
+            if start is None:
+                continue
+            if not direct_pte_prefetch_many(kvm, table, start, i, gfn - idx + start, mmu_seq):
+                break
+            start = None
+        elif start is None:
+            start = i
+
+
+def direct_pte_prefetch_many(
+    kvm: Kvm, table: Table, start: int, end: int, gfn: int, mmu_seq: int
+) -> bool:
+    """``direct_pte_prefetch_many``: ``gfn_to_memslot_dirty_bitmap`` (no slot,
+    a slot being changed or one with dirty logging: nothing), then
+    ``gfn_to_page_many_atomic`` (all of ``[start, end)`` inside the slot,
+    ``__get_user_pages_fast`` for write) and one speculative, host-writable
+    ``mmu_set_spte`` per page pinned, whose reference it drops again
+    (v4.16 inside ``mmu_set_spte``, v5.13 with ``put_page``).  False: stop."""
+    st: EptState = kvm.arch
+    slot = kvm.memslots.gfn_to_memslot(gfn)
+    if slot is None or slot.flags & KVM_MEMSLOT_INVALID or slot.id in st.dirty_bitmaps:
+        return False
+    nr = end - start
+    addr = gfn_to_hva_many(slot, gfn, True, 12)
+    if kvm_is_error_hva(addr) or slot.base_gfn + slot.npages - gfn < nr:
+        return False
+    pages: list[int] = []
+    ret = gup.__get_user_pages_fast(kvm.mm, addr, nr, 1, pages)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("direct_pte_prefetch", gfn=hex(gfn), nr=nr, pinned=ret)
+    if ret <= 0:
+        return False
+    for i in range(ret):
+        mmu_set_spte(kvm, table, start + i, False, 1, gfn + i, pages[i], True, True, mmu_seq)
+        if st.version != "v4.16":
+            kvm.phys.put_page(pages[i])
+    return True
 
 
 def mmu_set_spte(
