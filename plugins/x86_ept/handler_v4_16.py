@@ -8,8 +8,8 @@ strategy's ``hva_to_pfn`` with a non-NULL ``async``), ``handle_abnormal_pfn``,
 then under ``mmu_lock`` the part the ``create_pte`` hook models
 (:func:`map_locked`): ``mmu_notifier_retry``, ``transparent_hugepage_adjust``
 and ``__direct_map`` → ``mmu_set_spte`` → ``set_spte``, ending with
-``kvm_release_pfn_clean``.  References are released by pfn, so the zero
-page's gup reference leaks (L.1).
+``kvm_release_pfn_clean``, then ``direct_pte_prefetch``.  References are
+released by pfn, so the zero page's gup reference leaks (L.1).
 
 Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
 arch/x86/kvm/mmu.c and vmx.c (kernel-semantics H, L.1, L.5).

@@ -10,21 +10,24 @@ reference; the one ``kvm_release_pfn_clean(pfn)`` of the pfn
 deleted or moved (``KVM_MEMSLOT_INVALID``) is retried; the retry check is
 skipped for a NOSLOT pfn and is ``mmu_notifier_retry_hva`` (an
 invalidation in progress forces a retry only when the fault's hva lies in
-its range; one that ended since ``mmu_seq`` always does).  The level is v5.13.0's as released:
-``kvm_mmu_max_mapping_level`` returns the host level unclamped by the
-slot's ``disallow_lpage`` (the clamp, ec607a564f70, came in v5.15 and
-5.13.16), so a 1G hugetlb page behind a slot that allows only 2M maps
-whole (:func:`kvm_mmu_hugepage_adjust`), and ``set_spte`` no longer has
-v4.16's ``lpage_disallowed`` check (dropped in v5.6 when the level moved
-under ``mmu_lock``) to stop it.  Not modelled: the
-NX huge-page workaround (``nx_huge_pages`` is off on CPUs without the iTLB
-multihit erratum).
+its range; one that ended since ``mmu_seq`` always does).
 
-Read from: Linux 5.13 (v5.13 tag, torvalds/linux),
-arch/x86/kvm/mmu/mmu.c ``direct_page_fault`` / ``kvm_mmu_hugepage_adjust``
-/ ``kvm_mmu_max_mapping_level``; the level rule re-read in this round
-against the post-fix text of ec607a564f70 (v5.15; in 5.13.16 stable),
-whose clamp v5.13.0 lacks.
+The level is v5.13.0's as released: ``kvm_mmu_max_mapping_level``
+returns the host level unclamped by the slot's ``disallow_lpage`` (the
+clamp, ec607a564f70, came in v5.15 and 5.13.16), so a 1G hugetlb page
+behind a slot that allows only 2M maps whole (:func:`kvm_mmu_hugepage_adjust`),
+and ``set_spte`` no longer has v4.16's ``lpage_disallowed`` check (dropped
+in v5.6 when the level moved under ``mmu_lock``) to stop it.  With
+``kvm.nx_huge_pages`` (the ``nx_huge_pages`` step) huge leaves are
+non-executable and a fetch is mapped 4K; ``__direct_map`` ends with
+``direct_pte_prefetch``, skipped while an invalidation is in progress.
+
+Read from: the 5.13-era arch/x86/kvm/mmu/mmu.c as kernel-semantics D and
+L summarize it; the level rule checked in this round against
+ec607a564f70's post-fix text of ``kvm_mmu_max_mapping_level`` /
+``kvm_mmu_hugepage_adjust`` / ``host_pfn_mapping_level`` (a v5.16-era
+copy) and the v5.6 patch that retired ``set_spte``'s lpage check; no
+5.13 release tree was reachable here.
 """
 
 from __future__ import annotations
