@@ -32,8 +32,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
 
 from kvmsim_plugins.x86_ept import apf
 from kvmsim_plugins.x86_ept.ept import (
@@ -46,6 +46,7 @@ from kvmsim_plugins.x86_ept.ept import (
     unmap_hva_range,
 )
 
+from kvmsim.dirtylog import DIRTY_LOG_STEP, dirty_log_action, dirty_log_result, dirty_log_slot
 from kvmsim.errors import ScenarioError
 from kvmsim.hooktypes import StepResult
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, THP_SHIFT
@@ -64,16 +65,11 @@ STEP_KINDS: Final = (
     StepKind("swap_out", _RANGE, required=("vma",), default_size=PAGE_SIZE),
     StepKind("async_pf", {"vcpu": int, "enable": bool}),
     StepKind("apf_complete", {"vcpu": int}),
-    StepKind(
-        "dirty_log",
-        {"slot": int, "action": str, "expect_dirty": list},
-        required=("slot", "action"),
-    ),
+    DIRTY_LOG_STEP,
     StepKind("age", _RANGE, required=("vma",)),
     StepKind("nx_huge_pages", {"enabled": bool}),
 )
 NAMES: Final = frozenset(k.name for k in STEP_KINDS)
-DIRTY_ACTIONS: Final = ("enable", "get", "disable")
 
 
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
@@ -152,27 +148,9 @@ def _apf_complete(kvm: Kvm, vcpu: int) -> StepResult:
     return StepResult(outcome="done", detail=f"{ran} work item(s) ran, {done} page(s) ready")
 
 
-def _slot(kvm: Kvm, step: StepSpec) -> Memslot:
-    sid = step.params["slot"]
-    for s in kvm.memslots.slots:
-        if s.id == sid:
-            return s
-    raise ScenarioError(
-        f"no memslot with id {sid} (memslots are numbered in file order from 0)",
-        key=f"step[{step.index}].slot",
-    )
-
-
 def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
-    action = step.params["action"]
-    if action not in DIRTY_ACTIONS:
-        raise ScenarioError(
-            "unknown dirty_log action",
-            key=f"step[{step.index}].action",
-            expected=", ".join(DIRTY_ACTIONS),
-            got=action,
-        )
-    slot = _slot(kvm, step)
+    action = dirty_log_action(step)
+    slot = dirty_log_slot(kvm, step)
     st: EptState = kvm.arch
     if action == "enable":
         kvm_mmu_slot_enable_dirty_log(kvm, slot)
@@ -185,27 +163,7 @@ def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
         return StepResult(outcome="enoent", detail="dirty logging is not enabled on this slot")
     gpas = kvm_get_dirty_log_protect(kvm, slot)
     st.dirty_reports.append((step.index, slot.id, gpas))
-    want = step.params.get("expect_dirty")
-    if want is not None:
-        items = list(cast(Iterable[object], want))
-        if not all(isinstance(g, int) and not isinstance(g, bool) for g in items):
-            raise ScenarioError(
-                "wrong type",
-                key=f"step[{step.index}].expect_dirty",
-                expected="an array of guest physical addresses (integers)",
-                got=want,
-            )
-        expected = tuple(sorted(cast(list[int], items)))
-        if expected != gpas:
-            got_s = [hex(g) for g in gpas]
-            return StepResult(
-                outcome="done",
-                detail=f"dirty gpas {got_s}",
-                expect_failures=(
-                    f"expect_dirty: expected {[hex(g) for g in expected]}, got {got_s}",
-                ),
-            )
-    return StepResult(outcome="done", detail=f"dirty gpas {[hex(g) for g in gpas]}")
+    return dirty_log_result(step, gpas)
 
 
 def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
