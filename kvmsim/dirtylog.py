@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 DIRTY_LOG_STEP: Final = StepKind(
     "dirty_log",
-    {"slot": int, "action": str, "expect_dirty": list},
+    {"slot": int, "action": str, "expect_dirty": list, "pml": bool},
     required=("slot", "action"),
 )
 DIRTY_ACTIONS: Final = ("enable", "get", "disable")

@@ -374,6 +374,11 @@ def dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
     action = dirty_log_action(step)
     slot = dirty_log_slot(kvm, step)
     st = kvm.arch
+    if "pml" in step.params:
+        raise ScenarioError(
+            "pml is an Intel VMX feature; HPT tracks stores with C bits",
+            key=f"step[{step.index}].pml",
+        )
     if action == "enable":
         st.dirty_slots.add(slot.id)
         return StepResult(outcome="done")

@@ -13,12 +13,14 @@
   completions: the page is prefaulted and "page ready" is injected
   (``kvm_check_async_pf_completion``).
 - ``dirty_log`` (``slot``, ``action`` = ``enable`` | ``get`` | ``disable``,
-  optional ``expect_dirty``, the gpas a correct kernel reports): the
+  optional ``expect_dirty``, the gpas a correct kernel reports; optional
+  ``pml`` on ``enable``: the host has Intel PML, ``enable_pml``): the
   ``KVM_SET_USER_MEMORY_REGION`` flag change and the ``KVM_GET_DIRTY_LOG``
-  ioctl (kernel-semantics L.5), without PML (``slot_enable_log_dirty`` is
-  NULL: write protection).  The reported gpas are kept in
-  ``kvm.arch.dirty_reports`` and traced; a mismatch with ``expect_dirty``
-  is an expectation failure of the step.
+  ioctl (kernel-semantics L.5).  Without PML (``slot_enable_log_dirty`` is
+  NULL) by write protection; with PML by D bits the CPU logs (stores
+  through a 4K leaf do not exit), large leaves write-protected.  The
+  reported gpas are kept in ``kvm.arch.dirty_reports`` and traced; a
+  mismatch with ``expect_dirty`` is an expectation failure of the step.
 - ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
   range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
   the young SPTEs (``kvm.arch.young_reports``).
@@ -32,11 +34,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from kvmsim_plugins.x86_ept import apf
+from kvmsim_plugins.x86_ept.common import mark_page_dirty
 from kvmsim_plugins.x86_ept.ept import (
+    EPT_D,
     EPT_W,
     EptState,
     age_hva_range,
@@ -153,6 +157,8 @@ def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
     slot = dirty_log_slot(kvm, step)
     st: EptState = kvm.arch
     if action == "enable":
+        if step.params.get("pml") and st.pml is None:
+            st.pml = []  # enable_pml: every vcpu logs D-bit transitions from now on
         kvm_mmu_slot_enable_dirty_log(kvm, slot)
         return StepResult(outcome="done")
     if action == "disable":
@@ -176,6 +182,15 @@ def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     if slot.id in st.dirty_bitmaps:
         return
     st.dirty_bitmaps[slot.id] = set()
+    if st.pml is not None:
+        # vmx_slot_enable_log_dirty: clear D on the 4K leaves (the CPU logs
+        # the next store to each), write-protect the large ones (a store
+        # faults and is mapped 4K)
+        n = _change_bit(kvm, slot, EPT_D, None, lambda level: level == 1)
+        n += _change_bit(kvm, slot, EPT_W, None, lambda level: level > 1)
+        if kvm.tracer.enabled:
+            kvm.tracer.emit("vmx_slot_enable_log_dirty", slot=slot.id, changed=n)
+        return
     n = _write_protect(kvm, slot, None)
     if kvm.tracer.enabled:
         kvm.tracer.emit("kvm_mmu_slot_remove_write_access", slot=slot.id, protected=n)
@@ -185,6 +200,21 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
     """``__rmap_write_protect(pt_protect = false)`` over the slot's SPTEs
     (every level), or only over the 4K SPTEs of ``gfns`` (the masked
     variant ``kvm_mmu_write_protect_pt_masked``)."""
+    return _change_bit(kvm, slot, EPT_W, gfns, lambda level: True)
+
+
+def _change_bit(
+    kvm: Kvm,
+    slot: Memslot,
+    bit: int,
+    gfns: set[int] | None,
+    levels: Callable[[int], bool],
+    *,
+    set_: bool = False,
+) -> int:
+    """Under ``mmu_lock``, clear (``set_``: set) ``bit`` in the slot's present
+    SPTEs whose level ``levels`` accepts, or only in the 4K SPTEs of
+    ``gfns``; returns how many changed."""
     st: EptState = kvm.arch
     task = kvm.mm.current
     start = slot.base_gfn << 12
@@ -195,11 +225,11 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
         for table, idx, level, gpa in st.leaves_in(start, end):
             v = table[idx]
             assert isinstance(v, int)
-            if not is_shadow_present_pte(v) or not v & EPT_W:
+            if not is_shadow_present_pte(v) or bool(v & bit) == set_ or not levels(level):
                 continue
             if gfns is not None and (level != 1 or (gpa >> 12) not in gfns):
                 continue
-            table[idx] = v & ~EPT_W
+            table[idx] = v | bit if set_ else v & ~bit
             st.hits.pop(v, None)
             n += 1
     finally:
@@ -207,16 +237,36 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
     return n
 
 
-def kvm_get_dirty_log_protect(kvm: Kvm, slot: Memslot) -> tuple[int, ...]:
-    """``kvm_vm_ioctl_get_dirty_log`` → ``kvm_get_dirty_log_protect``: take
-    the bitmap and clear it (``xchg``), write-protect the 4K SPTEs of the
-    gfns that were dirty, and return them (as gpas, sorted)."""
+def kvm_flush_pml_buffers(kvm: Kvm) -> None:
+    """``kvm_flush_pml_buffers`` (``vmx_flush_log_dirty``, before
+    ``KVM_GET_DIRTY_LOG`` takes the bitmap): every logged gpa is
+    ``kvm_vcpu_mark_page_dirty``-ed."""
     st: EptState = kvm.arch
+    if not st.pml:
+        return
+    logged, st.pml = st.pml, []
+    for gpa in logged:
+        mark_page_dirty(kvm, gpa >> 12)
+
+
+def kvm_get_dirty_log_protect(kvm: Kvm, slot: Memslot) -> tuple[int, ...]:
+    """``kvm_vm_ioctl_get_dirty_log`` (with PML: ``kvm_flush_pml_buffers``
+    first) → ``kvm_get_dirty_log_protect``: take the bitmap and clear it
+    (``xchg``), write-protect the 4K SPTEs of the gfns that were dirty (with
+    PML: ``kvm_mmu_clear_dirty_pt_masked``, clear their D bits), and return
+    them (as gpas, sorted)."""
+    st: EptState = kvm.arch
+    kvm_flush_pml_buffers(kvm)
     bitmap = st.dirty_bitmaps[slot.id]
     rel = sorted(bitmap)
     bitmap.clear()
     gfns = {slot.base_gfn + r for r in rel}
-    n = _write_protect(kvm, slot, gfns) if gfns else 0
+    if not gfns:
+        n = 0
+    elif st.pml is not None:
+        n = _change_bit(kvm, slot, EPT_D, gfns, lambda level: level == 1)
+    else:
+        n = _write_protect(kvm, slot, gfns)
     gpas = tuple((slot.base_gfn + r) << 12 for r in rel)
     if kvm.tracer.enabled:
         kvm.tracer.emit(
@@ -234,6 +284,9 @@ def kvm_mmu_slot_disable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     st: EptState = kvm.arch
     if st.dirty_bitmaps.pop(slot.id, None) is None:
         return
+    if st.pml is not None:
+        # vmx_slot_disable_log_dirty → kvm_mmu_slot_set_dirty: D on every leaf
+        _change_bit(kvm, slot, EPT_D, None, lambda level: True, set_=True)
     phys = kvm.phys
     task = kvm.mm.current
     start = slot.base_gfn << 12
