@@ -135,7 +135,11 @@ def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
     ``kvm->srcu`` notionally held.  It must read ``kvm.mmu_notifier_seq``
     before resolving the pfn, call ``kvm.fire_point("after_hva_to_pfn")``
     right after resolving it and ``kvm.fire_point("before_create_pte")`` just
-    before installing, and release page references as its kernel version does.
+    before installing (a scenario's ``across_create_pte`` event starts there
+    and ends only after this hook returned: the version's retry check, e.g.
+    ``kvm.mmu_notifier_retry`` or the range-based
+    ``kvm.mmu_notifier_retry_hva`` / ``kvm.mmu_invalidate_retry_gfn``, sees
+    it in progress), and release page references as its kernel version does.
     Models: ``kvmppc_book3s_radix_page_fault``, ``kvmppc_book3s_hv_page_fault``,
     ``tdp_page_fault``.
 

@@ -27,6 +27,8 @@ class ArchInfo:
     :param readonly_memslots: ``KVM_MEM_READONLY`` is accepted (the arch
         defines ``__KVM_HAVE_READONLY_MEM``: x86, arm, arm64, mips; not
         powerpc, where ``KVM_SET_USER_MEMORY_REGION`` fails with -EINVAL).
+    :param handler_sources: per fault-handler version, where it was read (the
+        ``Read from:`` paragraph of its module, :mod:`kvmsim.sources`).
     """
 
     name: str
@@ -34,6 +36,7 @@ class ArchInfo:
     page_shift: int
     page_sizes: tuple[int, ...]
     readonly_memslots: bool = True
+    handler_sources: Mapping[str, str] = field(factory=dict, hash=False)
 
 
 def unsupported(scenario: Any, arch: ArchInfo) -> str | None:
@@ -63,6 +66,8 @@ class StrategyInfo:
         handler surrounds this strategy (``{"ppc_radix": "v4.17"}``); an arch
         plugin reads its own entry to choose its flow.  ``"*"`` is the default.
     :param kernel: the kernel release or patch the strategy reproduces.
+    :param source: where it was read (the ``Read from:`` paragraph of its
+        module, :mod:`kvmsim.sources`).
     """
 
     name: str
@@ -70,6 +75,7 @@ class StrategyInfo:
     arches: tuple[str, ...]
     handlers: Mapping[str, str] = field(factory=dict, hash=False)
     kernel: str = ""
+    source: str = ""
 
     def applies_to(self, arch: str) -> bool:
         return "*" in self.arches or arch in self.arches

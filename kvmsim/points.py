@@ -51,4 +51,12 @@ POINTS: Final = {
 #: existed; every point in :data:`POINTS` is accepted now.
 LEGACY_POINTS: Final = ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
 
-__all__ = ["LEGACY_POINTS", "POINTS"]
+#: ``at`` placements that are not a single point: name -> what happens.
+PLACEMENTS: Final = {
+    "across_create_pte": (
+        "sequential placement: the event's invalidate_range_start and page-table change "
+        "run at before_create_pte, its invalidate_range_end after the fault returned"
+    ),
+}
+
+__all__ = ["LEGACY_POINTS", "PLACEMENTS", "POINTS"]

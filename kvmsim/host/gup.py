@@ -1,7 +1,7 @@
 """get_user_pages and friends, ``follow_pfn``/``follow_pte`` and
 ``fixup_user_fault`` (mm/gup.c, mm/memory.c, arch gup-fast; v4.16).
 
-Return conventions are the kernel's, exactly (kernel-semantics F.1-F.5):
+Return conventions are the kernel's, exactly (kernel-notes §F.1-F.5):
 ``__get_user_pages_fast`` returns 0..nr and never a negative value;
 ``get_user_pages_fast`` with nothing pinned returns a negative errno, never 0;
 ``fixup_user_fault`` returns only 0, -EFAULT or -ENOMEM.

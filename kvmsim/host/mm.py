@@ -119,6 +119,10 @@ class Mm:
         self.race_points: dict[str, Callable[[], None]] = {}
         self.sched: Any = None  # a concurrent run's scheduler (kvmsim.explore.runtime)
         self.migration_wait = WaitQueue("migration_entry_wait")
+        # invalidate_range_end calls of an "across_create_pte" event, held
+        # until the fault that was in flight returns (None: not holding)
+        self.held_ends: list[tuple[int, int]] = []
+        self._holding = False
         self._next = MMAP_BASE
         self.swapcache: set[int] = set()
         self.swap_slots: dict[int, dict[int, int]] = {}
@@ -130,13 +134,31 @@ class Mm:
     def fire_point(self, name: str) -> None:
         """Yield point ``name`` (:mod:`kvmsim.points`): run (once) the host event
         a sequential scenario placed there, or let a concurrent run's
-        scheduler switch to another actor."""
+        scheduler switch to another actor.  At ``before_create_pte`` an
+        ``across_create_pte`` event runs too, with its ``invalidate_range_end``
+        calls held back: the invalidation is in progress while the fault takes
+        ``mmu_lock`` and checks for a retry, and ends
+        (:meth:`release_held_ends`) when the fault has returned."""
         if self.race_points:
             cb = self.race_points.pop(name, None)
             if cb is not None:
                 cb()
+            if name == "before_create_pte":
+                cb = self.race_points.pop("across_create_pte", None)
+                if cb is not None:
+                    self._holding = True
+                    try:
+                        cb()
+                    finally:
+                        self._holding = False
         if self.sched is not None:
             self.sched.point(name)
+
+    def release_held_ends(self) -> None:
+        """The held ``invalidate_range_end`` calls, in order."""
+        held, self.held_ends = self.held_ends, []
+        for start, end in held:
+            self.notify_end(start, end)
 
     def notify_start(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_start``."""
@@ -148,6 +170,9 @@ class Mm:
 
     def notify_end(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_end``."""
+        if self._holding:
+            self.held_ends.append((start, end))
+            return
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_invalidate_range_end", start=start, end=end)
         self.notifiers.invalidate_range_end(self, start, end)

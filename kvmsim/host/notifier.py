@@ -2,7 +2,7 @@
 
 Subscribers (KVM) implement the callbacks of :class:`MmuNotifier`; the chain
 calls every subscriber in registration order.  Which host events fire which
-callbacks is in kernel-semantics L.4.
+callbacks is in kernel-notes §L.4.
 """
 
 from __future__ import annotations

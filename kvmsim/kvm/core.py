@@ -7,7 +7,7 @@ The core names no arch and no strategy: it reaches them through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kvmsim.cmodel import KernelOops
 from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
@@ -60,6 +60,10 @@ class SpinLock:
             self.sched.released(self)
 
 
+#: ``INVALID_GPA`` as a gfn: no memslot overlapped the invalidation yet
+INVALID_GFN: Final = -1
+
+
 class Kvm:
     """``struct kvm``: one VM of the simulation.
 
@@ -93,6 +97,14 @@ class Kvm:
         self.mmu_lock = SpinLock("kvm->mmu_lock")
         self.mmu_notifier_seq = 0
         self.mmu_notifier_count = 0
+        # the union of the ranges being invalidated while the count is
+        # non-zero: hva (``mmu_notifier_range_start/end``, v5.13) and gfn
+        # (``mmu_invalidate_range_start/end``, v6.3+; INVALID_GFN until an
+        # invalidation overlaps a memslot)
+        self.mmu_notifier_range_start = 0
+        self.mmu_notifier_range_end = 0
+        self.mmu_invalidate_range_start = INVALID_GFN
+        self.mmu_invalidate_range_end = INVALID_GFN
         # (seq after the invalidation ended, start, end): the stale-mapping
         # checker compares entries' mmu_seq against it.
         self.invalidations: list[tuple[int, int, int]] = []
@@ -126,6 +138,29 @@ class Kvm:
         since ``mmu_seq`` was read.  Called under ``mmu_lock``."""
         if self.mmu_notifier_count:
             return True
+        return self.mmu_notifier_seq != mmu_seq
+
+    def mmu_notifier_retry_hva(self, mmu_seq: int, hva: int) -> bool:
+        """``mmu_notifier_retry_hva`` (v5.13): an invalidation is running *and*
+        ``hva`` lies in the range being invalidated, or one ended since
+        ``mmu_seq`` was read.  An unrelated range in progress does not count.
+        Called under ``mmu_lock``."""
+        if self.mmu_notifier_count and (
+            self.mmu_notifier_range_start <= hva < self.mmu_notifier_range_end
+        ):
+            return True
+        return self.mmu_notifier_seq != mmu_seq
+
+    def mmu_invalidate_retry_gfn(self, mmu_seq: int, gfn: int) -> bool:
+        """``mmu_invalidate_retry_gfn`` (v6.3+): as :meth:`mmu_notifier_retry_hva`
+        with the gfn range the invalidation covers in the memslots; a count
+        with no gfn range yet (``INVALID_GPA``) retries (the kernel warns).
+        Called under ``mmu_lock``."""
+        if self.mmu_notifier_count:
+            if self.mmu_invalidate_range_start == INVALID_GFN:
+                return True
+            if self.mmu_invalidate_range_start <= gfn < self.mmu_invalidate_range_end:
+                return True
         return self.mmu_notifier_seq != mmu_seq
 
     def gfn_to_pfn_memslot(
@@ -173,6 +208,27 @@ class Kvm:
         return self.hooks.hva_to_pfn(kvm=self, request=req)
 
 
+def track_range(kvm: Kvm, start: int, end: int) -> None:
+    """The range bookkeeping of ``kvm_inc_notifier_count`` (v5.13, hva) and
+    ``kvm_mmu_invalidate_range_add`` (v6.3+, gfn, per overlapping memslot):
+    the first invalidation sets the range, a nested one widens it to the
+    union's bounds."""
+    if kvm.mmu_notifier_count == 1:
+        kvm.mmu_notifier_range_start = start
+        kvm.mmu_notifier_range_end = end
+        kvm.mmu_invalidate_range_start = INVALID_GFN
+        kvm.mmu_invalidate_range_end = INVALID_GFN
+    else:
+        kvm.mmu_notifier_range_start = min(kvm.mmu_notifier_range_start, start)
+        kvm.mmu_notifier_range_end = max(kvm.mmu_notifier_range_end, end)
+    for _, lo, hi in kvm.memslots.hva_to_gfns(start, end):
+        if kvm.mmu_invalidate_range_start == INVALID_GFN:
+            kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = lo, hi
+        else:
+            kvm.mmu_invalidate_range_start = min(kvm.mmu_invalidate_range_start, lo)
+            kvm.mmu_invalidate_range_end = max(kvm.mmu_invalidate_range_end, hi)
+
+
 class KvmMmuNotifier:
     """KVM's MMU-notifier callbacks (``kvm_mmu_notifier_ops``, A.10)."""
 
@@ -187,6 +243,7 @@ class KvmMmuNotifier:
         task = mm.current
         kvm.mmu_lock.lock(task)
         kvm.mmu_notifier_count += 1
+        track_range(kvm, start, end)
         if kvm.tracer.enabled:
             kvm.tracer.emit(
                 "kvm_mmu_notifier_invalidate_range_start",

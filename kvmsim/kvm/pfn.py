@@ -1,6 +1,6 @@
 """KVM's pfn values and helpers (include/linux/kvm_host.h, virt/kvm/kvm_main.c, v4.16).
 
-Reference semantics are those of kernel-semantics A.9: a pfn without a
+Reference semantics are those of kernel-notes §A.9: a pfn without a
 ``struct page`` counts as "reserved", and so does a PG_reserved page such as
 the zero page, which is why the v4.16 release helpers leak a zero-page
 reference that gup took.

@@ -96,6 +96,9 @@ def guest_access(
                 mmu_notifier_count=kvm.mmu_notifier_count,
             )
         r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
+        if kvm.mm.held_ends:
+            # an invalidation that straddled the fault's retry check ends now
+            kvm.mm.release_held_ends()
         if tr.enabled:
             tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)
         if r.action == RESUME:

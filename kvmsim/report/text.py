@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from kvmsim import registry
 from kvmsim.matrix import Column, MatrixResult
 from kvmsim.report.symbols import STATUS_STYLE, cell_text, legend_items
 
@@ -221,5 +222,23 @@ def strategy_summary(result: MatrixResult) -> str:
                 text += f" **{len(bad)} fail**"
             row.append(text)
         lines.append(f"| `{s}` | " + " | ".join(row) + " |")
-    lines += ["", SUMMARY_END]
+    lines += ["", *sources_table(result), "", SUMMARY_END]
     return "\n".join(lines)
+
+
+def sources_table(result: MatrixResult) -> list[str]:
+    """Where each (arch, handler version) and each strategy of the plan was
+    read: the ``Read from:`` paragraphs (:mod:`kvmsim.sources`) the plugins
+    hand on in their info."""
+    arches = sorted({c.arch for c in result.plan.columns})
+    strategies = sorted({c.strategy for c in result.plan.columns})
+    lines = ["| arch | handler | read from |", "|---|---|---|"]
+    for a in arches:
+        info = registry.info_of("arch", registry.load(registry.lookup("arch", a)))
+        for version, source in sorted(info.handler_sources.items()):
+            lines.append(f"| {a} | {version} | {source or '**none**'} |")
+    lines += ["", "| strategy | read from |", "|---|---|"]
+    for s in strategies:
+        info = registry.info_of("strategy", registry.load(registry.lookup("strategy", s)))
+        lines.append(f"| `{s}` | {info.source or '**none**'} |")
+    return lines

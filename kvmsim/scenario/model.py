@@ -15,11 +15,19 @@ from typing import Final, TypeAlias
 
 from attrs import field, frozen
 
-from kvmsim.points import POINTS
+from kvmsim.points import LEGACY_POINTS, PLACEMENTS, POINTS
 
 #: Points in the fault path where a step's host event can be made to fire,
 #: inside the next guest access's fault (step key ``at``).
-RACE_POINTS: Final = tuple(POINTS)  # the first three are the original placements
+# The first three are the original placements, then across_create_pte (a
+# placement only: the event's invalidate_range_start and page-table change
+# before the retry check under mmu_lock, its invalidate_range_end after the
+# fault returned), then every other yield point (kvmsim.points).
+RACE_POINTS: Final = (
+    *LEGACY_POINTS,
+    *PLACEMENTS,
+    *(p for p in POINTS if p not in LEGACY_POINTS),
+)
 
 #: What a guest access may end in (``expect.outcome``).
 OUTCOMES: Final = (

@@ -26,6 +26,10 @@ Scenario steps for this arch (``arch = "ppc_hpt"``):
   return is an expectation failure of the step.
 - ``vcpu``: the issuing vcpu.
 
+``do = "dirty_log"`` (``slot``, ``action`` = ``enable`` | ``get`` |
+``disable``, optional ``expect_dirty``): as on x86, with HPT's harvest of
+HPTE C bits (:func:`dirty_log`).
+
 The guest hashes like Linux: primary PTEG first, the secondary one when the
 primary is full; H_REMOVE uses H_AVPN on the slot H_ENTER returned.
 
@@ -62,6 +66,7 @@ segment is a 16M page.  HPT size: ``KVM_DEFAULT_HPT_ORDER`` (2^24 bytes,
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_hpt import handler
@@ -79,11 +84,13 @@ from kvmsim_plugins.ppc_hpt.hpte import (
 )
 
 from kvmsim import hookimpl
+from kvmsim.dirtylog import DIRTY_LOG_STEP, dirty_log_action, dirty_log_result, dirty_log_slot
 from kvmsim.errors import PluginError, ScenarioError
 from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
 from kvmsim.host.constants import VM_IO, VM_MIXEDMAP, VM_PFNMAP
 from kvmsim.scenario.model import StepKind
 from kvmsim.scenario.sizes import parse_size
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -93,6 +100,13 @@ if TYPE_CHECKING:
 NAME = "ppc_hpt"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
 VERSIONS = ("v4.15", "v4.16", "v5.7", "v6.13")
+# the module holding each version's body
+VERSION_MODULES = {
+    "v4.15": "handler_v4_15",
+    "v4.16": "handler_v4_15",
+    "v5.7": "handler_v5_7",
+    "v6.13": "handler_v6_13",
+}
 
 HCALL_STEP = StepKind(
     "hcall",
@@ -120,6 +134,10 @@ def arch_info() -> ArchInfo:
         page_shift=PAGE_SHIFT,
         page_sizes=PAGE_SIZES,
         readonly_memslots=False,  # no __KVM_HAVE_READONLY_MEM on powerpc
+        handler_sources={
+            v: read_from(importlib.import_module(f"{__name__}.{m}").__doc__)
+            for v, m in VERSION_MODULES.items()
+        },
     )
 
 
@@ -265,11 +283,13 @@ def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
 
 @hookimpl
 def step_kinds() -> list[StepKind]:
-    return [HCALL_STEP]
+    return [HCALL_STEP, DIRTY_LOG_STEP]
 
 
 @hookimpl
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
+    if step.do == "dirty_log":
+        return dirty_log(kvm, step)
     if step.do != "hcall":
         return None
     p = step.params
@@ -346,3 +366,38 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     if expect is not None and hcall_name(ret) != str(expect).upper():
         failures = (f"expect_ret: expected {str(expect).upper()}, got {hcall_name(ret)}",)
     return StepResult(outcome="done", detail=detail, expect_failures=failures)
+
+
+def dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
+    """The ``dirty_log`` step on HPT (v4.16): ``enable`` / ``disable`` only
+    toggle ``KVM_MEM_LOG_DIRTY_PAGES`` (``kvmppc_core_commit_memory_region_hv``
+    does nothing more for HPT: the hardware's C bits track stores);
+    ``get`` is ``kvm_vm_ioctl_get_dirty_log_hv`` →
+    ``kvmppc_hv_get_dirty_log_hpt``: ``kvm_test_clear_dirty_npages`` for every
+    page of the slot, each dirty HPTE marking as many pages as it maps.
+    Not modelled: the VPA/DTL dirty harvest and the slot's own
+    ``dirty_bitmap`` (nothing else marks pages dirty on HPT here)."""
+    action = dirty_log_action(step)
+    slot = dirty_log_slot(kvm, step)
+    st = kvm.arch
+    if "pml" in step.params:
+        raise ScenarioError(
+            "pml is an Intel VMX feature; HPT tracks stores with C bits",
+            key=f"step[{step.index}].pml",
+        )
+    if action == "enable":
+        st.dirty_slots.add(slot.id)
+        return StepResult(outcome="done")
+    if action == "disable":
+        st.dirty_slots.discard(slot.id)
+        return StepResult(outcome="done")
+    if slot.id not in st.dirty_slots:
+        return StepResult(outcome="enoent", detail="dirty logging is not enabled on this slot")
+    dirty: set[int] = set()
+    for i in range(slot.npages):
+        n = st.test_clear_dirty_npages(kvm, slot.base_gfn + i)
+        dirty.update(range(i, i + n))  # set_dirty_bits(map, i, npages)
+    gpas = tuple(sorted((slot.base_gfn + i) << kvm.page_shift for i in dirty))
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("kvmppc_hv_get_dirty_log_hpt", slot=slot.id, dirty=[hex(g) for g in gpas])
+    return dirty_log_result(step, gpas)

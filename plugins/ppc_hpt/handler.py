@@ -1,6 +1,6 @@
 """The HPT fault path: the real-mode prefilter ``kvmppc_hpte_hv_fault``
-(book3s_hv_rm_mmu.c; dispatch in book3s_hv_rmhandlers.S, kernel-semantics
-L.6), then ``kvmppc_book3s_hv_page_fault`` (book3s_64_mmu_hv.c, B.5) of the
+(book3s_hv_rm_mmu.c; dispatch in book3s_hv_rmhandlers.S, kernel-notes
+§L.6), then ``kvmppc_book3s_hv_page_fault`` (book3s_64_mmu_hv.c, B.5) of the
 version the selected strategy names:
 
 - ``v4.15`` (also ``v4.16``: the handler is identical): ``get_user_pages_fast``
@@ -14,6 +14,11 @@ version the selected strategy names:
 This module holds what both share: the prefilter, the prologue up to
 ``mmu_seq``, and the tail from the page-size check to ``out_put``; the
 install under the HPTE and rmap locks is ``create_pte`` (:func:`install`).
+
+Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
+arch/powerpc/kvm/book3s_hv_rm_mmu.c and book3s_64_mmu_hv.c for the
+real-mode prefilter and the prologue the versions share
+(kernel-notes §B.5, kernel-notes §L.6); each version's body names its own source.
 """
 
 from __future__ import annotations

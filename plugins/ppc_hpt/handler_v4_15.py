@@ -1,5 +1,5 @@
 """The v4.15 / v4.16 body of ``kvmppc_book3s_hv_page_fault`` after
-``mmu_seq`` (kernel-semantics B.5 steps 6-12).
+``mmu_seq`` (kernel-notes §B.5 steps 6-12).
 
 The handler's own ``get_user_pages_fast`` + VM_PFNMAP block is answered by
 the strategy's ``hva_to_pfn`` (the request carries ``psize``, which the
@@ -11,6 +11,11 @@ block's ``hva + psize <= vm_end`` test needs):
   ``writable`` its ``write_ok = vm_flags & VM_WRITE``;
 - status ``retry``: re-enter the guest; any other non-ok status has no pfn
   to use and ends in -EFAULT as ``!pfn`` does.
+
+Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1) and
+Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
+arch/powerpc/kvm/book3s_64_mmu_hv.c (identical there; kernel-notes
+§B.5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The v5.7 body of ``kvmppc_book3s_hv_page_fault`` after ``mmu_seq``
 (cd758a9b57ee, "Use __gfn_to_pfn_memslot in HPT page fault handler";
-kernel-semantics C.2): gup-fast for a writable page, else the generic
+kernel-notes §C.2): gup-fast for a writable page, else the generic
 ``__gfn_to_pfn_memslot`` (the strategy's ``hva_to_pfn``), then the host PTE
 for the size, address and cache attribute.
 
@@ -8,6 +8,9 @@ Kept as merged: ``page = pfn_valid && !PageReserved ? pfn : NULL`` (so a
 zero-page reference taken by the slow gup is never dropped, L.1), and no
 ``pte_present`` check on the host PTE (the 2020 "Handle non-present PTEs"
 follow-up added it).
+
+Read from: commit cd758a9b57ee as merged for v5.7 (torvalds/linux),
+arch/powerpc/kvm/book3s_64_mmu_hv.c (kernel-notes §C.2).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from kvmsim_plugins.ppc_hpt.handler import RESUME_GUEST, FaultCtx, _ret, finish
 from kvmsim.cmodel import EFAULT
 from kvmsim.hooktypes import FaultResult
 from kvmsim.host import gup
-from kvmsim.host.constants import PTE_NONCACHED, PTE_PFN_SHIFT
+from kvmsim.host.constants import PTE_NONCACHED, PTE_PFN_SHIFT, PTE_PRESENT
 from kvmsim.kvm.pfn import is_error_noslot_pfn, pfn_name
 
 if TYPE_CHECKING:
@@ -62,23 +65,35 @@ def resolve_v5_7(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultResu
     return host_pte_tail(kvm, ctx, page, write_ok)
 
 
-def host_pte_tail(kvm: Kvm, ctx: FaultCtx, page: int | None, write_ok: bool) -> FaultResult:
-    """What v5.7 and v6.13 share after the lookup: the host PTE
-    (``__find_linux_pte``; none → release the page, ``RESUME_GUEST``) gives
-    the size, the address and ``is_ci``; then :func:`finish`, which dirties
-    (``set_page_dirty_lock``) and puts ``page`` — the only reference dropped."""
+def host_pte_tail(
+    kvm: Kvm, ctx: FaultCtx, page: int | None, write_ok: bool, *, kvm_host_pte: bool = False
+) -> FaultResult:
+    """What v5.7 and v6.13 share after the lookup: the host PTE gives the
+    size, the address and ``is_ci``; then :func:`finish`, which dirties
+    (``set_page_dirty_lock``) and puts ``page`` — the only reference dropped.
+
+    v5.7 (``kvm_host_pte`` false): ``__find_linux_pte`` without ``mmu_lock``;
+    no entry → put the page, ``RESUME_GUEST``; an entry is used whether
+    present or not.  v6.13 (``kvm_host_pte`` true): under ``mmu_lock``,
+    ``find_kvm_host_pte(kvm, mmu_seq, hva, &shift)``, which finds nothing
+    when an invalidation ran or runs since ``mmu_seq``; a missing or
+    non-present entry → put the page, ``RESUME_GUEST``."""
     tr = kvm.tracer
     ps = kvm.page_shift
     hva = ctx.hva
     phys = kvm.phys
     kvm.fire_point("after_hva_to_pfn")
     # the host PTE gives the mapping size and the cache attribute
-    pte, shift = kvm.mm.pgtable.find_linux_pte(hva)
-    if pte is None:
+    if kvm_host_pte:
+        pte, shift = find_kvm_host_pte(kvm, ctx.mmu_seq, hva)
+    else:
+        pte, shift = kvm.mm.pgtable.find_linux_pte(hva)
+    if pte is None or (kvm_host_pte and not pte & PTE_PRESENT):
         if page is not None:
             phys.put_page(page)
         if tr.enabled:
-            tr.emit("resume_guest", why="__find_linux_pte found nothing")
+            why = "host PTE not present" if kvm_host_pte else "__find_linux_pte found nothing"
+            tr.emit("resume_guest", why=why)
         return _ret(RESUME_GUEST, "host PTE gone: retry")
     hpa = (pte >> PTE_PFN_SHIFT) << ps
     pte_size = 1 << shift if shift else 1 << ps
@@ -105,3 +120,20 @@ def host_pte_tail(kvm: Kvm, ctx: FaultCtx, page: int | None, write_ok: bool) -> 
         put=page,
         set_dirty_lock=True,
     )
+
+
+def find_kvm_host_pte(kvm: Kvm, mmu_seq: int, hva: int) -> tuple[int | None, int]:
+    """``find_kvm_host_pte`` (asm/kvm_book3s_64.h, v5.10+) read under
+    ``mmu_lock`` as the v6.13 handler reads it: no entry when
+    ``mmu_invalidate_retry(kvm, mmu_seq)`` holds, else ``__find_linux_pte``
+    on the VM's mm; the entry's value is copied before the unlock."""
+    task = kvm.mm.current
+    kvm.mmu_lock.lock(task)
+    try:
+        if kvm.mmu_notifier_retry(mmu_seq):
+            if kvm.tracer.enabled:
+                kvm.tracer.emit("find_kvm_host_pte", hva=hex(hva), retry=True)
+            return None, 0
+        return kvm.mm.pgtable.find_linux_pte(hva)
+    finally:
+        kvm.mmu_lock.unlock(task)

@@ -1,7 +1,7 @@
 """The v6.13 body of ``kvmppc_book3s_hv_page_fault`` after ``mmu_seq``
 (0865ba14b4ee "KVM: PPC: Use __kvm_faultin_pfn() to handle page faults on
 Book3s HV", in the v6.13 "Stop grabbing references to PFNMAP'd pages"
-series; kernel-semantics E).
+series; kernel-notes §E).
 
 The patch replaces v5.7's own lookup (gup-fast for a writable page, else
 ``__gfn_to_pfn_memslot`` and ``page = pfn_valid && !PageReserved ? ... :
@@ -15,6 +15,14 @@ host PTE gives size, address and cache attribute, and the same lines that
 dirtied and put the derived page now dirty and put ``page`` (E step 9), so
 the handler releases exactly ``HvaToPfnResult.page`` and never derives a
 page from the pfn.
+
+Read from: commit 0865ba14b4ee of the v6.13 "Stop grabbing references to
+PFNMAP'd pages" series (v13, kvm list 2024-10-10) on the v6.12 handler;
+the host-PTE read (``find_kvm_host_pte(kvm, mmu_seq, hva, &shift)``
+under ``mmu_lock``, non-present → put the page, ``RESUME_GUEST``: the
+2020 follow-ups that v5.7's body predates) corrected in this round from
+the v6.13 arch/powerpc/kvm/book3s_64_mmu_hv.c as the issue-20 review
+read it.  No v6.13 release tree was reachable here.
 """
 
 from __future__ import annotations
@@ -58,4 +66,4 @@ def resolve_v6_13(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultRes
         kvm.fire_point("after_hva_to_pfn")
         return _ret(-EFAULT, f"__kvm_faultin_pfn: {pfn_name(res.pfn)}")
     page: int | None = res.page
-    return host_pte_tail(kvm, ctx, page, res.writable)
+    return host_pte_tail(kvm, ctx, page, res.writable, kvm_host_pte=True)

@@ -1,6 +1,6 @@
 """The H_ENTER and H_REMOVE hypercalls as KVM HV serves them
 (``kvmppc_do_h_enter``, ``kvmppc_do_h_remove`` in
-arch/powerpc/kvm/book3s_hv_rm_mmu.c, v4.16; kernel-semantics B.5), and the
+arch/powerpc/kvm/book3s_hv_rm_mmu.c, v4.16; kernel-notes §B.5), and the
 guest side that issues them the way a Linux guest does.
 """
 

@@ -38,6 +38,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     HPTE_V_SECONDARY,
     HPTE_V_VALID,
     KVM_DEFAULT_HPT_ORDER,
+    KVMPPC_RMAP_CHANGED,
     KVMPPC_RMAP_INDEX,
     KVMPPC_RMAP_PRESENT,
     KVMPPC_RMAP_RC_SHIFT,
@@ -110,6 +111,7 @@ class HptState:
         "back",
         "bolted",
         "by_gpa",
+        "dirty_slots",
         "dsi_queued",
         "entered",
         "forw",
@@ -150,6 +152,7 @@ class HptState:
         self.by_gpa: dict[int, set[int]] = {}
         self.hpte_locks: dict[int, str] = {}
         self.rmap_locks: dict[int, str] = {}
+        self.dirty_slots: set[int] = set()  # memslot ids with KVM_MEM_LOG_DIRTY_PAGES
         self.seg_shift: dict[int, int] = {}  # ESID → base page shift (guest SLB model)
         self.entered: dict[int, int] = {}  # ea page → HPTE index (the guest's slot record)
         # linear-mapping pages (ea == gpa) the guest has bolted so far; the
@@ -359,6 +362,49 @@ class HptState:
                 )
             for gfn in gfns:
                 self.unmap_rmapp(kvm, gfn)
+
+    def test_clear_dirty_npages(self, kvm: Kvm, gfn: int) -> int:
+        """``kvm_test_clear_dirty_npages`` (v4.16): a C bit harvested into the
+        rmap (``KVMPPC_RMAP_CHANGED``, left by an unmapped HPTE) counts and is
+        cleared; then for every HPTE of ``gfn``'s chain that has C, or is
+        writable (no vcpu runs between scenario steps, so a delayed C
+        writeback must be flushed): lock it, skip it if not valid, make it
+        absent, ``tlbie``, clear C (remembered in ``guest_rpte``), make it
+        valid again.  Returns the base pages dirtied (an HPTE's page size in
+        base pages), 0 if none."""
+        task = kvm.mm.current
+        ps = self.page_shift
+        self.lock_rmap(gfn, task)
+        rm = self.rmap.get(gfn, 0)
+        npages = 0
+        if rm & KVMPPC_RMAP_CHANGED:
+            # the harvested page size (KVMPPC_RMAP_CHG_ORDER) is not kept: one page
+            self.rmap[gfn] = rm = rm & ~KVMPPC_RMAP_CHANGED
+            npages = 1
+        if rm & KVMPPC_RMAP_PRESENT:
+            i = head = rm & KVMPPC_RMAP_INDEX
+            while True:
+                j = self.forw[i]
+                r = self.r.get(i, 0)
+                if r & HPTE_R_C or hpte_is_writable(r):
+                    self.lock_hpte(i, task)
+                    v = self.v[i]
+                    if v & HPTE_V_VALID:
+                        self.v[i] = v | HPTE_V_ABSENT
+                        self.invalidate_hpte(kvm, i)
+                        r = self.r[i]
+                        if r & HPTE_R_C:
+                            self.r[i] = r & ~HPTE_R_C
+                            self.guest_rpte[i] = self.guest_rpte.get(i, 0) | HPTE_R_C
+                            n = (actual_pgsz(v, r) + (1 << ps) - 1) >> ps
+                            npages = max(npages, n)
+                        v = (v & ~HPTE_V_ABSENT) | HPTE_V_VALID
+                    self.unlock_hpte(i, v)
+                i = j
+                if i == head:
+                    break
+        self.unlock_rmap(gfn)
+        return npages
 
     def age_rmapp(self, kvm: Kvm, gfn: int) -> bool:
         """``kvm_age_rmapp``: clear R in every valid HPTE of ``gfn``'s chain

@@ -92,6 +92,7 @@ HCALL_NAMES: Final = {
 # ---------------------------------------------------------- reverse map word
 KVMPPC_RMAP_RC_SHIFT: Final = 32
 KVMPPC_RMAP_REFERENCED: Final = HPTE_R_R << KVMPPC_RMAP_RC_SHIFT
+KVMPPC_RMAP_CHANGED: Final = HPTE_R_C << KVMPPC_RMAP_RC_SHIFT
 KVMPPC_RMAP_PRESENT: Final = 0x1_0000_0000
 KVMPPC_RMAP_INDEX: Final = 0xFFFF_FFFF
 

@@ -9,6 +9,7 @@ a 52-bit guest real address space.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_radix import handler, mmu
@@ -16,6 +17,7 @@ from kvmsim_plugins.ppc_radix.tree import GPA_BITS, PMD_SIZE, PUD_SIZE
 
 from kvmsim import hookimpl
 from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -25,6 +27,13 @@ NAME = "ppc_radix"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
 VERSIONS = ("v4.15", "v4.16", "v4.17", "v6.13")
 DEFAULT_VERSION = "v4.17"
+# the module holding each version's body
+VERSION_MODULES = {
+    "v4.15": "handler_v4_15",
+    "v4.16": "handler_v4_15",
+    "v4.17": "handler_v4_17",
+    "v6.13": "handler_v6_13",
+}
 
 
 def make_arch_info(name: str, page_shift: int) -> ArchInfo:
@@ -41,6 +50,10 @@ def make_arch_info(name: str, page_shift: int) -> ArchInfo:
         # powerpc never defines __KVM_HAVE_READONLY_MEM: the handlers' read-only
         # slot branches exist in the source but userspace cannot reach them
         readonly_memslots=False,
+        handler_sources={
+            v: read_from(importlib.import_module(f"{__name__}.{m}").__doc__)
+            for v, m in VERSION_MODULES.items()
+        },
     )
 
 

@@ -1,5 +1,5 @@
 """DSISR bits of a POWER9 hypervisor data storage interrupt
-(arch/powerpc/include/asm/reg.h; what sets them: kernel-semantics L.2)."""
+(arch/powerpc/include/asm/reg.h; what sets them: kernel-notes §L.2)."""
 
 from typing import Final
 

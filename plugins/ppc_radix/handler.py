@@ -1,5 +1,5 @@
 """``kvmppc_book3s_radix_page_fault`` as three kernel versions wrote it
-(arch/powerpc/kvm/book3s_64_mmu_radix.c; kernel-semantics B.2, B.3, C.1).
+(arch/powerpc/kvm/book3s_64_mmu_radix.c; kernel-notes §B.2, B.3, C.1).
 
 The selected strategy names the version (``StrategyInfo.handlers``):
 - ``v4.15``, ``v4.16``: the handler resolves the page itself (gup_fast, then
@@ -10,13 +10,16 @@ The selected strategy names the version (``StrategyInfo.handlers``):
 - ``v4.17``: gup-fast for a writable page, else the generic
   ``__gfn_to_pfn_memslot`` (the strategy's generic ``hva_to_pfn``).
 - ``v6.13``: ``kvmppc_book3s_instantiate_page`` after the 2024 rework
-  (kernel-semantics E): ``__kvm_faultin_pfn`` for every fault, the host PTE
+  (kernel-notes §E): ``__kvm_faultin_pfn`` for every fault, the host PTE
   for every pfn, and the release of exactly the page the strategy handed
-  back (``kvm_release_faultin_page``).
+  back (``set_page_dirty_lock`` + ``put_page`` of ``*refcounted_page``).
 
 This module holds the prologue every version shares; the versions'
 bodies are in :mod:`.handler_v4_15`, :mod:`.handler_v4_17` and
 :mod:`.handler_v6_13`.
+
+Read from: see the version modules (the prologue is the same in Linux
+4.15.1, 4.16.13, 4.17.0 and the v6.13 series' base).
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
 """The v4.15 and v4.16 radix fault handler after the memslot lookup
-(kernel-semantics B.2, B.3): the handler resolves the page itself, and the
-selected strategy answers that block through ``hva_to_pfn``."""
+(kernel-notes §B.2, B.3): the handler resolves the page itself, and the
+selected strategy answers that block through ``hva_to_pfn``.
+
+Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
+arch/powerpc/kvm/book3s_64_mmu_radix.c blob 58618f644c56; the v4.16
+differences from Linux 4.16.13 stable (mirror
+lizuobin/linux-4.16.13_tiny4412), commit c3856aeb2940 (kernel-notes
+§B.2, kernel-notes §B.3).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
-"""The v4.17 radix fault handler after the memslot lookup (kernel-semantics
-C.1): gup-fast for a writable page, else the generic ``__gfn_to_pfn_memslot``
-which calls the selected strategy's ``hva_to_pfn``."""
+"""The v4.17 radix fault handler after the memslot lookup (kernel-notes
+§C.1): gup-fast for a writable page, else the generic ``__gfn_to_pfn_memslot``
+which calls the selected strategy's ``hva_to_pfn``.
+
+Read from: Linux 4.17.0 release tree, arch/powerpc/kvm/book3s_64_mmu_radix.c
+(31c8b0d0694a and its v4.17 neighbours; kernel-notes §C.1, L).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The v6.13 radix fault handler after the memslot lookup:
 ``kvmppc_book3s_radix_page_fault`` → ``kvmppc_book3s_instantiate_page`` after
-the 2024 rework (kernel-semantics E; "KVM: PPC: Use __kvm_faultin_pfn() to
+the 2024 rework (kernel-notes §E; "KVM: PPC: Use __kvm_faultin_pfn() to
 handle page faults on Book3s Radix", v13 61/85), on top of the 2018-2020
 follow-ups (C.2: the host PTE for every pfn, NULL or non-present → release
 and retry; ``find_kvm_host_pte`` under ``mmu_lock`` with the notifier check).
@@ -9,6 +9,13 @@ The contract with the strategy (``follow_pfn_2024``): ``HvaToPfnResult.page``
 is ``*refcounted_page``, the only page this handler may release.  None
 releases nothing, whatever the pfn; the zero page is released like any
 other page.  The page is never derived from the pfn any more.
+
+Read from: the v6.13 "Stop grabbing references to PFNMAP'd pages" series
+(v13, kvm list 2024-10-10, patch 61/85 for Book3S radix) on top of the
+2018-2020 follow-ups of kernel-notes §C.2; the release (``set_page_dirty_lock`` +
+``put_page``, not ``kvm_release_faultin_page``) corrected in this round
+from the v6.13 arch/powerpc/kvm/book3s_64_mmu_radix.c as the issue-20
+review read it.  No v6.13 release tree was reachable here.
 """
 
 from __future__ import annotations
@@ -45,16 +52,17 @@ if TYPE_CHECKING:
 KVM_MEM_LOG_DIRTY_PAGES = 0x1
 
 
-def kvm_release_faultin_page(kvm: Kvm, page: int | None, unused: bool, dirty: bool) -> None:
-    """``kvm_release_faultin_page``: nothing for a NULL page; otherwise
-    ``kvm_release_page_unused`` / ``_dirty`` / ``_clean``, which all end in one
-    ``put_page``.  ``kvm_release_page_dirty`` marks the page dirty unless it
-    is PG_reserved (the zero page), and the put happens either way (E step 9)."""
+def release_page(kvm: Kvm, page: int | None, dirty: bool) -> None:
+    """How v6.13's radix handler drops ``*refcounted_page``: nothing for a
+    NULL page; otherwise ``set_page_dirty_lock`` when the PTE it installed
+    is writable, then ``put_page`` (E step 9).  Not
+    ``kvm_release_faultin_page``: the radix handler still open-codes the
+    release the pre-2024 code did on the page it derived."""
     if page is None:
         return
     phys = kvm.phys
-    if not unused and dirty and not phys.PageReserved(page):
-        phys.SetPageDirty(page)
+    if dirty:
+        phys.SetPageDirty(page)  # set_page_dirty_lock
     phys.put_page(page)
 
 
@@ -142,7 +150,7 @@ def instantiate_page(kvm: Kvm, vcpu: int, gpa: int, gfn: int, slot: Memslot, wri
         # the address walked: let the guest try again
         if tr.enabled:
             tr.emit("resume_guest", why="host PTE absent or not present", hva=hex(hva))
-        kvm_release_faultin_page(kvm, page, True, False)  # kvm_release_page_unused
+        release_page(kvm, page, False)
         return RESUME_GUEST
     large_enable = not slot.flags & KVM_MEM_LOG_DIRTY_PAGES
     level = 0
@@ -177,5 +185,5 @@ def instantiate_page(kvm: Kvm, vcpu: int, gpa: int, gfn: int, slot: Memslot, wri
         )
     kvm.fire_point("before_create_pte")
     ret = kvm.hooks.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=mmu_seq)
-    kvm_release_faultin_page(kvm, page, False, ret == 0 and bool(pte & PTE_WRITE))
+    release_page(kvm, page, ret == 0 and bool(pte & PTE_WRITE))
     return ret

@@ -1,7 +1,7 @@
 """The radix stage-2 MMU: the hardware walk (``translate``), and KVM's
 ``kvmppc_create_pte``, ``kvm_unmap_radix`` (arch/powerpc/kvm/book3s_64_mmu_radix.c).
 
-Versions differ where the kernel's did (kernel-semantics B.4, C.1):
+Versions differ where the kernel's did (kernel-notes §B.4, C.1):
 - v4.15: any large PMD already there → -EAGAIN; a page-table page in the
   way of a 2M leaf → -EBUSY; unmap clears only _PAGE_PRESENT.
 - v4.16: an existing 2M leaf is removed and replaced; -EBUSY as v4.15.

@@ -1,5 +1,5 @@
 """``cedric_reviewed``: the RFC with the thread's review applied, still on
-the v4.15 radix handler (kernel-semantics I.1, J.2-J.4, J.8):
+the v4.15 radix handler (kernel-notes §I.1, J.2-J.4, J.8):
 
 - Ben: "Just export it" -- the handler calls the exported generic v4.15
   ``hva_to_pfn_remapped`` (with ``async == NULL``; no ``writable`` in v4.15)
@@ -17,6 +17,10 @@ it: the mmap_sem read hold ``fixup_user_fault`` re-took is still leaked
 missing release of the ``kvm_get_pfn`` reference: the page stays NULL and a
 refcounted remapped pfn still leaks one reference per fault (J.4).
 Radix only, like the RFC.
+
+Read from: the RFC mail and its review in reference/kvm-ppc-thread-2018-02.txt,
+on Linux 4.15.1's book3s_64_mmu_radix.c blob 58618f644c56 and v4.15's
+virt/kvm/kvm_main.c ``hva_to_pfn_remapped``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from kvmsim import hookimpl
 from kvmsim.cmodel import EAGAIN, OutParam
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.constants import VM_IO, VM_PFNMAP
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
@@ -44,6 +49,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k"),
         handlers={"ppc_radix": "v4.15"},
         kernel="v4.15 + RFC with Ben's and Paolo's review",
+        source=read_from(__doc__),
     )
 
 

@@ -1,6 +1,6 @@
 """``cedric_rfc``: Cédric Le Goater's RFC "KVM: PPC: Book3S HV: add support
 for page faults in VM_IO|VM_PFNMAP vmas" (2018-02-08) exactly as posted, on
-the v4.15 radix handler (blob 58618f644c56; kernel-semantics I.1, J.2-J.4,
+the v4.15 radix handler (blob 58618f644c56; kernel-notes §I.1, J.2-J.4,
 J.7, J.8).  Radix only: the RFC does not touch the HPT handler.
 
 Inside the handler's unchanged outer test (vma covers hva and has
@@ -18,6 +18,9 @@ refcounted pfn is never dropped (J.4).  A VM_IO-only vma fails the outer
 test (J.2).  The write bit of the PTE is never checked (J.7).
 
 The rest of the handler is v4.15's (see ``ppc_original``).
+
+Read from: the RFC mail (kvm-ppc, 2018-02-08; reference/kvm-ppc-thread-2018-02.txt)
+applied to Linux 4.15.1's book3s_64_mmu_radix.c blob 58618f644c56.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kvmsim import hookimpl
 from kvmsim.cmodel import EAGAIN, OutParam
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.constants import VM_IO, VM_PFNMAP
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
@@ -45,6 +49,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k"),
         handlers={"ppc_radix": "v4.15"},
         kernel="v4.15 + RFC 20180208160303.19016-1-clg@kaod.org",
+        source=read_from(__doc__),
     )
 
 

@@ -2,7 +2,7 @@
 Christopherson's rework "KVM: Stop grabbing references to PFNMAP'd pages"
 (v13, 2024-10-10; merged for v6.13), with 6da8e9634bb7/5731aacd54a8's
 ``follow_pfnmap_start/end`` (v6.12) in ``hva_to_pfn_remapped``
-(kernel-semantics E, L.7).  In the shape this model can express:
+(kernel-notes §E, L.7).  In the shape this model can express:
 
 - ``struct kvm_follow_pfn`` becomes the request: FOLL_WRITE = ``write_fault``,
   FOLL_NOWAIT = ``async_`` (``KVM_PFN_ERR_NEEDS_IO`` is status ``async``),
@@ -32,6 +32,11 @@ HPT after 0865ba14b4ee, x86 releasing ``refcounted_page``).  An arch with no
 such version (``"*"``: v4.16) pairs the 2024 code with an older release rule;
 the trace event ``follow_pfn_release_contract`` flags every result whose
 release such a handler gets wrong.
+
+Read from: virt/kvm/kvm_main.c after the v6.13 "Stop grabbing references to
+PFNMAP'd pages" series (merge 5cb1659f4120, 2024-10-25) and
+6da8e9634bb7 / 5731aacd54a8 (v6.12 ``follow_pfnmap_start/end``;
+kernel-notes §E, kernel-notes §L.7).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_RO_FAULT,
     pfn_name,
 )
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
@@ -96,6 +102,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers=HANDLERS,
         kernel="v6.13 (kvm-no-struct-page, merge 5cb1659f4120)",
+        source=read_from(__doc__),
     )
 
 

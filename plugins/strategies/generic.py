@@ -1,9 +1,12 @@
 """Building blocks of the generic ``hva_to_pfn`` (virt/kvm/kvm_main.c,
-v4.16; kernel-semantics A.3-A.8), shared by the strategies that use them.
+v4.16; kernel-notes §A.3-A.8), shared by the strategies that use them.
 
 Each function models the kernel function of the same name.  ``writable`` is
 an :class:`~kvmsim.cmodel.OutParam` (NULL when the caller passed none);
 ``async_`` likewise (the code only ever writes ``*async = true``).
+
+Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
+virt/kvm/kvm_main.c (kernel-notes §A.3-A.8).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ kvm_get_pfn, and a340b3e229b2's unconditional ``*writable = true``).
 
 On ppc_radix it sits behind the v4.17 handler, the first PPC handler that
 called the generic code; on x86 behind the v4.16 TDP fault handler.
+
+Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
+virt/kvm/kvm_main.c (kernel-notes §A).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from kvmsim_plugins.strategies.generic import generic_request
 
 from kvmsim import hookimpl
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -30,6 +34,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
         kernel="v4.16",
+        source=read_from(__doc__),
     )
 
 

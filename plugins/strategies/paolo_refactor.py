@@ -1,6 +1,6 @@
 """``paolo_refactor``: Paolo Bonzini's untested, uncompiled sketch of a unified
 ``hva_to_pfn`` (kvm-ppc thread, 2018-02-12), transliterated as written on its
-base ``virt/kvm/kvm_main.c`` blob b4414842b023 (kernel-semantics I.2, J.5,
+base ``virt/kvm/kvm_main.c`` blob b4414842b023 (kernel-notes §I.2, J.5,
 J.6, J.9).  Every arch: the generic ``__gfn_to_pfn_memslot`` calls it with
 ``p_page == NULL``; a caller that passes a page pointer (the PPC use Paolo
 offered) sets ``request.page_out`` and gets ``*p_page`` back as ``page``.
@@ -39,6 +39,9 @@ What the sketch does, and what that means here:
   caller's page then reads as ``UNINIT``.
 
 Handlers: radix v4.17, HPT v5.7, others v4.16 (the generic callers).
+
+Read from: Paolo's mail in reference/kvm-ppc-thread-2018-02.txt (2018-02-12)
+and its base virt/kvm/kvm_main.c blob b4414842b023 (kernel-notes §I.2).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_FAULT,
     KVM_PFN_ERR_HWPOISON,
 )
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -93,6 +97,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
         kernel="sketch on kvm_main.c b4414842b023 (2018-02-12)",
+        source=read_from(__doc__),
     )
 
 

@@ -1,7 +1,7 @@
 """``ppc_original``: the PPC HV fault handlers the RFC was written against
 (Linux 4.15.1; radix ``arch/powerpc/kvm/book3s_64_mmu_radix.c`` blob
 58618f644c56 and the HPT ``book3s_64_mmu_hv.c`` of the same release;
-kernel-semantics B.2, B.5, J.1, J.7, J.10).
+kernel-notes §B.2, B.5, J.1, J.7, J.10).
 
 The handlers resolve the page themselves: ``get_user_pages_fast``, and when
 that fails (always, for VM_IO|VM_PFNMAP vmas) a vma that covers the hva and
@@ -18,6 +18,10 @@ practically never made (J.10), a read fault made writable only when the
 host PTE is writable *and* dirty, no ``set_page_dirty``, ``put_page(pages[0])``;
 the v4.15 radix handler ignores PROTFAULT, so a store to a read-only PFNMAP
 vma livelocks (J.7).  HPT additionally needs ``hva + psize <= vm_end``.
+
+Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
+arch/powerpc/kvm/book3s_64_mmu_radix.c blob 58618f644c56 and
+book3s_64_mmu_hv.c.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kvmsim_plugins.strategies.ppc_v4_15 import BranchAnswer, inline_hva_to_pfn,
 from kvmsim import hookimpl
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.constants import VM_PFNMAP
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
@@ -43,6 +48,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.15", "ppc_hpt": "v4.15"},
         kernel="v4.15 (radix blob 58618f644c56)",
+        source=read_from(__doc__),
     )
 
 

@@ -1,5 +1,5 @@
-"""The page lookup the v4.15 PPC HV fault handlers inline (kernel-semantics
-B.2 steps 9-10 for radix, B.5 step 7 for HPT), shared by the strategies that
+"""The page lookup the v4.15 PPC HV fault handlers inline (kernel-notes
+§B.2 steps 9-10 for radix, B.5 step 7 for HPT), shared by the strategies that
 sit on that base: ``ppc_original``, ``cedric_rfc`` and ``cedric_reviewed``.
 
 Both handlers do the same thing, in this order:
@@ -27,6 +27,10 @@ handler returns -EFAULT, a genuine pfn 0 included, as ``if (!pfn)`` does);
 ``vm_flags & VM_WRITE``; status ``retry`` = the RFC's ``-EAGAIN`` →
 ``RESUME_GUEST``, returned **with mmap_sem still held** when the branch says
 so (defect J.3).
+
+Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
+arch/powerpc/kvm/book3s_64_mmu_radix.c blob 58618f644c56 and
+book3s_64_mmu_hv.c (kernel-notes §B.2 steps 9-10, kernel-notes §B.5 step 7).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``refcount_guarded``: the generic ``hva_to_pfn`` with the 2021 fixes to
-``hva_to_pfn_remapped`` (kernel-semantics D, L.3, J.7):
+``hva_to_pfn_remapped`` (kernel-notes §D, L.3, J.7):
 
 - bd2fae8da794 "KVM: do not assume PTE is writable after follow_pfn" (v5.12):
   ``follow_pte`` instead of ``follow_pfn``; a write fault on a PTE without
@@ -19,6 +19,10 @@ radix v4.17, HPT v5.7 (the PPC handlers of the time differ from those only in
 ways this model does not express on this path), x86 v5.13 (whose release
 helpers carry v5.6's zero-page fix), arm64 v5.13 when the out-of-tree example
 is installed (likewise), others v4.16.
+
+Read from: commits bd2fae8da794 (v5.12) and f8be156be163 (v5.13,
+CVE-2021-22543) on virt/kvm/kvm_main.c (torvalds/linux; kernel-notes
+§D, kernel-notes §L.3).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host import gup
 from kvmsim.host.constants import FAULT_FLAG_WRITE, PTE_PFN_SHIFT, PTE_WRITE
 from kvmsim.kvm.pfn import KVM_PFN_ERR_RO_FAULT, kvm_try_get_pfn
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
@@ -55,6 +60,7 @@ def strategy_info() -> StrategyInfo:
             "*": "v4.16",
         },
         kernel="5.13 (f8be156be163 on bd2fae8da794)",
+        source=read_from(__doc__),
     )
 
 

@@ -1,6 +1,6 @@
 """``upstream_final``: what the PPC HV fault handlers became once the thread's
 discussion was merged: they call the generic ``__gfn_to_pfn_memslot``
-(kernel-semantics C.1, C.2, L.1, L.3).
+(kernel-notes §C.1, C.2, L.1, L.3).
 
 Radix: commit 31c8b0d0694a "KVM: PPC: Book3S HV: Use __gfn_to_pfn_memslot()
 in page fault handler" (Paul Mackerras, 2018-03-01, merged for v4.17), with
@@ -21,6 +21,10 @@ The generic ``hva_to_pfn`` it reaches is modelled as v4.17's: the decisions
 this model can express did not change on that path before bd2fae8da794 (v5.12;
 see ``refcount_guarded``); the v5.6 zero-page fix of ``kvm_is_reserved_pfn``
 does not matter to PPC, which tests ``PageReserved`` itself (L.1).
+
+Read from: commit 31c8b0d0694a (Linux 4.17.0 release tree) for radix and
+cd758a9b57ee (v5.7) for HPT; virt/kvm/kvm_main.c of Linux 4.16.13 for
+the generic resolution (kernel-notes §C).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from kvmsim_plugins.strategies.generic import generic_request
 
 from kvmsim import hookimpl
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -44,6 +49,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7"},
         kernel="v4.17 (31c8b0d0694a); HPT v5.7 (cd758a9b57ee)",
+        source=read_from(__doc__),
     )
 
 

@@ -18,6 +18,7 @@ from kvmsim_plugins.x86_ept import ept, handler, steps
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
 from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult
+from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -36,6 +37,7 @@ def arch_info() -> ArchInfo:
         description="x86-64 VMX EPT (4-level, 4K/2M/1G), TDP fault handler v4.16, v5.13, v6.13",
         page_shift=PAGE_SHIFT,
         page_sizes=(1 << 12, 1 << 21, 1 << 30),
+        handler_sources={v: read_from(m.__doc__) for v, m in handler.VERSIONS.items()},
     )
 
 

@@ -159,7 +159,9 @@ class EptState:
         "hits",
         "hwpoison_signals",
         "lpages",
+        "nx_huge_pages",
         "pf_fixed",
+        "pml",
         "root",
         "seqs",
         "version",
@@ -181,6 +183,11 @@ class EptState:
         self.apf: dict[int, ApfVcpu] = {}
         self.pf_fixed = 0
         self.lpages = 0
+        self.nx_huge_pages = False
+        self.pml: list[int] | None = None
+        """The page-modification log (gpas the CPU logged on setting a D bit)
+        while PML is enabled (``enable_pml``); None: no PML."""
+        """``kvm.nx_huge_pages`` (v5.4+; the iTLB multihit workaround)."""
         self.hits: dict[int, Translation] = {}
         """The frozen Translation of a 4K leaf hit, keyed by the SPTE value
         (A/D already set): a function of the value alone, so a changed SPTE
@@ -351,6 +358,9 @@ def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Transla
         if new != spte:
             table[idx] = new
             st.hits.pop(spte, None)
+            if st.pml is not None and new & ~spte & EPT_D:
+                # PML: setting a D flag logs the guest-physical address
+                st.pml.append(gpa & ~0xFFF)
             spte = new
     if level == 1:
         t = st.hits.get(spte)

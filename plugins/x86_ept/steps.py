@@ -13,32 +13,44 @@
   completions: the page is prefaulted and "page ready" is injected
   (``kvm_check_async_pf_completion``).
 - ``dirty_log`` (``slot``, ``action`` = ``enable`` | ``get`` | ``disable``,
-  optional ``expect_dirty``, the gpas a correct kernel reports): the
+  optional ``expect_dirty``, the gpas a correct kernel reports; optional
+  ``pml`` on ``enable``: the host has Intel PML, ``enable_pml``): the
   ``KVM_SET_USER_MEMORY_REGION`` flag change and the ``KVM_GET_DIRTY_LOG``
-  ioctl (kernel-semantics L.5), without PML (``slot_enable_log_dirty`` is
-  NULL: write protection).  The reported gpas are kept in
-  ``kvm.arch.dirty_reports`` and traced; a mismatch with ``expect_dirty``
-  is an expectation failure of the step.
+  ioctl (kernel-notes §L.5).  Without PML (``slot_enable_log_dirty`` is
+  NULL) by write protection; with PML by D bits the CPU logs (stores
+  through a 4K leaf do not exit), large leaves write-protected.  The
+  reported gpas are kept in ``kvm.arch.dirty_reports`` and traced; a
+  mismatch with ``expect_dirty`` is an expectation failure of the step.
 - ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
   range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
   the young SPTEs (``kvm.arch.young_reports``).
+- ``nx_huge_pages`` (``enabled`` = true): the administrator writes the
+  ``kvm.nx_huge_pages`` module parameter (the iTLB multihit workaround,
+  v5.4; on by default on affected CPUs).  ``set_nx_huge_pages`` zaps every
+  SPTE of the VM (``kvm_mmu_zap_all_fast``) when the value changes; from
+  then on huge leaves are mapped non-executable and an instruction fetch is
+  mapped with 4K pages.  v4.16 has no such parameter: nothing changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final
 
 from kvmsim_plugins.x86_ept import apf
+from kvmsim_plugins.x86_ept.common import mark_page_dirty
 from kvmsim_plugins.x86_ept.ept import (
+    EPT_D,
     EPT_W,
     EptState,
     age_hva_range,
     drop_spte,
     is_shadow_present_pte,
     spte_to_pfn,
+    unmap_hva_range,
 )
 
+from kvmsim.dirtylog import DIRTY_LOG_STEP, dirty_log_action, dirty_log_result, dirty_log_slot
 from kvmsim.errors import ScenarioError
 from kvmsim.hooktypes import StepResult
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, THP_SHIFT
@@ -57,15 +69,11 @@ STEP_KINDS: Final = (
     StepKind("swap_out", _RANGE, required=("vma",), default_size=PAGE_SIZE),
     StepKind("async_pf", {"vcpu": int, "enable": bool}),
     StepKind("apf_complete", {"vcpu": int}),
-    StepKind(
-        "dirty_log",
-        {"slot": int, "action": str, "expect_dirty": list},
-        required=("slot", "action"),
-    ),
+    DIRTY_LOG_STEP,
     StepKind("age", _RANGE, required=("vma",)),
+    StepKind("nx_huge_pages", {"enabled": bool}),
 )
 NAMES: Final = frozenset(k.name for k in STEP_KINDS)
-DIRTY_ACTIONS: Final = ("enable", "get", "disable")
 
 
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
@@ -82,7 +90,33 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
         return _apf_complete(kvm, vcpu)
     if do == "dirty_log":
         return _dirty_log(kvm, step)
+    if do == "nx_huge_pages":
+        return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
     return _age(kvm, step)
+
+
+def _nx_huge_pages(kvm: Kvm, enabled: bool) -> StepResult:
+    st: EptState = kvm.arch
+    if st.version == "v4.16":
+        return StepResult(outcome="done", detail="no kvm.nx_huge_pages before v5.4: no effect")
+    if enabled != st.nx_huge_pages:
+        st.nx_huge_pages = enabled
+        # set_nx_huge_pages → kvm_mmu_zap_all_fast: every SPTE goes
+        task = kvm.mm.current
+        kvm.mmu_lock.lock(task)
+        try:
+            for start, end in _slot_ranges(kvm):
+                unmap_hva_range(kvm, start, end)
+        finally:
+            kvm.mmu_lock.unlock(task)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit("set_nx_huge_pages", enabled=enabled)
+    return StepResult(outcome="done")
+
+
+def _slot_ranges(kvm: Kvm) -> list[tuple[int, int]]:
+    shift = kvm.page_shift
+    return [(s.userspace_addr, s.userspace_addr + (s.npages << shift)) for s in kvm.memslots.slots]
 
 
 def _range(kvm: Kvm, step: StepSpec) -> tuple[int, int]:
@@ -118,29 +152,13 @@ def _apf_complete(kvm: Kvm, vcpu: int) -> StepResult:
     return StepResult(outcome="done", detail=f"{ran} work item(s) ran, {done} page(s) ready")
 
 
-def _slot(kvm: Kvm, step: StepSpec) -> Memslot:
-    sid = step.params["slot"]
-    for s in kvm.memslots.slots:
-        if s.id == sid:
-            return s
-    raise ScenarioError(
-        f"no memslot with id {sid} (memslots are numbered in file order from 0)",
-        key=f"step[{step.index}].slot",
-    )
-
-
 def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
-    action = step.params["action"]
-    if action not in DIRTY_ACTIONS:
-        raise ScenarioError(
-            "unknown dirty_log action",
-            key=f"step[{step.index}].action",
-            expected=", ".join(DIRTY_ACTIONS),
-            got=action,
-        )
-    slot = _slot(kvm, step)
+    action = dirty_log_action(step)
+    slot = dirty_log_slot(kvm, step)
     st: EptState = kvm.arch
     if action == "enable":
+        if step.params.get("pml") and st.pml is None:
+            st.pml = []  # enable_pml: every vcpu logs D-bit transitions from now on
         kvm_mmu_slot_enable_dirty_log(kvm, slot)
         return StepResult(outcome="done")
     if action == "disable":
@@ -151,27 +169,7 @@ def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
         return StepResult(outcome="enoent", detail="dirty logging is not enabled on this slot")
     gpas = kvm_get_dirty_log_protect(kvm, slot)
     st.dirty_reports.append((step.index, slot.id, gpas))
-    want = step.params.get("expect_dirty")
-    if want is not None:
-        items = list(cast(Iterable[object], want))
-        if not all(isinstance(g, int) and not isinstance(g, bool) for g in items):
-            raise ScenarioError(
-                "wrong type",
-                key=f"step[{step.index}].expect_dirty",
-                expected="an array of guest physical addresses (integers)",
-                got=want,
-            )
-        expected = tuple(sorted(cast(list[int], items)))
-        if expected != gpas:
-            got_s = [hex(g) for g in gpas]
-            return StepResult(
-                outcome="done",
-                detail=f"dirty gpas {got_s}",
-                expect_failures=(
-                    f"expect_dirty: expected {[hex(g) for g in expected]}, got {got_s}",
-                ),
-            )
-    return StepResult(outcome="done", detail=f"dirty gpas {[hex(g) for g in gpas]}")
+    return dirty_log_result(step, gpas)
 
 
 def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
@@ -184,6 +182,15 @@ def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     if slot.id in st.dirty_bitmaps:
         return
     st.dirty_bitmaps[slot.id] = set()
+    if st.pml is not None:
+        # vmx_slot_enable_log_dirty: clear D on the 4K leaves (the CPU logs
+        # the next store to each), write-protect the large ones (a store
+        # faults and is mapped 4K)
+        n = _change_bit(kvm, slot, EPT_D, None, lambda level: level == 1)
+        n += _change_bit(kvm, slot, EPT_W, None, lambda level: level > 1)
+        if kvm.tracer.enabled:
+            kvm.tracer.emit("vmx_slot_enable_log_dirty", slot=slot.id, changed=n)
+        return
     n = _write_protect(kvm, slot, None)
     if kvm.tracer.enabled:
         kvm.tracer.emit("kvm_mmu_slot_remove_write_access", slot=slot.id, protected=n)
@@ -193,6 +200,21 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
     """``__rmap_write_protect(pt_protect = false)`` over the slot's SPTEs
     (every level), or only over the 4K SPTEs of ``gfns`` (the masked
     variant ``kvm_mmu_write_protect_pt_masked``)."""
+    return _change_bit(kvm, slot, EPT_W, gfns, lambda level: True)
+
+
+def _change_bit(
+    kvm: Kvm,
+    slot: Memslot,
+    bit: int,
+    gfns: set[int] | None,
+    levels: Callable[[int], bool],
+    *,
+    set_: bool = False,
+) -> int:
+    """Under ``mmu_lock``, clear (``set_``: set) ``bit`` in the slot's present
+    SPTEs whose level ``levels`` accepts, or only in the 4K SPTEs of
+    ``gfns``; returns how many changed."""
     st: EptState = kvm.arch
     task = kvm.mm.current
     start = slot.base_gfn << 12
@@ -203,11 +225,11 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
         for table, idx, level, gpa in st.leaves_in(start, end):
             v = table[idx]
             assert isinstance(v, int)
-            if not is_shadow_present_pte(v) or not v & EPT_W:
+            if not is_shadow_present_pte(v) or bool(v & bit) == set_ or not levels(level):
                 continue
             if gfns is not None and (level != 1 or (gpa >> 12) not in gfns):
                 continue
-            table[idx] = v & ~EPT_W
+            table[idx] = v | bit if set_ else v & ~bit
             st.hits.pop(v, None)
             n += 1
     finally:
@@ -215,16 +237,36 @@ def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:
     return n
 
 
-def kvm_get_dirty_log_protect(kvm: Kvm, slot: Memslot) -> tuple[int, ...]:
-    """``kvm_vm_ioctl_get_dirty_log`` → ``kvm_get_dirty_log_protect``: take
-    the bitmap and clear it (``xchg``), write-protect the 4K SPTEs of the
-    gfns that were dirty, and return them (as gpas, sorted)."""
+def kvm_flush_pml_buffers(kvm: Kvm) -> None:
+    """``kvm_flush_pml_buffers`` (``vmx_flush_log_dirty``, before
+    ``KVM_GET_DIRTY_LOG`` takes the bitmap): every logged gpa is
+    ``kvm_vcpu_mark_page_dirty``-ed."""
     st: EptState = kvm.arch
+    if not st.pml:
+        return
+    logged, st.pml = st.pml, []
+    for gpa in logged:
+        mark_page_dirty(kvm, gpa >> 12)
+
+
+def kvm_get_dirty_log_protect(kvm: Kvm, slot: Memslot) -> tuple[int, ...]:
+    """``kvm_vm_ioctl_get_dirty_log`` (with PML: ``kvm_flush_pml_buffers``
+    first) → ``kvm_get_dirty_log_protect``: take the bitmap and clear it
+    (``xchg``), write-protect the 4K SPTEs of the gfns that were dirty (with
+    PML: ``kvm_mmu_clear_dirty_pt_masked``, clear their D bits), and return
+    them (as gpas, sorted)."""
+    st: EptState = kvm.arch
+    kvm_flush_pml_buffers(kvm)
     bitmap = st.dirty_bitmaps[slot.id]
     rel = sorted(bitmap)
     bitmap.clear()
     gfns = {slot.base_gfn + r for r in rel}
-    n = _write_protect(kvm, slot, gfns) if gfns else 0
+    if not gfns:
+        n = 0
+    elif st.pml is not None:
+        n = _change_bit(kvm, slot, EPT_D, gfns, lambda level: level == 1)
+    else:
+        n = _write_protect(kvm, slot, gfns)
     gpas = tuple((slot.base_gfn + r) << 12 for r in rel)
     if kvm.tracer.enabled:
         kvm.tracer.emit(
@@ -242,6 +284,9 @@ def kvm_mmu_slot_disable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     st: EptState = kvm.arch
     if st.dirty_bitmaps.pop(slot.id, None) is None:
         return
+    if st.pml is not None:
+        # vmx_slot_disable_log_dirty → kvm_mmu_slot_set_dirty: D on every leaf
+        _change_bit(kvm, slot, EPT_D, None, lambda level: True, set_=True)
     phys = kvm.phys
     task = kvm.mm.current
     start = slot.base_gfn << 12

@@ -1,7 +1,7 @@
 """The XIVE interrupt controller as a kvmsim device (``kind = "xive"``).
 
 Models the KVM XIVE native device (arch/powerpc/kvm/book3s_xive_native.c;
-kernel-semantics G.1-G.3): per-source ESB page pairs and the TIMA OS page
+kernel-notes §G.1-G.3): per-source ESB page pairs and the TIMA OS page
 at MMIO frames without struct page, mmapped by QEMU as VM_IO|VM_PFNMAP vmas
 that fault handlers populate on demand, which is exactly the kind of vma the
 2018 RFC was about.

@@ -1,5 +1,5 @@
 """The KVM XIVE native device (arch/powerpc/kvm/book3s_xive_native.c, v5.2+;
-kernel-semantics G.1-G.3) as far as the stage-2 fault path sees it: sources
+kernel-notes §G.1-G.3) as far as the stage-2 fault path sees it: sources
 with their ESB page pairs at MMIO frames, the TIMA OS page, the device file's
 ``mmap`` with its two fault handlers, and the passthrough switch that unmaps
 a source's ESB pages.

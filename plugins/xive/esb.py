@@ -1,5 +1,5 @@
 """XIVE Event State Buffers: the PQ state machine and the ESB page offsets
-(kernel-semantics G.1; ``arch/powerpc/include/asm/xive-regs.h`` for the
+(kernel-notes §G.1; ``arch/powerpc/include/asm/xive-regs.h`` for the
 offsets, QEMU ``hw/intc/xive.c`` for what each load and store does).
 
 Each source has two ESB pages: the even one triggers, the odd one is the

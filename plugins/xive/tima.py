@@ -1,5 +1,5 @@
-"""The XIVE thread interrupt management area, OS ring only (kernel-semantics
-G.3; QEMU ``hw/intc/xive.c`` ``xive_tctx_*``).
+"""The XIVE thread interrupt management area, OS ring only (kernel-notes
+§G.3; QEMU ``hw/intc/xive.c`` ``xive_tctx_*``).
 
 The TIMA is one MMIO page per view; what it shows depends on the hardware
 thread that accesses it, i.e. on the vcpu running there.  So the model keeps

@@ -31,6 +31,7 @@ PUBLIC = {
     "kvmsim.registry",
     "kvmsim.runner",
     "kvmsim.testing",
+    "kvmsim.sources",
 }
 TYPING_ONLY = {"kvmsim.kvm.core", "kvmsim.kvm.memslot"}
 STDLIB = {"__future__", "typing"}

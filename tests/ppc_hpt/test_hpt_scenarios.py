@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from kvmsim_plugins.ppc_hpt.hpt import HptState
 from kvmsim_plugins.ppc_hpt.hpte import (
+    HPTE_R_C,
     HPTE_R_I,
     HPTE_R_M,
     HPTE_R_WIMG,
     HPTE_V_ABSENT,
     HPTE_V_VALID,
+    KVMPPC_RMAP_CHANGED,
     KVMPPC_RMAP_INDEX,
     KVMPPC_RMAP_PRESENT,
 )
@@ -166,3 +168,23 @@ op = "read"
     assert new.phys.others_refs() == {new.phys.zero_pfn: 1}
     # the zero page is mapped read-only either way
     assert r_old.steps[1].writable is False and r_new.steps[1].writable is False
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_dirty_log_harvests_and_clears_c_bits(strategy: str) -> None:
+    # kvm_test_clear_dirty_npages: every reported page's HPTE loses C (kept in
+    # guest_rpte), the munmapped page's C came from the rmap (harvested at
+    # unmap, KVMPPC_RMAP_CHANGED) and is cleared there too
+    sim, report = run("hpt-dirty-log", strategy)
+    assert report.passed, [(s.index, s.outcome, s.detail, s.expect_failures) for s in report.steps]
+    st: HptState = sim.kvm.arch
+    assert not [i for i, r in st.r.items() if r & HPTE_R_C and st.v.get(i, 0) & HPTE_V_VALID]
+    assert not [g for g, rm in st.rmap.items() if rm & KVMPPC_RMAP_CHANGED]
+    logs = [e for e in report.events if e["event"] == "kvmppc_hv_get_dirty_log_hpt"]
+    assert [e["dirty"] for e in logs] == [["0x10000"], [], ["0x10000", "0x30000"]]
+
+
+def test_dirty_log_get_without_logging_is_enoent() -> None:
+    text = LIB["hpt-dirty-log"].read_text().replace('action = "enable"', 'action = "disable"')
+    report = build_sim(text, strategy="generic_v4_16").run()
+    assert [s.outcome for s in report.steps if s.do == "dirty_log"][1:] == ["enoent"] * 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from kvmsim_plugins.ppc_radix.handler import HOST_PGTABLE_MASK, find_linux_pte
-from kvmsim_plugins.ppc_radix.handler_v6_13 import kvm_release_faultin_page
+from kvmsim_plugins.ppc_radix.handler_v6_13 import release_page
 
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, PTE_READ
 from kvmsim.kvm.pfn import kvm_hva_err_ro_bad
@@ -82,17 +82,17 @@ def test_pfnmap_ram_pfn_is_not_put(arch: str) -> None:
 
 
 def test_release_helper_puts_exactly_the_given_page() -> None:
-    # kvm_release_faultin_page: NULL → nothing; else one put_page; dirty only
-    # for a page that is not PG_reserved
+    # v6.13 radix: NULL → nothing; else set_page_dirty_lock only when the
+    # installed PTE is writable (never for the zero page), then one put_page
     sim = build_sim(LIB["gen-zero-page-then-write"], strategy=STRATEGY, arch="ppc_radix")
     phys = sim.phys
     z = phys.zero_pfn
     before = phys.refcount.get(z, 0)
     phys.get_page(z)
-    kvm_release_faultin_page(sim.kvm, z, False, True)
+    release_page(sim.kvm, z, False)
     assert phys.refcount.get(z, 0) == before
     assert not phys.PageDirty(z)
-    kvm_release_faultin_page(sim.kvm, None, False, True)  # no page: no effect
+    release_page(sim.kvm, None, True)  # no page: no effect
     assert phys.refcount.get(z, 0) == before
 
 

@@ -210,9 +210,14 @@ def test_plugin_step_kind() -> None:
 
 
 def test_public_tuples() -> None:
-    # the original three keep their names and order; the yield points of
-    # concurrent exploration extend them (kvmsim.points)
-    assert RACE_POINTS[:3] == ("after_hva_to_pfn", "before_create_pte", "mmap_sem_dropped")
+    # the original three keep their names and order, then the placement
+    # across_create_pte; the yield points of concurrent exploration follow
+    assert RACE_POINTS[:4] == (
+        "after_hva_to_pfn",
+        "before_create_pte",
+        "mmap_sem_dropped",
+        "across_create_pte",
+    )
     assert set(OUTCOMES) == {
         "mapped",
         "mmio",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kvmsim_plugins.x86_ept import ept, handler
+from kvmsim_plugins.x86_ept import common, ept
 
 from kvmsim.errors import ScenarioError
 from kvmsim.kvm.memslot import Memslot
@@ -93,17 +93,17 @@ def test_lpage_disallowed_follows_kvm_arch_create_memslot() -> None:
     # does not start/end on a huge boundary; all when gfn and hva are not
     # congruent modulo the huge size.
     slot = Memslot(id=0, base_gfn=0x200, npages=0x400, userspace_addr=0x7F00_0020_0000)
-    assert not handler.lpage_disallowed(slot, 0x200, 2)
-    assert not handler.lpage_disallowed(slot, 0x5FF, 2)
+    assert not common.lpage_disallowed(slot, 0x200, 2)
+    assert not common.lpage_disallowed(slot, 0x5FF, 2)
     misaligned = Memslot(
         id=0, base_gfn=0x200, npages=0x400, userspace_addr=0x7F00_0030_0000 + 0x1000
     )
-    assert handler.lpage_disallowed(misaligned, 0x400, 2)
+    assert common.lpage_disallowed(misaligned, 0x400, 2)
     partial = Memslot(id=0, base_gfn=0x201, npages=0x400, userspace_addr=0x7F00_0020_1000)
-    assert handler.lpage_disallowed(partial, 0x201, 2)  # first huge frame is partial
-    assert not handler.lpage_disallowed(partial, 0x400, 2)
-    assert handler.lpage_disallowed(partial, 0x600, 2)  # last one too
-    assert handler.lpage_disallowed(None, 0, 2)
+    assert common.lpage_disallowed(partial, 0x201, 2)  # first huge frame is partial
+    assert not common.lpage_disallowed(partial, 0x400, 2)
+    assert common.lpage_disallowed(partial, 0x600, 2)  # last one too
+    assert common.lpage_disallowed(None, 0, 2)
 
 
 def test_hugetlbfs_2m_misaligned_memslot_maps_4k(make_sim: Any) -> None:

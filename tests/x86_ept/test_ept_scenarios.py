@@ -32,8 +32,11 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-anon-read-zero-page",
         "ept-async-pf",
         "ept-dirty-log",
+        "ept-dirty-log-pml",
+        "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
+        "ept-nx-huge-pages-exec",
         "ept-pfnmap-linear",
         "ept-readonly-pfnmap-store",
         "ept-thp-2m",
@@ -204,3 +207,23 @@ def test_readonly_mmio_pfnmap_load_is_mapped_writable_in_v4_16(make_sim: Any) ->
     assert report.steps[0].verdicts == ["write_to_readonly"]
     assert not _events(report, "kvm_handle_bad_page")
     assert not _events(report, "kvm_page_fault", step=1)
+
+
+def test_partial_memslot_on_a_1g_page_maps_2m_and_exits_past_the_slot(make_sim: Any) -> None:
+    sim, report = _run(make_sim, "ept-hugetlb-1g-partial-memslot")
+    # H step 2: mapping_level stops below 1G (the slot's only 1G frame is its
+    # last and the slot ends inside it); no slot past 0x60000000 → MMIO exit
+    assert report.passed, report.to_json()
+    (m,) = sim.hooks.hook.stage2_mappings(kvm=sim.kvm)
+    assert (m.gpa, m.size) == (0x4000_0000, 1 << 21)
+
+
+def test_pml_logs_a_store_without_an_exit(make_sim: Any) -> None:
+    sim, report = _run(make_sim, "ept-dirty-log-pml")
+    assert report.passed, report.to_json()
+    # step 4 stores through a 4K SPTE whose D bit the get cleared: no fault
+    # (PML logs it), and the next get reports it from the flushed log
+    assert not _events(report, "kvm_page_fault", step=4)
+    assert sim.kvm.arch.pml == []
+    # the write-protection variant would have faulted there (fast_page_fault)
+    assert _events(report, "vmx_slot_enable_log_dirty", step=1)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
 from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
-from kvmsim_arm64 import abort, mmu
+from kvmsim.sources import read_from
+from kvmsim_arm64 import abort, abort_later, mmu
 from kvmsim_arm64.desc import IPA_BITS, PAGE_SHIFT, PMD_SIZE, PUD_SIZE
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ def arch_info() -> ArchInfo:
         ),
         page_shift=PAGE_SHIFT,
         page_sizes=(1 << PAGE_SHIFT, PMD_SIZE, PUD_SIZE),
+        handler_sources={
+            "v4.16": read_from(abort.__doc__),
+            "v5.13": read_from(abort_later.__doc__),
+            "v6.13": read_from(abort_later.__doc__),
+        },
     )
 
 

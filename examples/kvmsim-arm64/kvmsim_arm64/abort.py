@@ -14,6 +14,9 @@ Not modelled: dirty logging (``memslot_is_logging`` is always false, so no
 (``clean_dcache_guest_page``, ``invalidate_icache_guest_page``), the
 memory cache top-up (it cannot fail here), synchronous external aborts and
 the cache-maintenance-instruction skip of ``kvm_handle_guest_abort``.
+
+Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
+virt/kvm/arm/mmu.c ``kvm_handle_guest_abort`` / ``user_mem_abort``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ and the retry of a permission-only change (-EAGAIN) is not; MTE, nested
 stage 2, ``VM_ALLOW_ANY_UNCACHED``, FEAT_DIC's executable-by-default; the
 stage-2 table code stays v4.16's except that a Device page no longer fails
 over a valid entry (``kvm_pgtable_stage2_map`` breaks it before making).
+
+Read from: arch/arm64/kvm/mmu.c of Linux 5.13 and 6.13 as kernel-notes
+§D/E and the v4.20 commit "KVM: arm/arm64: Fix unintended stage 2 PMD
+mappings" describe them; NOT re-read against a 5.13 or 6.13 release tree
+in this round (none was reachable).
 """
 
 from __future__ import annotations
