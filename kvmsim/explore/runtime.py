@@ -134,13 +134,24 @@ class Scheduler:
         self.over = False
         self.dead = False
         self.main: Any = None
+        self._pending = ""  # the last decision's choice
 
     # ---------------------------------------------------- called by actors
 
     def point(self, name: str) -> None:
-        """A yield point reached by the running actor."""
+        """A yield point reached by the running actor: decided here, and only
+        a choice of another actor switches (most choices let it go on; a
+        switch copies the greenlet's stack)."""
         if self.over:
             raise _Stop
+        cur = self.current
+        assert cur is not None
+        runnable = self._runnable()
+        if runnable:
+            _, name_ = self._decide(runnable, name, cur)
+            if name_ == cur.name:
+                self._progress()
+                return
         self.main.switch(("point", name))
 
     def block(self, lock: object) -> None:
@@ -164,6 +175,37 @@ class Scheduler:
                 a.blocked_on = None
 
     # ---------------------------------------------------- the loop
+
+    def _runnable(self) -> list[Actor]:
+        runnable = [a for a in self.actors if not a.done and a.blocked_on is None]
+        if any(not a.spinning for a in runnable):
+            runnable = [a for a in runnable if not a.spinning]
+        return runnable
+
+    def _progress(self) -> None:
+        # somebody made progress: the spinners may look again
+        for a in self.actors:
+            a.spinning = False
+
+    def _decide(self, runnable: list[Actor], point: str, cur: Actor | None) -> tuple[Decision, str]:
+        """Record one decision and the chooser's answer."""
+        nth = 1
+        if cur is not None:
+            nth = cur.arrivals[point] = cur.arrivals.get(point, 0) + 1
+        d = Decision(
+            len(self.decisions),
+            None if cur is None else cur.name,
+            point,
+            nth,
+            tuple(a.name for a in runnable),
+            self._default(runnable, point, cur),
+        )
+        name = self.chooser(d)
+        if name not in d.runnable:
+            raise ValueError(f"chooser picked {name!r}, not runnable at {d}")
+        self.decisions.append((d, name))
+        self._pending = name
+        return d, name
 
     def _default(self, runnable: list[Actor], point: str, cur: Actor | None) -> str:
         if point not in FREE and cur is not None and cur in runnable:
@@ -198,11 +240,10 @@ class Scheduler:
             a.glet = greenlet(self._body(a, run_step), parent=self.main)
         mm.sched = kvm.mmu_lock.sched = mm.mmap_sem.sched = self
         point, cur = START, None
+        decided: str | None = None  # a choice point() already made
         try:
             while True:
-                runnable = [a for a in self.actors if not a.done and a.blocked_on is None]
-                if any(not a.spinning for a in runnable):
-                    runnable = [a for a in runnable if not a.spinning]
+                runnable = self._runnable()
                 if not runnable:
                     waiting = [a for a in self.actors if not a.done]
                     if not waiting:
@@ -218,34 +259,26 @@ class Scheduler:
                     )
                     cur = victim
                 else:
-                    nth = 1
-                    if cur is not None:
-                        nth = cur.arrivals[point] = cur.arrivals.get(point, 0) + 1
-                    d = Decision(
-                        len(self.decisions),
-                        None if cur is None else cur.name,
-                        point,
-                        nth,
-                        tuple(a.name for a in runnable),
-                        self._default(runnable, point, cur),
-                    )
-                    name = self.chooser(d)
-                    if name not in d.runnable:
-                        raise ValueError(f"chooser picked {name!r}, not runnable at {d}")
-                    self.decisions.append((d, name))
+                    if decided is None:
+                        _, name = self._decide(runnable, point, cur)
+                    else:
+                        name, decided = decided, None
                     nxt = self.by_name[name]
                     if sim.tracer.enabled and (cur is None or nxt is not cur):
-                        sim.tracer.emit("schedule", point=point, to=name, by=d.actor)
+                        sim.tracer.emit(
+                            "schedule", point=point, to=name, by=None if cur is None else cur.name
+                        )
                     mm.current = name
                     self.current = nxt
                     msg = nxt.glet.switch()
-                    if msg[0] != "spin":  # progress by somebody: the spinners may look again
-                        for a in self.actors:
-                            a.spinning = False
+                    if msg[0] != "spin":
+                        self._progress()
                     cur = nxt
                 kind, arg = msg
                 if kind == "point":
                     point = arg
+                    if self._runnable():
+                        decided = self._pending  # point() recorded the decision
                 elif kind == "block":
                     cur.blocked_on = arg
                     point = BLOCKED
