@@ -126,6 +126,11 @@ class MatrixPlan:
     notes: tuple[str, ...] = ()
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 scenario``, ``2 scenarios``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _walk(node: Traversable, found: list[Path]) -> None:
     for child in sorted(node.iterdir(), key=lambda c: c.name):
         if child.is_dir():
@@ -149,6 +154,15 @@ def library_files() -> list[tuple[str, Path]]:
                 seen.add(p)
                 out.append((lib, p))
     return out
+
+
+def library_dists() -> dict[str, str]:
+    """Each scenario library's distribution and version (``kvmsim 0.1.0``)."""
+    from importlib.metadata import entry_points
+
+    from kvmsim.registry import SCENARIO_GROUP, _dist_of
+
+    return {ep.name: " ".join(_dist_of(ep)) for ep in entry_points(group=SCENARIO_GROUP)}
 
 
 _loaded: dict[str, Any] = {}
@@ -385,28 +399,37 @@ def _where(exc: BaseException) -> str:
     return f"{Path(f.filename).name}:{f.name}:{f.lineno}"
 
 
-def _error_context(
-    spec: CellSpec, sc: Any, extra_plugins: Sequence[object]
-) -> tuple[str | None, str | None]:
-    """Re-run a failed cell with the trace on to find the step and the last
-    event before the exception (runs are deterministic, so it fails again)."""
+def error_context(
+    sc: Any,
+    arch: str,
+    strategy: str,
+    *,
+    extra_plugins: Sequence[object] = (),
+    disabled: Sequence[str] = (),
+) -> tuple[Any, int | None, str | None]:
+    """Re-run a run that raised, with the trace on, to find the step it
+    raised in and the last event before (runs are deterministic, so it fails
+    again): ``(simulation or None, step or None, "event #seq" or None)``."""
     from kvmsim.runner import Simulation
 
     sim = None
     try:
         sim = Simulation(
-            sc, arch=spec.arch, strategy=spec.strategy, trace=True, extra_plugins=extra_plugins
+            sc,
+            arch=arch,
+            strategy=strategy,
+            trace=True,
+            extra_plugins=extra_plugins,
+            disabled=disabled,
         )
         sim.run()
     except Exception:
         pass
     if sim is None:
-        return None, None
+        return None, None, None
     last = sim.tracer.last()
-    if last is None:
-        return None, None
-    step = last.get("step")
-    return (None if step is None else str(step)), f"{last.get('event')} #{last.get('seq')}"
+    event = None if last is None else f"{last.get('event')} #{last.get('seq')}"
+    return sim, sim.tracer.step, event
 
 
 def run_cell(
@@ -440,7 +463,7 @@ def run_cell(
         res.seconds = time.perf_counter() - t0
         return res
     except Exception as exc:
-        step, event = _error_context(spec, sc, extra_plugins)
+        _, step, event = error_context(sc, spec.arch, spec.strategy, extra_plugins=extra_plugins)
         devices = [d.kind for d in sc.devices]
         where = [f"plugins: arch {spec.arch}, strategy {spec.strategy}"]
         if devices:
@@ -517,8 +540,9 @@ class MatrixResult:
         parts = ", ".join(f"{n} {k}" for k, n in s.items())
         verdict = "OK" if self.ok else "FAILED"
         return (
-            f"{verdict}: {len(self.cells)} cells ({len(self.plan.scenarios)} scenarios x "
-            f"{len(self.plan.columns)} arch/strategy columns): {parts}"
+            f"{verdict}: {plural(len(self.cells), 'cell')} "
+            f"({plural(len(self.plan.scenarios), 'scenario')} x "
+            f"{plural(len(self.plan.columns), 'arch/strategy column')}): {parts}"
         )
 
     def to_json(self, *, full: bool = False) -> dict[str, Any]:
@@ -633,6 +657,34 @@ def default_jobs() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_scenario(arg: str) -> str:
+    """The file a ``SCENARIO`` argument names: a path as given, or the name of
+    a scenario in any installed library (``kvmsim.scenarios`` entry points),
+    by file name and then by its ``name`` key.  A name in two libraries, or a
+    misspelt one, is an error; anything else is returned for the loader to
+    report ("cannot read the file")."""
+    p = Path(arg)
+    if p.exists() or p.suffix == ".toml" or "/" in arg or os.sep in arg:
+        return arg
+    files = library_files()
+    hits = [(lib, path) for lib, path in files if path.stem == arg]
+    if not hits:  # a library whose file names differ from the scenario names
+        hits = [
+            (e.library, Path(e.path))
+            for e in library_scenarios(files)
+            if e.name == arg and e.error is None
+        ]
+    if len(hits) == 1:
+        return str(hits[0][1])
+    if hits:
+        where = ", ".join(f"{lib} ({path})" for lib, path in hits)
+        raise UsageError(f"scenario {arg!r} is in more than one library: {where}; give its file")
+    hint = did_you_mean(arg, sorted({path.stem for _, path in files}))
+    if hint:  # a misspelt library name, not a file: say what it may have meant
+        raise UsageError(f"no file or library scenario {arg!r}{hint} (see kvmsim scenarios)")
+    return arg
 
 
 def find_entry(name: str) -> ScenarioEntry:

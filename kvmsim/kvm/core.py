@@ -148,7 +148,16 @@ class Kvm:
             writable=writable,
             page_out=page_out,
         )
-        return self.hooks.hva_to_pfn(kvm=self, request=req)
+        return self.hva_to_pfn(req)
+
+    def hva_to_pfn(self, request: HvaToPfnRequest) -> HvaToPfnResult:
+        """The strategy's ``hva_to_pfn`` hook, its result type checked where
+        it crosses back into KVM: a wrong type is the strategy's bug
+        (:meth:`Dispatcher.bad_result`), not the next reader's."""
+        r = self.hooks.hva_to_pfn(kvm=self, request=request)
+        if r.__class__ is not HvaToPfnResult and not isinstance(r, HvaToPfnResult):
+            raise self.hooks.bad_result("hva_to_pfn", r)
+        return r  # type: ignore[no-any-return]
 
 
 class KvmMmuNotifier:
