@@ -35,7 +35,8 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -577,6 +578,92 @@ def _pool_context() -> Any:
     return mp.get_context("forkserver" if sys.platform == "linux" else None)
 
 
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Ask Linux to send *sig* to this process when its parent exits."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a pid reused by another user
+        return True
+    return True
+
+
+def _watch_parent(matrix_pid: int, ppid: int, period: float = 1.0) -> None:
+    """Fallback where prctl is unavailable: poll, and end with the parent."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == ppid and _alive(matrix_pid):
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kvmsim-parent-watch", daemon=True).start()
+
+
+def _worker_init(matrix_pid: int) -> None:
+    """Runs first in every worker process: the worker ends with the matrix
+    process whatever ended it (SIGTERM from ``timeout`` or CI, SIGKILL, a
+    crash), rather than wait for ever on the task queue (which the worker
+    itself holds open).  With forkserver the parent is the fork server,
+    which exits when the matrix process does."""
+    import signal
+
+    # a forked worker inherits the parent's SIGTERM handler: take the default
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ppid = os.getppid()
+    if not _set_pdeathsig(signal.SIGKILL):
+        _watch_parent(matrix_pid, ppid)
+    if os.getppid() != ppid or not _alive(matrix_pid):
+        os._exit(1)  # the parent died before prctl took effect
+
+
+@contextmanager
+def _workers_end_on_sigterm() -> Iterator[None]:
+    """While the pool runs, SIGTERM first terminates the worker processes,
+    then takes its previous effect (by default, ending this process)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    prev = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or prev in (
+        signal.SIG_IGN,
+        None,
+    ):
+        # not ours to handle, or whoever started us wants SIGTERM ignored
+        yield
+        return
+
+    def on_term(signum: int, _frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        signal.signal(signal.SIGTERM, prev)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
 def run(
     matrix_plan: MatrixPlan,
     *,
@@ -609,7 +696,15 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
+        with (
+            ProcessPoolExecutor(
+                max_workers=jobs,
+                mp_context=_pool_context(),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
+            ) as pool,
+            _workers_end_on_sigterm(),
+        ):
             futures = [pool.submit(run_batch, b, trace, trace_cap) for b in _batches(cells, jobs)]
             for fut in as_completed(futures):
                 done = fut.result()
@@ -632,9 +727,10 @@ def _run_dask(
         from distributed import Client, as_completed
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
+    probe_scheduler(scheduler)
     try:
-        client = Client(scheduler, timeout=10)
-    except (OSError, TimeoutError) as exc:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
         raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
     results: list[CellResult] = []
     try:
@@ -649,6 +745,58 @@ def _run_dask(
     finally:
         client.close()
     return results
+
+
+#: Seconds a ``--scheduler`` address has to accept and greet (each).
+SCHEDULER_TIMEOUT: float = 10.0
+#: A dask handshake is a few hundred bytes; a length word beyond this is not one.
+_HANDSHAKE_MAX = 1 << 20
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check, within *timeout* seconds, that a ``tcp://`` address (or a bare
+    ``host:port``) answers as a dask scheduler does before dask is handed
+    it: a scheduler sends its handshake first, a frame whose 8-byte
+    little-endian length word is small.  An HTTP server sends nothing (dask
+    would wait for ever), another service sends text (whose first bytes dask
+    would read as a length of petabytes: MemoryError).  Other schemes (tls,
+    ucx) are left to dask.
+
+    :raises UsageError: one line naming the address and what it did.
+    """
+    import socket
+    import struct
+
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(
+            f"--scheduler {address}: expected tcp://HOST:PORT (a dask scheduler's address)"
+        )
+
+    def fail(why: str) -> UsageError:
+        return UsageError(f"--scheduler {address}: {why}")
+
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    raise fail("the connection was closed without a dask handshake")
+                head += chunk
+    except TimeoutError:
+        raise fail(f"no dask handshake within {timeout:g} s (not a dask scheduler?)") from None
+    except OSError as exc:
+        raise fail(f"cannot connect: {exc.strerror or exc}") from None
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length <= _HANDSHAKE_MAX:
+        raise fail(f"answers {head!r}..., not a dask handshake (not a dask scheduler?)")
 
 
 def default_jobs() -> int:
