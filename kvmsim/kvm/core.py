@@ -148,7 +148,11 @@ class Kvm:
             writable=writable,
             page_out=page_out,
         )
-        return self.hva_to_pfn(req)
+        # Kvm.hva_to_pfn, inlined on the fault path (a call costs more than the check)
+        r = self.hooks.hva_to_pfn(kvm=self, request=req)
+        if r.__class__ is not HvaToPfnResult and not isinstance(r, HvaToPfnResult):
+            raise self.hooks.bad_result("hva_to_pfn", r)
+        return r  # type: ignore[no-any-return]
 
     def hva_to_pfn(self, request: HvaToPfnRequest) -> HvaToPfnResult:
         """The strategy's ``hva_to_pfn`` hook, its result type checked where
