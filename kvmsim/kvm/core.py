@@ -150,7 +150,7 @@ class Kvm:
         )
         # Kvm.hva_to_pfn, inlined on the fault path (a call costs more than the check)
         r = self.hooks.hva_to_pfn(kvm=self, request=req)
-        if r.__class__ is not HvaToPfnResult and not isinstance(r, HvaToPfnResult):
+        if not isinstance(r, HvaToPfnResult):
             raise self.hooks.bad_result("hva_to_pfn", r)
         return r  # type: ignore[no-any-return]
 
@@ -159,7 +159,7 @@ class Kvm:
         it crosses back into KVM: a wrong type is the strategy's bug
         (:meth:`Dispatcher.bad_result`), not the next reader's."""
         r = self.hooks.hva_to_pfn(kvm=self, request=request)
-        if r.__class__ is not HvaToPfnResult and not isinstance(r, HvaToPfnResult):
+        if not isinstance(r, HvaToPfnResult):
             raise self.hooks.bad_result("hva_to_pfn", r)
         return r  # type: ignore[no-any-return]
 

@@ -54,7 +54,7 @@ def guest_access(
     ram_pages = kvm.phys.ram_pages
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
-        if t.__class__ is not Translation and not isinstance(t, Translation):
+        if not isinstance(t, Translation):
             raise hooks.bad_result("translate", t)  # the arch's bug, not the loop's
         fault = t.fault
         if fault is None:
@@ -89,7 +89,7 @@ def guest_access(
                 mmu_notifier_count=kvm.mmu_notifier_count,
             )
         r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
-        if r.__class__ is not FaultResult and not isinstance(r, FaultResult):
+        if not isinstance(r, FaultResult):
             raise hooks.bad_result("handle_page_fault", r)
         if tr.enabled:
             tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)
