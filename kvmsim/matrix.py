@@ -391,7 +391,7 @@ def _trim(events: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
     return [*slim[:head], gap, *slim[-tail:]]
 
 
-def _where(exc: BaseException) -> str:
+def where_raised(exc: BaseException) -> str:
     """The innermost frame of a traceback, as ``module:function:line``."""
     tb = traceback.extract_tb(exc.__traceback__)
     if not tb:
@@ -476,7 +476,7 @@ def run_cell(
             ctx.append(f"step {step}")
         if event is not None:
             ctx.append(f"after trace event {event}")
-        at = _where(exc)
+        at = where_raised(exc)
         res.message = (
             f"{type(exc).__name__}: {exc}"
             + (f" ({'; '.join(ctx)})" if ctx else "")

@@ -57,14 +57,6 @@ def _show(path: str, base: str, func: str, line: int) -> str:
     return f"{shown}:{func}:{line}"
 
 
-def _innermost(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    if not tb:
-        return ""
-    f = tb[-1]
-    return f"{Path(f.filename).name}:{f.name}:{f.lineno}"
-
-
 def culprit(exc: BaseException, pm: Any) -> tuple[str, str, str] | None:
     """(plugin, hook, frame) for an exception a hook implementation let out,
     or None when no hook implementation is on the traceback (a core bug)."""
@@ -105,7 +97,9 @@ def describe(exc: BaseException, pm: Any | None, step: int | None) -> str:
     what = f"{type(exc).__name__}: {exc}"
     found = culprit(exc, pm) if pm is not None else None
     if found is None:
-        at = _innermost(exc)
+        from kvmsim.matrix import where_raised
+
+        at = where_raised(exc)
         return (
             f"internal error: {what} {when}" + (f" at {at}" if at else "") + " (a bug in kvmsim "
             "or a plugin; please report it)"

@@ -32,6 +32,19 @@ expect = {{ outcome = "mapped", writable = true, frame = "host" }}
 """
 
 
+#: A one-cell matrix (fast).
+ONE_CELL = [
+    "matrix",
+    "--scenario",
+    "gen-noslot-mmio",
+    "--arch",
+    "ppc_radix",
+    "--strategy",
+    "generic_v4_16",
+    "--no-progress",
+]
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(args)
     out, err = capsys.readouterr()

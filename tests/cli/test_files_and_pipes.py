@@ -19,19 +19,7 @@ from kvmsim import outfile
 from kvmsim.errors import UsageError
 from kvmsim.report.commands import write_atomic
 
-from .conftest import GOOD, run_cli
-
-#: A one-cell matrix (fast).
-ONE_CELL = [
-    "matrix",
-    "--scenario",
-    "gen-noslot-mmio",
-    "--arch",
-    "ppc_radix",
-    "--strategy",
-    "generic_v4_16",
-    "--no-progress",
-]
+from .conftest import GOOD, ONE_CELL, run_cli
 
 
 def scenario(tmp_path: Path) -> str:

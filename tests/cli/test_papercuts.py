@@ -11,11 +11,9 @@ import kvmsim
 from kvmsim.cli import build_parser
 from kvmsim.matrix import plural
 
-from .conftest import run_cli
+from .conftest import ONE_CELL, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-ONE_CELL = ["matrix", "--scenario", "gen-noslot-mmio", "--arch", "ppc_radix",
-            "--strategy", "generic_v4_16", "--no-progress"]  # fmt: skip
 
 
 def test_an_unknown_disabled_plugin_is_refused_with_close_matches(

@@ -29,15 +29,20 @@ def test_a_recorded_defect_is_kfail_with_its_reason(capsys: pytest.CaptureFixtur
     assert doc["status"] == "kfail" and doc["known"] == rec.reason
 
 
+def with_known(reason: str) -> str:
+    """The passing scenario, with a record claiming a wrong_frame defect."""
+    return GOOD.format(
+        name="s",
+        extra='[[known]]\nstrategy = "generic_v4_16"\narch = "ppc_radix"\n'
+        f'verdicts = ["wrong_frame"]\nreason = "{reason}"\n',
+    )
+
+
 def test_a_failure_unlike_the_record_is_fail(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the record claims a verdict that does not fire; the run fails otherwise
-    text = GOOD.format(
-        name="s",
-        extra='[[known]]\nstrategy = "generic_v4_16"\narch = "ppc_radix"\n'
-        'verdicts = ["wrong_frame"]\nreason = "a defect of another shape"\n',
-    ).replace("writable = true", "writable = false")
+    text = with_known("a defect of another shape").replace("writable = true", "writable = false")
     (tmp_path / "s.toml").write_text(text)
     code, out, _ = run_cli(["run", str(tmp_path / "s.toml"), "--strategy", "generic_v4_16"], capsys)
     assert code == 1 and out.splitlines()[-1] == "FAIL"
@@ -46,12 +51,7 @@ def test_a_failure_unlike_the_record_is_fail(
 def test_a_defect_that_did_not_happen_is_xpass_and_exit_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = GOOD.format(
-        name="s",
-        extra='[[known]]\nstrategy = "generic_v4_16"\narch = "ppc_radix"\n'
-        'verdicts = ["wrong_frame"]\nreason = "a made-up defect"\n',
-    )
-    (tmp_path / "s.toml").write_text(text)
+    (tmp_path / "s.toml").write_text(with_known("a made-up defect"))
     args = ["run", str(tmp_path / "s.toml"), "--strategy", "generic_v4_16"]
     code, out, _ = run_cli(args, capsys)
     assert code == 0  # every expectation held and no checker fired

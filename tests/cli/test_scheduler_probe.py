@@ -14,10 +14,7 @@ import pytest
 
 from kvmsim import matrix
 
-from .conftest import run_cli
-
-ONE_CELL = ["matrix", "--scenario", "gen-noslot-mmio", "--arch", "ppc_radix",
-            "--strategy", "generic_v4_16", "--no-progress"]  # fmt: skip
+from .conftest import ONE_CELL, run_cli
 
 
 def serve(greeting: bytes | None) -> Iterator[int]:
