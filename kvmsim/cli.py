@@ -135,7 +135,7 @@ def _crashed(
             disabled=disabled,
         )
         sim = sim or again
-    pm = sim.pm if sim is not None else None
+    pm = sim.pm if sim is not None else _manager_of(args, scenario, disabled)
     print(f"kvmsim: {describe(exc, pm, step)}", file=sys.stderr)
     if args.trace and sim is not None and sim.tracer.enabled:
         write_trace(Path(args.trace), sim.tracer.events)
@@ -145,6 +145,23 @@ def _crashed(
     else:
         print("kvmsim: run again with --debug for the full traceback", file=sys.stderr)
     return EXIT_INTERNAL
+
+
+def _manager_of(args: argparse.Namespace, scenario: Any, disabled: list[str]) -> Any:
+    """The run's plugins, registered again (when its set-up raised, there is
+    no simulation to take them from), or None if that fails too."""
+    from kvmsim.registry import build_manager
+
+    try:
+        pm, _, _ = build_manager(
+            arch=args.arch or scenario.arch,
+            strategy=args.strategy,
+            devices=[d.kind for d in scenario.devices],
+            disabled=disabled,
+        )
+    except Exception:
+        return None
+    return pm
 
 
 def _print_report(report: object, status: str, reason: str) -> None:

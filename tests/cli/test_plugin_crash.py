@@ -161,3 +161,45 @@ def test_the_vcpu_loop_checks_what_arch_hooks_return(
     # pluggy calls the last registered first: the extra plugin, then the arch
     assert e.value.plugins == ("extra:0", "arch:ppc_radix")
     assert f"from hook {hook}, expected {expected}" in str(e.value)
+
+
+# A device whose set-up raises: no simulation exists yet to ask for its plugins.
+DEVICE = """\
+from kvmsim import hookimpl
+from kvmsim.hooktypes import DeviceInfo
+from kvmsim.scenario.model import DeviceKind
+
+
+@hookimpl
+def device_info():
+    return DeviceInfo(name="boomdev", description="raises in device_init")
+
+
+@hookimpl
+def device_kind():
+    return DeviceKind(name="boomdev")
+
+
+@hookimpl
+def device_init(kvm, spec):
+    if spec.kind == "boomdev":
+        raise RuntimeError("no such hardware")
+"""
+
+
+def test_a_device_raising_during_set_up_is_named(
+    tmp_path: Path, fake_dist: FakeDist, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_dist("boomdev", "[kvmsim.device]\nboomdev = boomdev_mod\n", {"boomdev_mod.py": DEVICE})
+    (tmp_path / "s.toml").write_text(
+        GOOD.format(name="dev", extra="").replace(
+            "[[vma]]", '[[device]]\nkind = "boomdev"\n\n[[vma]]', 1
+        )
+    )
+    code, _, err = run_cli(["run", str(tmp_path / "s.toml"), "--strategy", "generic_v4_16"], capsys)
+    assert code == 3
+    raise_line = line_of(DEVICE, "raise RuntimeError")
+    assert err.splitlines()[0] == (
+        "kvmsim: plugin device boomdev raised RuntimeError: no such hardware in hook "
+        f"device_init during set-up at boomdev_mod.py:device_init:{raise_line}"
+    )
