@@ -136,14 +136,15 @@ def _crashed(
         )
         sim = sim or again
     pm = sim.pm if sim is not None else _manager_of(args, scenario, disabled)
-    print(f"kvmsim: {describe(exc, pm, step)}", file=sys.stderr)
+    parts = [describe(exc, pm, step)]
     if args.trace and sim is not None and sim.tracer.enabled:
         write_trace(Path(args.trace), sim.tracer.events)
-        print(f"kvmsim: the trace up to the failure is in {args.trace}", file=sys.stderr)
+        parts.append(f"the trace up to it is in {args.trace}")
+    if not args.debug:
+        parts.append("--debug shows the traceback")
+    print("kvmsim: " + "; ".join(parts), file=sys.stderr)  # one line
     if args.debug:
         traceback.print_exception(exc, file=sys.stderr)
-    else:
-        print("kvmsim: run again with --debug for the full traceback", file=sys.stderr)
     return EXIT_INTERNAL
 
 
