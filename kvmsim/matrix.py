@@ -464,7 +464,9 @@ def run_cell(
         res.seconds = time.perf_counter() - t0
         return res
     except Exception as exc:
-        _, step, event = error_context(sc, spec.arch, spec.strategy, extra_plugins=extra_plugins)
+        again, step, event = error_context(
+            sc, spec.arch, spec.strategy, extra_plugins=extra_plugins
+        )
         devices = [d.kind for d in sc.devices]
         where = [f"plugins: arch {spec.arch}, strategy {spec.strategy}"]
         if devices:
@@ -477,6 +479,13 @@ def run_cell(
         if event is not None:
             ctx.append(f"after trace event {event}")
         at = where_raised(exc)
+        if again is not None:
+            from kvmsim.report.crash import culprit
+
+            found = culprit(exc, again.pm)
+            if found is not None:  # the plugin's own frame, in its hook
+                ctx.insert(0, f"plugin {found[0]} in hook {found[1]}")
+                at = found[2]
         res.message = (
             f"{type(exc).__name__}: {exc}"
             + (f" ({'; '.join(ctx)})" if ctx else "")

@@ -203,3 +203,28 @@ def test_a_device_raising_during_set_up_is_named(
         "kvmsim: plugin device boomdev raised RuntimeError: no such hardware in hook "
         f"device_init during set-up at boomdev_mod.py:device_init:{raise_line};"
     )
+
+
+class RaisingObserver:
+    """An extra plugin whose broadcast hook raises (the munmap's invalidation)."""
+
+    @hookimpl
+    def notifier_invalidate(self, kvm: object, start: int, end: int) -> None:
+        raise RuntimeError("observer broke")
+
+
+def test_a_matrix_error_cell_names_the_plugin_hook_and_frame(tmp_path: Path) -> None:
+    from kvmsim.matrix import CellSpec, run_cell
+
+    text = GOOD.format(name="m", extra='[[step]]\ndo = "munmap"\nvma = "ram"\n')
+    (tmp_path / "m.toml").write_text(text)
+    spec = CellSpec("m", str(tmp_path / "m.toml"), "ppc_radix", "generic_v4_16")
+    cell = run_cell(spec, extra_plugins=[RaisingObserver()])
+    assert cell.status == "error"
+    assert "RuntimeError: observer broke (plugin extra 0 in hook notifier_invalidate; step 1" in (
+        cell.message
+    )
+    line = line_of(Path(__file__).read_text(), 'raise RuntimeError("observer broke")')
+    assert cell.message.endswith(
+        f" at tests/cli/test_plugin_crash.py:notifier_invalidate:{line}"
+    ), cell.message
