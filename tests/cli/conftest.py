@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,5 +75,9 @@ def fake_dist(
         return site
 
     yield make
+    # forget the modules imported from it: another test may reuse their names
+    for name, mod in list(sys.modules.items()):
+        if str(getattr(mod, "__file__", None) or "").startswith(str(site)):
+            del sys.modules[name]
     registry.reset_cache()
     matrix._loaded.clear()
