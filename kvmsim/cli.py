@@ -1,4 +1,4 @@
-"""The ``kvmsim`` command.
+"""The kvmsim command: run KVM stage-2 fault-path scenarios under historical hva_to_pfn strategies.
 
 Exit codes: 0 every expectation held and no checker fired; 1 an expectation
 failed or a checker fired; 2 bad input (a scenario, a plugin name, a flag);
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from kvmsim.errors import KvmsimError, UsageError, did_you_mean
 
@@ -20,13 +23,24 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+#: What a shell reports for a process a closed pipe ended (128 + SIGPIPE).
+EXIT_PIPE = 128 + signal.SIGPIPE
+
+DESCRIPTION = """\
+kvmsim: an executable model of how a KVM host resolves a guest's stage-2
+page fault, with each historical hva_to_pfn strategy as a plugin.
+
+exit status: 0 every expectation held and no checker fired; 1 an expectation
+failed or a checker fired; 2 bad input (a scenario, a plugin name, a flag, a
+path); 3 a plugin raised (run with --debug for the traceback)."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        # main() prefixes "kvmsim: error: "; the sub-command is in the hint
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _load(path: str) -> object:
@@ -38,46 +52,120 @@ def _load(path: str) -> object:
 
 
 def _resolve_scenario(arg: str) -> str:
-    """A path, or the name of a builtin scenario (without ``.toml``)."""
-    p = Path(arg)
-    if p.exists() or p.suffix == ".toml" or "/" in arg:
-        return arg
-    from kvmsim.scenario import builtin_scenarios
+    """A path, or the name of a scenario in any installed library."""
+    from kvmsim.matrix import resolve_scenario
 
-    names = {path.stem: path for path in builtin_scenarios()}
-    if arg in names:
-        return str(names[arg])
-    hint = did_you_mean(arg, sorted(names))
-    if hint:  # a misspelt library name, not a file: say what it may have meant
-        raise UsageError(f"no file or library scenario {arg!r}{hint} (see kvmsim scenarios)")
-    return arg
+    return resolve_scenario(arg)
+
+
+def _check_disabled(names: Sequence[str] | None) -> list[str]:
+    """``--disable-plugin`` names, each a discovered plugin of some kind."""
+    from kvmsim.registry import discover
+
+    known = sorted({n for by_name in discover().values() for n in by_name})
+    for name in names or ():
+        if name not in known:
+            raise UsageError(
+                f"--disable-plugin {name}: no such plugin{did_you_mean(name, known)} "
+                f"(available: {', '.join(known)}; see kvmsim plugins)"
+            )
+    return list(names or ())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from kvmsim.matrix import classify
     from kvmsim.runner import Simulation
     from kvmsim.scenario.model import Scenario
     from kvmsim.trace import write_trace
 
+    trace = Path(args.trace) if args.trace else None
+    if trace is not None:
+        from kvmsim.outfile import check_target
+
+        check_target(trace, "--trace")  # before the run, not after it
+    disabled = _check_disabled(args.disable_plugin)
     scenario = _load(_resolve_scenario(args.scenario))
     assert isinstance(scenario, Scenario)
-    sim = Simulation(
-        scenario,
-        arch=args.arch,
-        strategy=args.strategy,
-        trace=bool(args.trace),
-        disabled=args.disable_plugin or (),
-    )
-    report = sim.run()
-    if args.trace:
-        write_trace(Path(args.trace), report.events)
+    sim = None
+    try:
+        sim = Simulation(
+            scenario,
+            arch=args.arch,
+            strategy=args.strategy,
+            trace=trace is not None,
+            disabled=disabled,
+        )
+        report = sim.run()
+    except KvmsimError as exc:
+        if exc.exit_code != EXIT_INTERNAL:
+            raise  # bad input: one line, exit 2
+        return _crashed(args, exc, scenario, sim, disabled)
+    except Exception as exc:
+        return _crashed(args, exc, scenario, sim, disabled)
+    if trace is not None:
+        write_trace(trace, report.events)
+    status, reason = classify(report, scenario, report.arch, report.strategy)
     if args.json:
-        print(json.dumps(report.to_json(), sort_keys=True))
+        doc = report.to_json()
+        doc["status"] = status  # the matrix's cell status (kfail, xpass...)
+        doc["known"] = reason  # the [[known]] record's reason, if one applies
+        print(json.dumps(doc, sort_keys=True))
     else:
-        _print_report(report)
+        _print_report(report, status, reason)
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-def _print_report(report: object) -> None:
+def _crashed(
+    args: argparse.Namespace, exc: BaseException, scenario: Any, sim: Any, disabled: list[str]
+) -> int:
+    """A plugin raised (or returned the wrong type) during ``kvmsim run``:
+    one line naming the plugin, hook, step and the plugin's own frame; the
+    trace up to the failure when ``--trace`` was given; exit 3."""
+    from kvmsim.matrix import error_context
+    from kvmsim.report.crash import describe
+    from kvmsim.trace import write_trace
+
+    if sim is not None and sim.tracer.enabled:
+        step = sim.tracer.step
+    else:  # runs are deterministic: a traced re-run fails at the same place
+        again, step, _ = error_context(
+            scenario,
+            sim.arch if sim else (args.arch or scenario.arch),
+            args.strategy,
+            disabled=disabled,
+        )
+        sim = sim or again
+    pm = sim.pm if sim is not None else _manager_of(args, scenario, disabled)
+    parts = [describe(exc, pm, step)]
+    if args.trace and sim is not None and sim.tracer.enabled:
+        write_trace(Path(args.trace), sim.tracer.events)
+        parts.append(f"the trace up to it is in {args.trace}")
+    if not args.debug:
+        parts.append("--debug shows the traceback")
+    print("kvmsim: " + "; ".join(parts), file=sys.stderr)  # one line
+    if args.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _manager_of(args: argparse.Namespace, scenario: Any, disabled: list[str]) -> Any:
+    """The run's plugins, registered again (when its set-up raised, there is
+    no simulation to take them from), or None if that fails too."""
+    from kvmsim.registry import build_manager
+
+    try:
+        pm, _, _ = build_manager(
+            arch=args.arch or scenario.arch,
+            strategy=args.strategy,
+            devices=[d.kind for d in scenario.devices],
+            disabled=disabled,
+        )
+    except Exception:
+        return None
+    return pm
+
+
+def _print_report(report: object, status: str, reason: str) -> None:
     from kvmsim.runner import RunReport
     from kvmsim.scenario.sizes import format_size
 
@@ -101,7 +189,12 @@ def _print_report(report: object) -> None:
     for v in report.verdicts:
         where = f" (after trace event {v.event} #{v.event_seq})" if v.event else ""
         print(f"  verdict {v.name} at step {v.step}: {v.detail}{where}")
-    print("PASS" if report.passed else "FAIL")
+    # the matrix's word for it: a recorded known defect reproduced exactly is
+    # KFAIL, one that did not reproduce XPASS (the exit status stays as it was)
+    if status in ("kfail", "xpass"):
+        print(f"{status.upper()}: {reason}")
+    else:
+        print("PASS" if report.passed else "FAIL")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -122,10 +215,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    from kvmsim.scenario import builtin_scenarios
+    from kvmsim.matrix import library_dists, library_files
 
-    for p in builtin_scenarios():
-        print(p.stem)
+    by_lib: dict[str, list[str]] = {}
+    for lib, path in library_files():
+        by_lib.setdefault(lib, []).append(path.stem)
+    dists = library_dists()
+    for lib, names in by_lib.items():
+        print(f"{lib} ({dists.get(lib, '?')}):")
+        for name in sorted(names):
+            print(f"  {name}")
     return EXIT_OK
 
 
@@ -183,20 +282,28 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kvmsim", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = _Parser(
+        prog="kvmsim", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="run one scenario under one arch and strategy")
-    r.add_argument("scenario", help="a scenario file, or the name of a builtin scenario")
+    r.add_argument("scenario", help="a scenario file, or the name of a library scenario")
     r.add_argument("--arch", help="arch plugin (default: the scenario's arch)")
     r.add_argument("--strategy", required=True, help="strategy plugin")
     r.add_argument("--trace", metavar="FILE", help="write the trace (.jsonl or Chrome .json)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.add_argument("--disable-plugin", action="append", metavar="NAME")
+    r.add_argument(
+        "--disable-plugin",
+        action="append",
+        metavar="NAME",
+        help="do not register this plugin (a device, say); repeatable",
+    )
+    r.add_argument("--debug", action="store_true", help="show the traceback if a plugin raises")
     r.set_defaults(func=cmd_run)
     pl = sub.add_parser("plugins", help="list discovered plugins")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
-    sc = sub.add_parser("scenarios", help="list builtin scenarios")
+    sc = sub.add_parser("scenarios", help="list the scenarios of every installed library")
     sc.set_defaults(func=cmd_scenarios)
     sch = sub.add_parser(
         "schema", help="print the scenario format as a JSON Schema (draft 2020-12)"
@@ -214,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     mx.set_defaults(func=cmd_matrix)
     df = sub.add_parser("diff", help="two strategies' decision traces side by side")
     add_diff_arguments(df)
+    df.add_argument("--debug", action="store_true", help="show the traceback if a plugin raises")
     df.set_defaults(func=cmd_diff)
     from kvmsim.bench import add_arguments as add_bench_arguments
 
@@ -240,25 +348,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
-            raise UsageError("kvmsim: a command is required (see kvmsim --help)")
+            raise UsageError("a command is required (see kvmsim --help)")
         if getattr(args, "trace", None) and Path(args.trace).suffix not in (".json", ".jsonl"):
             raise UsageError(f"--trace {args.trace}: the file must end in .jsonl or .json")
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KvmsimError as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a plugin or kvmsim bug: one line, not a traceback
         print(
             f"kvmsim: internal error: {type(exc).__name__}: {exc} "
-            "(a bug in kvmsim or a plugin; please report it)",
+            "(a bug in kvmsim or a plugin; please report it"
+            + ("" if getattr(args, "debug", False) else "; --debug shows the traceback")
+            + ")",
             file=sys.stderr,
         )
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``kvmsim scenarios | head -1``): stop quietly,
+    with the status a shell shows for a tool SIGPIPE ended.  What is still
+    buffered goes to /dev/null, so the interpreter's last flush cannot fail
+    again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (tests)
+        pass
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":

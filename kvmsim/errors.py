@@ -72,3 +72,37 @@ class PluginError(KvmsimError):
 
 class UsageError(KvmsimError):
     """A command-line argument is wrong."""
+
+
+class HookResultError(KvmsimError):
+    """A plugin's hook returned a value of the wrong type: a plugin bug,
+    blamed on the plugin that returned it where the value crossed the hook
+    boundary, not on whichever code used it next (exit 3, like a raise).
+
+    :param hook: the hook's name.
+    :param plugins: who implements the hook (``strategy:generic_v4_16``);
+        for a single implementation, the culprit.
+    :param got: the value returned.
+    :param expected: the type the hook's spec promises.
+    """
+
+    exit_code = 3
+
+    def __init__(self, hook: str, plugins: Iterable[str], got: object, expected: str) -> None:
+        names = [p.replace(":", " ") for p in plugins]
+        who = (
+            f"plugin {names[0]}"
+            if len(names) == 1
+            else f"one of the plugins {', '.join(names) or '(none)'}"
+        )
+        super().__init__(
+            f"{who} returned {type(got).__name__} {_short(got)} from hook {hook}, "
+            f"expected {expected}"
+        )
+        self.hook = hook
+        self.plugins = tuple(plugins)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

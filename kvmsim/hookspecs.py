@@ -14,8 +14,13 @@ spec, never more, and never with defaults.  In a firstresult hook ``None``
 means only "not mine".
 
 Fault path, in order: ``translate`` → (on a fault) ``handle_page_fault``, which
-calls ``hva_to_pfn`` (through ``kvm.gfn_to_pfn_memslot`` or directly) and
-``create_pte``; host events reach the arch through ``notifier_invalidate``.
+calls ``hva_to_pfn`` (through ``kvm.gfn_to_pfn_memslot``, or ``kvm.hva_to_pfn``
+for a handler that calls it directly) and ``create_pte``; host events reach
+the arch through ``notifier_invalidate``.  Where the results of
+``translate``, ``handle_page_fault`` and ``hva_to_pfn`` come back into the
+core, their type is checked: a wrong one is reported as the returning
+plugin's bug (:class:`kvmsim.errors.HookResultError`, exit 3), not as an
+error in whatever read it next.
 
 Yield points.  Where the modelled kernel can be preempted, or another CPU
 can act on state that matters, the code says so with

@@ -35,7 +35,8 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -126,6 +127,11 @@ class MatrixPlan:
     notes: tuple[str, ...] = ()
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 scenario``, ``2 scenarios``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _walk(node: Traversable, found: list[Path]) -> None:
     for child in sorted(node.iterdir(), key=lambda c: c.name):
         if child.is_dir():
@@ -149,6 +155,15 @@ def library_files() -> list[tuple[str, Path]]:
                 seen.add(p)
                 out.append((lib, p))
     return out
+
+
+def library_dists() -> dict[str, str]:
+    """Each scenario library's distribution and version (``kvmsim 0.1.0``)."""
+    from importlib.metadata import entry_points
+
+    from kvmsim.registry import SCENARIO_GROUP, _dist_of
+
+    return {ep.name: " ".join(_dist_of(ep)) for ep in entry_points(group=SCENARIO_GROUP)}
 
 
 _loaded: dict[str, Any] = {}
@@ -376,7 +391,7 @@ def _trim(events: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
     return [*slim[:head], gap, *slim[-tail:]]
 
 
-def _where(exc: BaseException) -> str:
+def where_raised(exc: BaseException) -> str:
     """The innermost frame of a traceback, as ``module:function:line``."""
     tb = traceback.extract_tb(exc.__traceback__)
     if not tb:
@@ -385,28 +400,37 @@ def _where(exc: BaseException) -> str:
     return f"{Path(f.filename).name}:{f.name}:{f.lineno}"
 
 
-def _error_context(
-    spec: CellSpec, sc: Any, extra_plugins: Sequence[object]
-) -> tuple[str | None, str | None]:
-    """Re-run a failed cell with the trace on to find the step and the last
-    event before the exception (runs are deterministic, so it fails again)."""
+def error_context(
+    sc: Any,
+    arch: str,
+    strategy: str,
+    *,
+    extra_plugins: Sequence[object] = (),
+    disabled: Sequence[str] = (),
+) -> tuple[Any, int | None, str | None]:
+    """Re-run a run that raised, with the trace on, to find the step it
+    raised in and the last event before (runs are deterministic, so it fails
+    again): ``(simulation or None, step or None, "event #seq" or None)``."""
     from kvmsim.runner import Simulation
 
     sim = None
     try:
         sim = Simulation(
-            sc, arch=spec.arch, strategy=spec.strategy, trace=True, extra_plugins=extra_plugins
+            sc,
+            arch=arch,
+            strategy=strategy,
+            trace=True,
+            extra_plugins=extra_plugins,
+            disabled=disabled,
         )
         sim.run()
     except Exception:
         pass
     if sim is None:
-        return None, None
+        return None, None, None
     last = sim.tracer.last()
-    if last is None:
-        return None, None
-    step = last.get("step")
-    return (None if step is None else str(step)), f"{last.get('event')} #{last.get('seq')}"
+    event = None if last is None else f"{last.get('event')} #{last.get('seq')}"
+    return sim, sim.tracer.step, event
 
 
 def run_cell(
@@ -440,7 +464,9 @@ def run_cell(
         res.seconds = time.perf_counter() - t0
         return res
     except Exception as exc:
-        step, event = _error_context(spec, sc, extra_plugins)
+        again, step, event = error_context(
+            sc, spec.arch, spec.strategy, extra_plugins=extra_plugins
+        )
         devices = [d.kind for d in sc.devices]
         where = [f"plugins: arch {spec.arch}, strategy {spec.strategy}"]
         if devices:
@@ -452,7 +478,14 @@ def run_cell(
             ctx.append(f"step {step}")
         if event is not None:
             ctx.append(f"after trace event {event}")
-        at = _where(exc)
+        at = where_raised(exc)
+        if again is not None:
+            from kvmsim.report.crash import culprit
+
+            found = culprit(exc, again.pm)
+            if found is not None:  # the plugin's own frame, in its hook
+                ctx.insert(0, f"plugin {found[0]} in hook {found[1]}")
+                at = found[2]
         res.message = (
             f"{type(exc).__name__}: {exc}"
             + (f" ({'; '.join(ctx)})" if ctx else "")
@@ -517,8 +550,9 @@ class MatrixResult:
         parts = ", ".join(f"{n} {k}" for k, n in s.items())
         verdict = "OK" if self.ok else "FAILED"
         return (
-            f"{verdict}: {len(self.cells)} cells ({len(self.plan.scenarios)} scenarios x "
-            f"{len(self.plan.columns)} arch/strategy columns): {parts}"
+            f"{verdict}: {plural(len(self.cells), 'cell')} "
+            f"({plural(len(self.plan.scenarios), 'scenario')} x "
+            f"{plural(len(self.plan.columns), 'arch/strategy column')}): {parts}"
         )
 
     def to_json(self, *, full: bool = False) -> dict[str, Any]:
@@ -553,6 +587,92 @@ def _pool_context() -> Any:
     return mp.get_context("forkserver" if sys.platform == "linux" else None)
 
 
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Ask Linux to send *sig* to this process when its parent exits."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a pid reused by another user
+        return True
+    return True
+
+
+def _watch_parent(matrix_pid: int, ppid: int, period: float = 1.0) -> None:
+    """Fallback where prctl is unavailable: poll, and end with the parent."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == ppid and _alive(matrix_pid):
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kvmsim-parent-watch", daemon=True).start()
+
+
+def _worker_init(matrix_pid: int) -> None:
+    """Runs first in every worker process: the worker ends with the matrix
+    process whatever ended it (SIGTERM from ``timeout`` or CI, SIGKILL, a
+    crash), rather than wait for ever on the task queue (which the worker
+    itself holds open).  With forkserver the parent is the fork server,
+    which exits when the matrix process does."""
+    import signal
+
+    # a forked worker inherits the parent's SIGTERM handler: take the default
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ppid = os.getppid()
+    if not _set_pdeathsig(signal.SIGKILL):
+        _watch_parent(matrix_pid, ppid)
+    if os.getppid() != ppid or not _alive(matrix_pid):
+        os._exit(1)  # the parent died before prctl took effect
+
+
+@contextmanager
+def _workers_end_on_sigterm() -> Iterator[None]:
+    """While the pool runs, SIGTERM first terminates the worker processes,
+    then takes its previous effect (by default, ending this process)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    prev = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or prev in (
+        signal.SIG_IGN,
+        None,
+    ):
+        # not ours to handle, or whoever started us wants SIGTERM ignored
+        yield
+        return
+
+    def on_term(signum: int, _frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        signal.signal(signal.SIGTERM, prev)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
 def run(
     matrix_plan: MatrixPlan,
     *,
@@ -585,7 +705,15 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
+        with (
+            ProcessPoolExecutor(
+                max_workers=jobs,
+                mp_context=_pool_context(),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
+            ) as pool,
+            _workers_end_on_sigterm(),
+        ):
             futures = [pool.submit(run_batch, b, trace, trace_cap) for b in _batches(cells, jobs)]
             for fut in as_completed(futures):
                 done = fut.result()
@@ -608,9 +736,10 @@ def _run_dask(
         from distributed import Client, as_completed
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
+    probe_scheduler(scheduler)
     try:
-        client = Client(scheduler, timeout=10)
-    except (OSError, TimeoutError) as exc:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
         raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
     results: list[CellResult] = []
     try:
@@ -627,12 +756,92 @@ def _run_dask(
     return results
 
 
+#: Seconds a ``--scheduler`` address has to accept and greet (each).
+SCHEDULER_TIMEOUT: float = 10.0
+#: A dask handshake is a few hundred bytes; a length word beyond this is not one.
+_HANDSHAKE_MAX = 1 << 20
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check, within *timeout* seconds, that a ``tcp://`` address (or a bare
+    ``host:port``) answers as a dask scheduler does before dask is handed
+    it: a scheduler sends its handshake first, a frame whose 8-byte
+    little-endian length word is small.  An HTTP server sends nothing (dask
+    would wait for ever), another service sends text (whose first bytes dask
+    would read as a length of petabytes: MemoryError).  Other schemes (tls,
+    ucx) are left to dask.
+
+    :raises UsageError: one line naming the address and what it did.
+    """
+    import socket
+    import struct
+
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(
+            f"--scheduler {address}: expected tcp://HOST:PORT (a dask scheduler's address)"
+        )
+
+    def fail(why: str) -> UsageError:
+        return UsageError(f"--scheduler {address}: {why}")
+
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    raise fail("the connection was closed without a dask handshake")
+                head += chunk
+    except TimeoutError:
+        raise fail(f"no dask handshake within {timeout:g} s (not a dask scheduler?)") from None
+    except OSError as exc:
+        raise fail(f"cannot connect: {exc.strerror or exc}") from None
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length <= _HANDSHAKE_MAX:
+        raise fail(f"answers {head!r}..., not a dask handshake (not a dask scheduler?)")
+
+
 def default_jobs() -> int:
     """Worker processes by default: the CPUs this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_scenario(arg: str) -> str:
+    """The file a ``SCENARIO`` argument names: a path as given, or the name of
+    a scenario in any installed library (``kvmsim.scenarios`` entry points),
+    by file name and then by its ``name`` key.  A name in two libraries, or a
+    misspelt one, is an error; anything else is returned for the loader to
+    report ("cannot read the file")."""
+    p = Path(arg)
+    if p.exists() or p.suffix == ".toml" or "/" in arg or os.sep in arg:
+        return arg
+    files = library_files()
+    hits = [(lib, path) for lib, path in files if path.stem == arg]
+    if not hits:  # a library whose file names differ from the scenario names
+        hits = [
+            (e.library, Path(e.path))
+            for e in library_scenarios(files)
+            if e.name == arg and e.error is None
+        ]
+    if len(hits) == 1:
+        return str(hits[0][1])
+    if hits:
+        where = ", ".join(f"{lib} ({path})" for lib, path in hits)
+        raise UsageError(f"scenario {arg!r} is in more than one library: {where}; give its file")
+    hint = did_you_mean(arg, sorted({path.stem for _, path in files}))
+    if hint:  # a misspelt library name, not a file: say what it may have meant
+        raise UsageError(f"no file or library scenario {arg!r}{hint} (see kvmsim scenarios)")
+    return arg
 
 
 def find_entry(name: str) -> ScenarioEntry:

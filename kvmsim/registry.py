@@ -20,7 +20,8 @@ import pluggy
 from attrs import frozen
 
 from kvmsim import hookspecs
-from kvmsim.errors import PluginError, did_you_mean
+from kvmsim.errors import HookResultError, PluginError, did_you_mean
+from kvmsim.hooktypes import FaultResult, HvaToPfnResult, Translation
 
 KINDS = ("arch", "strategy", "device")
 GROUPS = {kind: f"kvmsim.{kind}" for kind in KINDS}
@@ -28,6 +29,17 @@ SCENARIO_GROUP = "kvmsim.scenarios"
 HOT_HOOKS = ("translate", "handle_page_fault", "hva_to_pfn", "create_pte")
 INFO_HOOK = {"arch": "arch_info", "strategy": "strategy_info", "device": "device_info"}
 HOOK_TRACE_ENV = "KVMSIM_TRACE_HOOKS"
+#: What the hot hooks the core calls return.  A wrong type is blamed on its
+#: plugin where the value crosses into the core (``Dispatcher.bad_result``):
+#: ``translate`` and ``handle_page_fault`` in the vcpu loop, ``hva_to_pfn`` in
+#: ``Kvm.hva_to_pfn``.  Only the type, inline: a wrapper around a direct call
+#: would cost more than the call.  (``create_pte``'s result goes back to the
+#: arch that implements it, so a wrong one already fails in that plugin.)
+HOT_RESULTS: dict[str, type] = {
+    "translate": Translation,
+    "handle_page_fault": FaultResult,
+    "hva_to_pfn": HvaToPfnResult,
+}
 
 
 @frozen
@@ -328,6 +340,14 @@ class Dispatcher:
         for name in Dispatcher.__slots__:
             object.__setattr__(new, name, getattr(self, name))
         return new
+
+    def bad_result(self, hook: str, got: object) -> HookResultError:
+        """The error for hook *hook* having returned *got* (a wrong type),
+        naming the plugins that implement it (pluggy calls the last
+        registered first)."""
+        impls = getattr(self.hook, hook).get_hookimpls()
+        owners = [str(self.pm.get_name(i.plugin)) for i in reversed(impls)]
+        return HookResultError(hook, owners, got, HOT_RESULTS[hook].__name__)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.hook, name)

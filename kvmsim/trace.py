@@ -123,6 +123,12 @@ class Tracer:
             self._log = self._log.bind(**ctx)
             self.emit = self._log.info
 
+    @property
+    def step(self) -> int | None:
+        """The step last bound (recorded only when enabled), or None."""
+        step = self._step_ctx.get("step")
+        return None if step is None else int(step)
+
     def last(self) -> dict[str, Any] | None:
         """The most recent event, or None."""
         return self.events[-1] if self.events else None
@@ -245,14 +251,16 @@ def to_chrome(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"traceEvents": out, "displayTimeUnit": "ns"}
 
 
-def write_trace(path: Path, events: list[dict[str, Any]]) -> None:
-    """Write ``events`` to ``path``: ``.jsonl`` → JSON Lines, ``.json`` → Chrome."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
+def write_trace(path: Path, events: list[dict[str, Any]], what: str = "--trace") -> None:
+    """Write ``events`` to ``path``: ``.jsonl`` → JSON Lines, ``.json`` → Chrome
+    (atomically; a path that cannot be written is a one-line error naming
+    *what*, the option that gave it)."""
+    from kvmsim.outfile import atomic_write
+
+    with atomic_write(path, what, binary=True) as f:
         if path.suffix == ".json":
             f.write((json.dumps(to_chrome(events), sort_keys=True, indent=None) + "\n").encode())
         else:
             write = f.write  # line by line: no object per line kept alive
             for e in events:
                 write(_line(e))
-    tmp.replace(path)

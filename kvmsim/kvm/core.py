@@ -205,7 +205,20 @@ class Kvm:
         mm = self.mm
         if mm.race_points or mm.sched is not None:
             mm.fire_point("hva_to_pfn")
-        return self.hooks.hva_to_pfn(kvm=self, request=req)
+        # Kvm.hva_to_pfn, inlined on the fault path (a call costs more than the check)
+        r = self.hooks.hva_to_pfn(kvm=self, request=req)
+        if not isinstance(r, HvaToPfnResult):
+            raise self.hooks.bad_result("hva_to_pfn", r)
+        return r  # type: ignore[no-any-return]
+
+    def hva_to_pfn(self, request: HvaToPfnRequest) -> HvaToPfnResult:
+        """The strategy's ``hva_to_pfn`` hook, its result type checked where
+        it crosses back into KVM: a wrong type is the strategy's bug
+        (:meth:`Dispatcher.bad_result`), not the next reader's."""
+        r = self.hooks.hva_to_pfn(kvm=self, request=request)
+        if not isinstance(r, HvaToPfnResult):
+            raise self.hooks.bad_result("hva_to_pfn", r)
+        return r  # type: ignore[no-any-return]
 
 
 def track_range(kvm: Kvm, start: int, end: int) -> None:

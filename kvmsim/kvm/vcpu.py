@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from attrs import frozen
 
-from kvmsim.hooktypes import MMIO, RESUME, Translation
+from kvmsim.hooktypes import MMIO, RESUME, FaultResult, Translation
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -56,6 +56,8 @@ def guest_access(
     ram_pages = kvm.phys.ram_pages
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
+        if not isinstance(t, Translation):
+            raise hooks.bad_result("translate", t)  # the arch's bug, not the loop's
         fault = t.fault
         if fault is None:
             pfn = t.pfn
@@ -96,6 +98,8 @@ def guest_access(
                 mmu_notifier_count=kvm.mmu_notifier_count,
             )
         r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
+        if not isinstance(r, FaultResult):
+            raise hooks.bad_result("handle_page_fault", r)
         if kvm.mm.held_ends:
             # an invalidation that straddled the fault's retry check ends now
             kvm.mm.release_held_ends()

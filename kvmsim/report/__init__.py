@@ -16,15 +16,23 @@ if TYPE_CHECKING:  # the CLI imports this package to build its parser: keep it l
 FORMATS: Final = ("table", "markdown", "json", "html")
 
 
-def render(result: MatrixResult, fmt: str, *, color: bool = False, width: int | None = None) -> str:
+def render(
+    result: MatrixResult,
+    fmt: str,
+    *,
+    color: bool = False,
+    width: int | None = None,
+    command: str | None = None,
+) -> str:
     """*result* as ``table`` (rich, coloured when *color*), ``markdown``,
-    ``json`` (the documented contract) or ``html`` (one self-contained page)."""
+    ``json`` (the documented contract) or ``html`` (one self-contained page);
+    *command* is the command line that made it (markdown names it)."""
     if fmt == "json":
         return json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n"
     if fmt == "markdown":
         from kvmsim.report.text import markdown
 
-        return markdown(result)
+        return markdown(result) if command is None else markdown(result, command=command)
     if fmt == "html":
         from kvmsim.report.html import html
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 from html import escape
+from pathlib import PurePath
 from typing import Any
 
-from kvmsim.matrix import STATUSES, CellResult, MatrixResult
+from kvmsim.matrix import STATUSES, CellResult, MatrixResult, ScenarioEntry
 from kvmsim.report.fields import format_value
 from kvmsim.report.symbols import STATUS_STYLE, cell_text, legend_items
 
@@ -53,7 +54,8 @@ _JS = """
    let ok=r.dataset.scenario.toLowerCase().includes(t);
    if(ok){ok=q('#'+r.id+' td.cell').some(c=>!c.classList.contains('hidden')&&st.has(c.dataset.status));}
    r.classList.toggle('hidden',!ok); if(ok)n++;});
-  shown.textContent=n+' of '+q('tr.row').length+' scenarios shown';
+  let all=q('tr.row').length;
+  shown.textContent=n+' of '+all+(all==1?' scenario':' scenarios')+' shown';
  }
  [arch,strat,text].forEach(e=>e.addEventListener('input',apply));
  q('input.f-status').forEach(e=>e.addEventListener('change',apply));
@@ -111,7 +113,7 @@ def html(result: MatrixResult) -> str:
     ]
     rows = []
     for i, sc in enumerate(result.plan.scenarios):
-        tds = [f'<td class=sc title="{escape(sc.path)}">{escape(sc.name)}</td>']
+        tds = [f'<td class=sc title="{escape(_source(sc))}">{escape(sc.name)}</td>']
         for c in cols:
             attrs = f'data-arch="{escape(c.arch)}" data-strategy="{escape(c.strategy)}"'
             cell = result.cell(sc.name, c)
@@ -135,7 +137,7 @@ def html(result: MatrixResult) -> str:
     )
     legend = "; ".join(f"<code>{escape(s)}</code> {escape(m)}" for s, m in legend_items())
     data = json.dumps(result.summary)
-    return f"""<!DOCTYPE html>
+    page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>kvmsim matrix</title><style>{_CSS}</style></head>
@@ -156,3 +158,13 @@ Click a cell for its verdicts, step outcomes and decision trace.</div>
 <script>{_JS}</script>
 </body></html>
 """
+    # where kvmsim is installed is nobody's business in a shared report:
+    # name each scenario file by its library (also inside error messages)
+    for sc in result.plan.scenarios:
+        page = page.replace(escape(sc.path), escape(_source(sc)))
+    return page
+
+
+def _source(entry: ScenarioEntry) -> str:
+    """A scenario file as ``library:file.toml``, without the install path."""
+    return f"{entry.library}:{PurePath(entry.path).name}"

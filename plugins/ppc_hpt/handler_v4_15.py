@@ -51,7 +51,7 @@ def resolve_v4_15(kvm: Kvm, vcpu: int, ctx: FaultCtx, writing: bool) -> FaultRes
         write_fault=writing,
         psize=ctx.psize,
     )
-    res = kvm.hooks.hva_to_pfn(kvm=kvm, request=req)
+    res = kvm.hva_to_pfn(req)
     kvm.fire_point("after_hva_to_pfn")
     if res.status == RETRY:
         if tr.enabled:

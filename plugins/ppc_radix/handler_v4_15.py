@@ -73,7 +73,7 @@ def fault_v4_15_16(
                 kvm.mmu_lock.unlock(task)
     # steps 9-10: the strategy answers the gup_fast + VM_PFNMAP block
     req = HvaToPfnRequest(vcpu=vcpu, slot=slot, gfn=gfn, gpa=gpa, hva=hva, write_fault=writing)
-    res = kvm.hooks.hva_to_pfn(kvm=kvm, request=req)
+    res = kvm.hva_to_pfn(req)
     kvm.fire_point("after_hva_to_pfn")
     if res.status == RETRY:
         if tr.enabled:

@@ -158,7 +158,7 @@ def test_table_and_filters(capsys: pytest.CaptureFixture[str]) -> None:
     )
     cap = capsys.readouterr()
     assert "gen-noslot-mmio" in cap.out and "generic_v4_16" in cap.out and "legend" in cap.out
-    assert "1 cells" in cap.err
+    assert "1 cell (1 scenario x 1 arch/strategy column)" in cap.err  # singular
 
 
 def test_bad_matrix_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,6 +116,17 @@ def test_kvmsim_run_cli_on_arm64() -> None:
     assert r.stdout.rstrip().endswith("PASS")
 
 
+def test_documented_run_of_the_examples_own_scenario() -> None:
+    # writing-plugins.md section 9, as written: the name comes from the
+    # example's scenario library, the arch from the scenario
+    r = kvmsim("run", "arm64-thp-block", "--strategy", STRATEGY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("PASS")
+    lines = kvmsim("scenarios").stdout.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.startswith("arm64 (kvmsim-arm64 "))
+    assert lines[i + 1 : i + 3] == ["  arm64-exec-then-store", "  arm64-thp-block"]
+
+
 def test_matrix_column() -> None:
     if "matrix" not in kvmsim("--help").stdout:
         pytest.skip("kvmsim matrix is not there yet")
