@@ -70,6 +70,7 @@ class PhysMem:
         "_others",
         "_ranges",
         "_rc",
+        "_words",
         "anomalies",
         "contents",
         "flags",
@@ -121,6 +122,7 @@ class PhysMem:
         self.mmio_ranges: list[tuple[int, int, str]] = []
         self.huge_zero_pfn: int | None = None
         self.contents: dict[int, int] = {}
+        self._words: dict[int, set[int]] = {}  # pfn -> offsets it holds in contents
         """what has been stored, by physical byte address (pfn << page_shift |
         offset): one value per address, as written with its width; a frame
         never written reads 0 (the allocator hands out zeroed frames here,
@@ -205,31 +207,40 @@ class PhysMem:
         return self.contents.get((pfn << self.page_shift) | offset, 0)
 
     def write_word(self, pfn: int, offset: int, value: int, width: int = 8) -> None:
-        """A store of *value* (cut to *width* bytes) at byte *offset* of *pfn*."""
-        self.contents[(pfn << self.page_shift) | offset] = value & ((1 << (8 * width)) - 1)
+        """A store of *value* (cut to *width* bytes) at byte *offset* of *pfn*.
+        A zero is not kept (a word never stored reads 0): a frame only ever
+        written with zeros costs nothing, as on the demand-paging path."""
+        value &= (1 << (8 * width)) - 1
+        addr = (pfn << self.page_shift) | offset
+        if value:
+            self.contents[addr] = value
+            words = self._words.get(pfn)
+            if words is None:
+                self._words[pfn] = {offset}
+            else:
+                words.add(offset)
+        elif addr in self.contents:
+            del self.contents[addr]
+            self._words[pfn].discard(offset)
 
     def page_contents(self, pfn: int) -> dict[int, int]:
         """Frame *pfn*'s stored words, by offset (what swap-out writes to
         the swap slot; the frame keeps them, as a freed frame does, for
         whoever still maps it)."""
-        lo = pfn << self.page_shift
-        hi = lo + (1 << self.page_shift)
-        return {a - lo: v for a, v in self.contents.items() if lo <= a < hi}
+        base = pfn << self.page_shift
+        return {off: self.contents[base | off] for off in sorted(self._words.get(pfn, ()))}
 
     def put_contents(self, pfn: int, words: dict[int, int]) -> None:
         """Fill frame *pfn* with *words* (swap-in reading the slot back)."""
-        base = pfn << self.page_shift
         for off, v in words.items():
-            self.contents[base + off] = v
+            self.write_word(pfn, off, v)
 
     def copy_contents(self, src: int, dst: int, npages: int = 1) -> None:
         """``copy_user_highpage`` / ``copy_highpage`` over *npages* frames: the
         new frames read what the old ones held (COW break, migration)."""
-        shift = self.page_shift
-        lo, hi = src << shift, (src + npages) << shift
-        delta = (dst - src) << shift
-        for addr, v in [(a, v) for a, v in self.contents.items() if lo <= a < hi]:
-            self.contents[addr + delta] = v
+        for i in range(npages):
+            for off, v in self.page_contents(src + i).items():
+                self.write_word(dst + i, off, v)
 
     def _free(self, head: int, why: str) -> None:
         """``__free_pages``: the page goes back to the allocator (never reused)."""

@@ -79,12 +79,18 @@ def guest_access(
                 # performed by the device through the stage-2 mapping
                 return AccessResult(MMIO, t, n, value=None if r is None else r.value)
             # the access is performed on the frame stage 2 maps (a stale
-            # entry reads and writes the old frame, as the real CPU would)
-            offset = gpa & ((1 << kvm.page_shift) - 1)
+            # entry reads and writes the old frame, as the real CPU would);
+            # PhysMem.read_word / write_word, inlined for the hit path
+            contents = kvm.phys.contents
             if op == "read":
-                return AccessResult(MAPPED, t, n, value=kvm.phys.read_word(pfn, offset))
-            if op == "write":
-                kvm.phys.write_word(pfn, offset, value, size)
+                # positional (detail, value): cheaper than keywords on this path
+                if not contents:
+                    return AccessResult(MAPPED, t, n, "", 0)
+                shift = kvm.page_shift
+                addr = (pfn << shift) | (gpa & ((1 << shift) - 1))
+                return AccessResult(MAPPED, t, n, "", contents.get(addr, 0))
+            if op == "write" and (value or contents):
+                kvm.phys.write_word(pfn, gpa & ((1 << kvm.page_shift) - 1), value, size)
             return AccessResult(MAPPED, t, n)
         if tr.enabled:
             tr.emit(
