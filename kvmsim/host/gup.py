@@ -149,6 +149,11 @@ def __get_user_pages_fast(mm: Mm, start: int, nr_pages: int, write: int, pages: 
     tr = mm.tracer
     if tr.enabled:
         tr.emit("__get_user_pages_fast", start=start, nr_pages=nr_pages, write=bool(write), ret=nr)
+    if nr and (mm.race_points or mm.sched is not None):
+        # irqs off holds back only the TLB-flush IPI (and so the freeing):
+        # another CPU's invalidate_range_start, PTE clear and
+        # invalidate_range_end can all run while the pages are pinned
+        mm.fire_point("gup_pinned")
     return nr
 
 

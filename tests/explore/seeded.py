@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmsim import hookimpl
+from kvmsim.cmodel import EAGAIN
 from kvmsim.hooktypes import HvaToPfnResult
 
 
@@ -24,3 +25,45 @@ class EarlyPut:
         if res.page is not None and isinstance(res.page, int):
             kvm.phys.put_page(res.page)
         return res
+
+
+class RetryBeforeLock:
+    """``mmu_notifier_retry`` checked before ``mmu_lock`` is taken, not under
+    it: an invalidation that runs between the check and the lock goes
+    unnoticed (the arch's own check under the lock is removed)."""
+
+    def __init__(self, arch: Any) -> None:
+        self.arch = arch
+
+    @hookimpl
+    def create_pte(self, kvm: Any, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+        if kvm.mmu_notifier_retry(mmu_seq):
+            return -EAGAIN
+        kvm.mmu_notifier_retry = lambda seq: False  # the check under the lock is gone
+        try:
+            r: int = self.arch.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=mmu_seq)
+        finally:
+            del kvm.mmu_notifier_retry
+        return r
+
+
+class SeqAfterGup:
+    """``mmu_notifier_seq`` read after hva_to_pfn pinned the page instead of
+    before: an invalidation that ran while gup worked is not seen."""
+
+    def __init__(self, arch: Any, strategy: Any) -> None:
+        self.arch = arch
+        self.strategy = strategy
+        self.seq: int | None = None
+
+    @hookimpl
+    def hva_to_pfn(self, kvm: Any, request: Any) -> HvaToPfnResult:
+        res: HvaToPfnResult = self.strategy.hva_to_pfn(kvm=kvm, request=request)
+        self.seq = kvm.mmu_notifier_seq  # too late: the pin is already done
+        return res
+
+    @hookimpl
+    def create_pte(self, kvm: Any, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+        seq = mmu_seq if self.seq is None else self.seq
+        r: int = self.arch.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=seq)
+        return r

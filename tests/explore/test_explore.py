@@ -256,3 +256,19 @@ def test_seeded_bug_reference_dropped_before_install_is_found() -> None:
     seeded = explore(sc, "x86_ept", "follow_pfn_2024", bound=2, extra_plugins=[EarlyPut(f24)])
     found = {v for c in seeded.classes for v in c.verdicts}
     assert found & {"refcount_underflow", "stale_mapping", "wrong_frame"}, seeded.classes
+
+
+@pytest.mark.parametrize("seed", ["retry_before_lock", "seq_after_gup"])
+def test_seeded_bugs_in_the_handler_are_found(seed: str) -> None:
+    import kvmsim_plugins.strategies.generic_v4_16 as g416
+    import kvmsim_plugins.x86_ept as ept
+
+    from tests.explore.seeded import RetryBeforeLock, SeqAfterGup
+
+    sc = load_scenario(PATHS[BASE])
+    plugin = RetryBeforeLock(ept) if seed == "retry_before_lock" else SeqAfterGup(ept, g416)
+    clean = explore(sc, "x86_ept", "generic_v4_16", bound=2)
+    assert clean.classes == ()
+    seeded = explore(sc, "x86_ept", "generic_v4_16", bound=2, extra_plugins=[plugin])
+    found = {v for c in seeded.classes for v in c.verdicts}
+    assert found & {"stale_mapping", "wrong_frame"}, seeded.classes
