@@ -260,10 +260,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 def cmd_points(args: argparse.Namespace) -> int:
-    from kvmsim.points import POINTS
+    from kvmsim.points import PLACEMENTS, POINTS
+    from kvmsim.registry import plugin_points
 
     for name, where in POINTS.items():
         print(f"{name:<24} {where}")
+    for name, where in PLACEMENTS.items():
+        print(f"{name:<24} {where}")
+    for name, (plugin, where) in sorted(plugin_points().items()):
+        print(f"{name:<24} ({plugin}) {where}")
     return EXIT_OK
 
 

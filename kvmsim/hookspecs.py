@@ -33,8 +33,8 @@ must reach ``after_hva_to_pfn`` right after resolving the pfn and
 ``before_create_pte`` just before taking ``mmu_lock`` to install);
 ``mmap_sem`` and ``kvm->mmu_lock`` reach theirs by themselves and, in a
 concurrent run, make a waiter unrunnable instead of raising ``Deadlock``.
-A plugin may reach a point of its own name: it is a switch point for the
-explorer (a ``[[schedule]]`` entry can name it), not yet an ``at`` value.
+A plugin may reach a point of its own name; declared with ``yield_points``
+it is an ``at`` value and a ``[[schedule]]`` point like the core's.
 """
 
 from __future__ import annotations
@@ -315,6 +315,27 @@ def step_kinds() -> list[StepKind]:
     Models: nothing.
 
     :returns: a list of :class:`kvmsim.scenario.model.StepKind`.
+
+    broadcast
+    """
+
+
+@hookspec
+def yield_points() -> dict[str, str]:
+    """Declare the yield points this plugin's code reaches with
+    ``kvm.fire_point(name)`` beyond the core's (:data:`kvmsim.points.POINTS`),
+    so that a scenario may name them as ``at`` values and in
+    ``[[schedule]]`` entries, and ``kvmsim points`` lists them.
+
+    Implemented by: any plugin (arch, strategy, device) whose modelled
+    kernel code has a window of its own worth racing against.
+    Called: once per process, when scenarios are loaded and by
+    ``kvmsim points``; never on the fault path.
+    Models: nothing (a point names a place in the modelled function).
+
+    :returns: point name → where it is reached and what has happened there.
+        A name the core already defines, or that an earlier plugin (by kind,
+        then name) declared, is ignored.
 
     broadcast
     """

@@ -64,8 +64,9 @@ _all_eps: dict[str, list[EntryPoint]] | None = None
 
 def reset_cache() -> None:
     """Forget what was discovered (tests that add distributions at run time)."""
-    global _cache, _schema_cache, _scenario_eps, _all_eps
+    global _cache, _schema_cache, _scenario_eps, _all_eps, _points_cache
     _all_eps = None
+    _points_cache = None
     _cache = None
     _schema_cache = None
     _scenario_eps = None
@@ -264,6 +265,35 @@ def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
                     devices[name] = (device_kind() if device_kind else None) or name
         _schema_cache = (steps, devices)
     return _schema_cache
+
+
+_points_cache: dict[str, tuple[str, str]] | None = None
+
+
+def plugin_points() -> dict[str, tuple[str, str]]:
+    """The yield points plugins declare (``yield_points`` hooks): name →
+    ``(plugin, description)``, "plugin" as ``kind:name``.  Core point names
+    and names an earlier plugin (by kind, then name) took are skipped;
+    plugins that fail to load add nothing.  Read once per process."""
+    global _points_cache
+    if _points_cache is None:
+        from kvmsim.points import PLACEMENTS, POINTS
+
+        found: dict[str, tuple[str, str]] = {}
+        for kind in KINDS:
+            for name, entry in sorted(discover().get(kind, {}).items()):
+                try:
+                    plugin = load(entry)
+                except PluginError:
+                    continue
+                fn = _impl(plugin, "yield_points")
+                if fn is None or _check(plugin) is not None:
+                    continue
+                for point, where in dict(fn() or {}).items():
+                    if point not in POINTS and point not in PLACEMENTS and point not in found:
+                        found[str(point)] = (f"{kind}:{name}", str(where))
+        _points_cache = found
+    return _points_cache
 
 
 def describe_all() -> list[dict[str, Any]]:

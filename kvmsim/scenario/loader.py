@@ -342,6 +342,7 @@ def load_scenario(
     devices: Devices | None = None,
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
+    points: Collection[str] | None = None,
 ) -> Scenario:
     """Read and validate the scenario file at *path*.
 
@@ -350,6 +351,8 @@ def load_scenario(
     :param step_kinds: extra step kinds provided by plugins, by name; by
         default those of every installed plugin (``{}`` for none).
     :param arches: the arch names available; when given, ``arch`` must be one.
+    :param points: yield points plugins declare (valid ``at`` values beside
+        the core's); by default those of every installed plugin.
     :raises ScenarioError: the file cannot be read or is not a valid scenario.
     """
     source = str(path)
@@ -364,7 +367,9 @@ def load_scenario(
         raise ScenarioError(
             f"not UTF-8 text (bad byte at offset {exc.start})", file=source
         ) from None
-    return parse_scenario(text, source, devices=devices, step_kinds=step_kinds, arches=arches)
+    return parse_scenario(
+        text, source, devices=devices, step_kinds=step_kinds, arches=arches, points=points
+    )
 
 
 def parse_scenario(
@@ -374,6 +379,7 @@ def parse_scenario(
     devices: Devices | None = None,
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
+    points: Collection[str] | None = None,
 ) -> Scenario:
     """Validate scenario TOML *text*; *source* is the file name errors show.
 
@@ -384,6 +390,11 @@ def parse_scenario(
         scenario's).
     """
     kinds = _step_kinds(step_kinds)
+    if points is None:
+        from kvmsim.registry import plugin_points
+
+        points = plugin_points()
+    at_points = (*RACE_POINTS, *sorted(p for p in points if p not in RACE_POINTS))
     r = _Reader(source)
     try:
         doc = tomllib.loads(text)
@@ -415,10 +426,11 @@ def parse_scenario(
         vmas,
         {d.kind for d in device_specs},
         _device_kinds(devices),
+        at_points,
     )
     known = _known(r, r.tables(doc, "known"), arch, steps)
     concurrent = r.bool_("concurrent", doc.get("concurrent", False))
-    schedule = _schedule(r, r.tables(doc, "schedule"), concurrent, steps, kinds)
+    schedule = _schedule(r, r.tables(doc, "schedule"), concurrent, steps, kinds, at_points)
     return Scenario(
         name=name,
         description=description,
@@ -440,6 +452,7 @@ def _schedule(
     concurrent: bool,
     steps: tuple[StepSpec, ...],
     kinds: Mapping[str, StepKind],
+    at_points: Collection[str] = RACE_POINTS,
 ) -> tuple[Switch, ...]:
     """A concurrent scenario's ``[[schedule]]`` switches, and the checks that
     need the whole step list (actors, ``at``)."""
@@ -466,7 +479,7 @@ def _schedule(
     for i, t in enumerate(tables):
         path = f"schedule[{i}]"
         r.check_keys(t, path, _SWITCH_KEYS, required=("at", "run"))
-        at = r.enum(f"{path}.at", t["at"], (*RACE_POINTS, *SCHEDULE_POINTS), "point")
+        at = r.enum(f"{path}.at", t["at"], (*at_points, *SCHEDULE_POINTS), "point")
         if at == "start":  # the first choice: nobody reached anything yet
             if "actor" in t:
                 r.fail(f"{path}.actor", "the start has no actor", "no 'actor' with at = 'start'")
@@ -887,9 +900,11 @@ def _steps(
     vmas: Mapping[str, VmaSpec],
     declared_devices: Collection[str],
     device_kinds: Mapping[str, DeviceKind],
+    at_points: Collection[str] = RACE_POINTS,
 ) -> tuple[StepSpec, ...]:
     steps = [
-        _step(r, i, t, kinds, vmas, declared_devices, device_kinds) for i, t in enumerate(tables)
+        _step(r, i, t, kinds, vmas, declared_devices, device_kinds, at_points)
+        for i, t in enumerate(tables)
     ]
     faulting = _one_of(k.name for k in kinds.values() if k.faults)
     # A race event waits for the next faulting step; without one it would
@@ -913,6 +928,7 @@ def _step(
     vmas: Mapping[str, VmaSpec],
     declared_devices: Collection[str],
     device_kinds: Mapping[str, DeviceKind],
+    at_points: Collection[str] = RACE_POINTS,
 ) -> StepSpec:
     path = f"step[{i}]"
 
@@ -955,7 +971,7 @@ def _step(
     gpa = r.int_(k("gpa"), t["gpa"]) if "gpa" in t else None
     op = r.enum(k("op"), t["op"], OPS, "op") if "op" in t else None
     prot = r.enum(k("prot"), t["prot"], PROTS, "prot") if "prot" in t else None
-    at = r.enum(k("at"), t["at"], RACE_POINTS, "race point") if "at" in t else None
+    at = r.enum(k("at"), t["at"], at_points, "race point") if "at" in t else None
     actor = r.name(k("actor"), t["actor"]) if "actor" in t else None
     if actor is not None and actor.startswith("vcpu"):
         r.fail(k("actor"), "vcpu actors run the guest's accesses", "another name, e.g. 'qemu2'")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kvmsim import hookimpl
 from kvmsim.cli import main
 from kvmsim.explore.search import exhaustive, explore, run_schedule
 from kvmsim.kvm.core import Kvm
@@ -195,11 +197,91 @@ def test_sequential_scenarios_refuse_actors_and_schedules() -> None:
 
 
 def test_points_command_lists_every_point(capsys: pytest.CaptureFixture[str]) -> None:
-    from kvmsim.points import POINTS
+    from kvmsim.points import PLACEMENTS, POINTS
+    from kvmsim.registry import plugin_points
 
     assert main(["points"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == list(POINTS)
+    assert names == [*POINTS, *PLACEMENTS, *sorted(plugin_points())]
+
+
+class _PointPlugin:
+    """A plugin whose modelled code reaches a point of its own (here: just
+    before the arch's create_pte takes mmu_lock)."""
+
+    def __init__(self, arch: object) -> None:
+        self.arch = arch
+
+    @hookimpl
+    def yield_points(self) -> dict[str, str]:
+        return {"seeded_window": "a test point, just before the install"}
+
+    @hookimpl
+    def create_pte(self, kvm: Any, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+        kvm.fire_point("seeded_window")
+        r: int = self.arch.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=mmu_seq)
+        return r
+
+
+PLACED = """name = "plugin-point"
+[[vma]]
+name = "ram"
+size = "1M"
+backing = "anon"
+
+[[memslot]]
+gpa = 0x0
+vma = "ram"
+
+[[step]]
+do = "host_write"
+vma = "ram"
+offset = 0x10000
+
+[[step]]
+do = "munmap"
+vma = "ram"
+size = "256K"
+at = "seeded_window"
+
+[[step]]
+do = "access"
+gpa = 0x10000
+op = "write"
+"""
+
+
+def test_plugin_points_are_found_listed_and_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvmsim_plugins.x86_ept as ept
+
+    from kvmsim import registry
+    from kvmsim.errors import ScenarioError
+
+    plugin = _PointPlugin(ept)
+
+    class _Ep:
+        def load(self) -> object:
+            return plugin
+
+    entry = registry.PluginEntry("device", "pointdev", "x", "tests", "0", _Ep())  # type: ignore[arg-type]
+    found = {k: dict(v) for k, v in registry.discover().items()}
+    found["device"]["pointdev"] = entry
+    monkeypatch.setattr(registry, "discover", lambda: found)
+    monkeypatch.setattr(registry, "_points_cache", None)
+    assert registry.plugin_points() == {
+        "seeded_window": ("device:pointdev", "a test point, just before the install")
+    }
+    sc = parse_scenario(PLACED, "p")  # the loader takes the plugin's point by default
+    assert sc.steps[1].at == "seeded_window"
+    with pytest.raises(ScenarioError, match=r"step\[1\]\.at"):
+        parse_scenario(PLACED, "p", points=())
+    r = Simulation(sc, arch="x86_ept", strategy="generic_v4_16", extra_plugins=[plugin]).run()
+    # the munmap runs at the plugin's point, between hva_to_pfn and the
+    # install: the retry under mmu_lock rejects the pfn, the refault finds
+    # no vma (as at before_create_pte)
+    assert r.steps[1].outcome == "armed" and r.steps[2].outcome == "efault"
+    assert r.verdicts == []
+    monkeypatch.setattr(registry, "_points_cache", None)
 
 
 def test_docs_points_table_matches_the_code() -> None:
