@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="spread the schedules over N processes"
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="spread the schedules over a dask.distributed cluster instead of processes",
+    )
     p.add_argument("--output", metavar="DIR", help="write each class as a replay scenario here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -152,10 +157,15 @@ def explore_command(args: argparse.Namespace) -> int:
         jobs = [(sc, a, s, kw) for a, s in _columns(args, sc)]
         if not jobs:
             raise UsageError(f"{name}: no (arch, strategy) applies")
-        if args.jobs > 1:
+        if args.jobs > 1 or args.scheduler:
             from kvmsim.explore.search import explore_parallel
 
-            explored = explore_parallel([(sc, a, s) for sc, a, s, _ in jobs], args.jobs, **kw)
+            explored = explore_parallel(
+                [(sc, a, s) for sc, a, s, _ in jobs],
+                args.jobs,
+                scheduler=args.scheduler,
+                **kw,
+            )
         else:
             explored = [_one(j) for j in jobs]
         for e in explored:

@@ -302,6 +302,37 @@ def explore(
 Unit = tuple[Scenario, str, str, dict[str, Any]]
 
 
+def _map_processes(units: list[Unit], jobs: int) -> list[tuple[int, list[Outcome]]]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kvmsim.matrix import _pool_context
+
+    with ProcessPoolExecutor(jobs, mp_context=_pool_context()) as pool:
+        return list(pool.map(_unit, units))
+
+
+def _map_dask(units: list[Unit], scheduler: str) -> list[tuple[int, list[Outcome]]]:
+    """The units on a dask.distributed cluster, as the matrix's cells go
+    (the same probe of the address first: one line, exit 2, never a hang)."""
+    from kvmsim.errors import UsageError
+    from kvmsim.matrix import SCHEDULER_TIMEOUT, probe_scheduler
+
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
+    probe_scheduler(scheduler)
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
+        raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
+    try:
+        futures = client.map(_unit, units, pure=False)
+        return list(client.gather(futures))
+    finally:
+        client.close()
+
+
 def _unit(job: Unit) -> tuple[int, list[Outcome]]:
     sc, arch, strategy, kw = job
     gen = (
@@ -327,15 +358,13 @@ def explore_parallel(
     runs: int = 1000,
     seed: int = 0,
     depth: int = 3,
+    scheduler: str | None = None,
 ) -> list[Exploration]:
     """:func:`explore` of several columns with their schedules spread over
-    ``jobs`` processes (exhaustive: subtrees of the schedule tree; random:
-    ranges of run numbers).  The classes, their counts and their smallest
-    schedules are those one process finds, whatever the spread."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from kvmsim.matrix import _pool_context
-
+    ``jobs`` processes, or over a dask.distributed cluster's workers when
+    ``scheduler`` names one (exhaustive: subtrees of the schedule tree;
+    random: ranges of run numbers).  The classes, their counts and their
+    smallest schedules are those one process finds, whatever the spread."""
     t0 = time.perf_counter()
     units: list[Unit] = []
     owner: list[int] = []
@@ -357,8 +386,7 @@ def explore_parallel(
                 r = range(i, min(runs, i + per))
                 units.append((sc, arch, strategy, {"runs": r, "depth": depth, "seed": seed}))
                 owner.append(k)
-    with ProcessPoolExecutor(jobs, mp_context=_pool_context()) as pool:
-        done = list(pool.map(_unit, units))
+    done = _map_dask(units, scheduler) if scheduler else _map_processes(units, jobs)
     for k, (n, outs) in zip(owner, done, strict=True):
         counts[k] += n
         failed[k].extend(outs)

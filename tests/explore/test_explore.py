@@ -354,3 +354,45 @@ def test_seeded_bugs_in_the_handler_are_found(seed: str) -> None:
     seeded = explore(sc, "x86_ept", "generic_v4_16", bound=2, extra_plugins=[plugin])
     found = {v for c in seeded.classes for v in c.verdicts}
     assert found & {"stale_mapping", "wrong_frame"}, seeded.classes
+
+
+def test_a_dask_cluster_finds_the_same_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    distributed = pytest.importorskip("distributed")
+    from kvmsim.explore.search import explore_parallel
+
+    monkeypatch.setattr(Kvm, "mmu_notifier_retry", lambda self, mmu_seq: False)
+    sc = load_scenario(PATHS[BASE])
+    cols = [(sc, "x86_ept", "generic_v4_16")]
+    (local,) = [explore(s, a, st, bound=1) for s, a, st in cols]
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        (remote,) = explore_parallel(cols, 1, bound=1, scheduler=cluster.scheduler_address)
+    assert remote.schedules == local.schedules and local.classes
+    assert [(c.verdicts, c.sites, c.best, c.schedules) for c in remote.classes] == [
+        (c.verdicts, c.sites, c.best, c.schedules) for c in local.classes
+    ]
+
+
+def test_explore_scheduler_that_is_not_dask(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import kvmsim.matrix as mx
+
+    monkeypatch.setattr(mx, "SCHEDULER_TIMEOUT", 0.5)
+    argv = ["explore", BASE, "--arch", "x86_ept", "--strategy", "generic_v4_16"]
+    with socket.socket() as srv:  # listens, never greets: what an HTTP port does
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        rc = main([*argv, "--scheduler", f"tcp://127.0.0.1:{port}"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scheduler" in err[0]
