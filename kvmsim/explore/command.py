@@ -6,8 +6,10 @@ Exit 0 when no failure class was found, 1 when some was, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,28 @@ def replay_text(source: str, sc_name: str, arch: str, strategy: str, cls: Any) -
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def _progress(total: int, name: str) -> Iterator[Callable[[], None]]:
+    """A progress bar over the columns on a terminal's stderr; nothing
+    otherwise (a pipe, a file, CI)."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"exploring {name}", total=total)
+        yield lambda: bar.advance(task)
+
+
 def _one(job: tuple[Any, str, str, dict[str, Any]]) -> Any:
     from kvmsim.explore.search import explore
 
@@ -167,7 +191,11 @@ def explore_command(args: argparse.Namespace) -> int:
                 **kw,
             )
         else:
-            explored = [_one(j) for j in jobs]
+            explored = []
+            with _progress(len(jobs), name) as advance:
+                for j in jobs:
+                    explored.append(_one(j))
+                    advance()
         for e in explored:
             classes = []
             for i, c in enumerate(e.classes, start=1):
