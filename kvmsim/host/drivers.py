@@ -99,7 +99,7 @@ class Driver:
 
 
 def remap_pfn_range(mm: Mm, vma: Vma, addr: int, pfn: int, size: int, prot: int) -> int:
-    """``remap_pfn_range`` (F.7): a COW mapping must be covered wholly
+    """``remap_pfn_range`` (kernel-notes §F.7): a COW mapping must be covered wholly
     (-EINVAL) and gets ``vm_pgoff = pfn``; VM_IO|VM_PFNMAP|VM_DONTEXPAND|
     VM_DONTDUMP; every PTE populated now as a special PTE."""
     ps = mm.page_size
@@ -143,7 +143,7 @@ def _insert_pfn(mm: Mm, vma: Vma, addr: int, pfn: int, prot: int) -> int:
 
 
 def vm_insert_pfn(vma: Vma, addr: int, pfn: int) -> int:
-    """``vm_insert_pfn`` (F.6): BUGs unless exactly one of VM_PFNMAP/VM_MIXEDMAP,
+    """``vm_insert_pfn`` (kernel-notes §F.6): BUGs unless exactly one of VM_PFNMAP/VM_MIXEDMAP,
     on a COW PFNMAP, and on a MIXEDMAP with a valid pfn; -EFAULT outside the
     vma; -EBUSY if a PTE is present; else 0 with a special PTE."""
     mm = vma.mm
@@ -225,7 +225,7 @@ def vmf_insert_mixed(vma: Vma, addr: int, pfn: int) -> int:
 
 
 def unmap_mapping_range(file: File, holebegin: int, holelen: int, even_cows: bool) -> None:
-    """``unmap_mapping_range`` (F.8): for every vma of the mapping overlapping
+    """``unmap_mapping_range`` (kernel-notes §F.8): for every vma of the mapping overlapping
     the hole (by file offset), ``zap_page_range_single``: start/end pair per
     vma, unmap in between.  ``even_cows`` false keeps private COWed pages."""
     for vma in list(file.mapping):

@@ -1,4 +1,4 @@
-"""Host-side events the scenarios inject (L.4 gives the notifier calls of each).
+"""Host-side events the scenarios inject (kernel-notes §L.4 gives the notifier calls of each).
 
 ``munmap`` and ``mprotect`` are methods of :class:`~kvmsim.host.mm.Mm`.
 """

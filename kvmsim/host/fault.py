@@ -264,7 +264,7 @@ def do_wp_page(mm: Mm, vma: Vma, address: int, pte: int) -> int:
 def wp_page_copy(mm: Mm, vma: Vma, address: int, pte: int) -> int:
     """``wp_page_copy``: break COW into a new anonymous page.
 
-    Notifier calls (L.4): start over the page, ``set_pte_at_notify`` →
+    Notifier calls (kernel-notes §L.4): start over the page, ``set_pte_at_notify`` →
     ``change_pte``, then (only_)end.  The old mapping's reference is dropped.
     """
     phys = mm.phys

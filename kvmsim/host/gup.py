@@ -454,7 +454,7 @@ def _follow_trans_huge_pmd(
     mm: Mm, vma: Vma, address: int, e: int, flags: int
 ) -> tuple[int | None, int]:
     """``follow_trans_huge_pmd``: the subpage of a THP (or of the huge zero
-    page, an ordinary refcounted page: L.1), referenced under FOLL_GET."""
+    page, an ordinary refcounted page: kernel-notes §L.1), referenced under FOLL_GET."""
     phys = mm.phys
     if not e & PTE_PRESENT:
         return None, 0
@@ -627,7 +627,7 @@ def follow_pfn(vma: Vma, address: int, pfn: OutParam) -> int:
 
 
 def fixup_user_fault(mm: Mm, address: int, fault_flags: int, unlocked: OutParam | None) -> int:
-    """``fixup_user_fault(tsk, mm, address, fault_flags, unlocked)`` (F.5).
+    """``fixup_user_fault(tsk, mm, address, fault_flags, unlocked)`` (kernel-notes §F.5).
 
     Caller holds ``mmap_sem`` for read; it is held again on every return.
     With ``unlocked`` (not NULL) the handler may retry: then ``*unlocked =
@@ -681,7 +681,7 @@ def fixup_user_fault(mm: Mm, address: int, fault_flags: int, unlocked: OutParam 
 
 @define(slots=True)
 class FollowPfnmapArgs:
-    """``struct follow_pfnmap_args`` (v6.12, L.7): inputs ``vma``/``address``,
+    """``struct follow_pfnmap_args`` (v6.12, kernel-notes §L.7): inputs ``vma``/``address``,
     outputs ``pfn``, ``pgprot``, ``writable``, ``special``; ``lock`` held
     between start and end."""
 

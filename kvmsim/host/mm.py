@@ -402,7 +402,7 @@ class Mm:
     def split_huge_pmd(self, vma: Vma, hva: int, *, notify: bool = True) -> bool:
         """``__split_huge_pmd``: replace the THP PMD at ``hva`` by base PTEs.
 
-        Fires start/end over the 2M range (L.4) when ``notify``.  The PMD's
+        Fires start/end over the 2M range (kernel-notes §L.4) when ``notify``.  The PMD's
         one reference on the head becomes one per PTE (``page_ref_add``); a
         huge zero PMD becomes special PTEs to the 4K zero page.
         """
@@ -485,7 +485,7 @@ class Mm:
 
         Returns 0, -EINVAL, -ENOMEM (a hole in the range) or -EACCES (write
         on a shared mapping that may not become writable).  The notifier
-        pair fires per pud-sized walk only where something is mapped (L.4);
+        pair fires per pud-sized walk only where something is mapped (kernel-notes §L.4);
         hugetlb vmas get one pair over their range unconditionally.
         """
         ps = self.page_size

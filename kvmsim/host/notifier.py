@@ -16,7 +16,7 @@ __all__ = ["MmuNotifier", "MmuNotifierChain", "RecordingNotifier"]
 
 
 class MmuNotifier(Protocol):
-    """``struct mmu_notifier_ops`` as KVM implements it (A.10)."""
+    """``struct mmu_notifier_ops`` as KVM implements it (kernel-notes §A.10)."""
 
     def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None: ...
 

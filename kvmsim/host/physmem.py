@@ -59,7 +59,7 @@ class PhysMem:
     :param ram_pages: number of RAM frames; pfns ``0 .. ram_pages - 1`` have a
         struct page (``pfn_valid``).
     :param kernel_pages: the first frames, the kernel image: PG_reserved and
-        owned by the kernel; the zero page is one of them (L.1).
+        owned by the kernel; the zero page is one of them (kernel-notes §L.1).
     """
 
     __slots__ = (
@@ -192,7 +192,7 @@ class PhysMem:
 
     def huge_zero_page(self, order: int) -> int:
         """``get_huge_zero_page``: allocated on first use, an ordinary compound
-        page (not reserved, L.1) whose allocation reference the host keeps."""
+        page (not reserved, kernel-notes §L.1) whose allocation reference the host keeps."""
         if self.huge_zero_pfn is None:
             self.huge_zero_pfn = self.alloc_pages(
                 order, owner="huge_zero_page", compound=True, kind="thp"

@@ -175,7 +175,7 @@ class Kvm:
         writable: bool,
         page_out: bool = False,
     ) -> HvaToPfnResult:
-        """``__gfn_to_pfn_memslot`` (A.2): the hva checks, then the strategy's
+        """``__gfn_to_pfn_memslot`` (kernel-notes §A.2): the hva checks, then the strategy's
         ``hva_to_pfn``.  ``writable`` says whether the caller passed a
         ``writable`` pointer; a read-only slot NULLs it (no write upgrade)."""
         tr = self.tracer
@@ -243,7 +243,7 @@ def track_range(kvm: Kvm, start: int, end: int) -> None:
 
 
 class KvmMmuNotifier:
-    """KVM's MMU-notifier callbacks (``kvm_mmu_notifier_ops``, A.10)."""
+    """KVM's MMU-notifier callbacks (``kvm_mmu_notifier_ops``, kernel-notes §A.10)."""
 
     __slots__ = ("kvm",)
 

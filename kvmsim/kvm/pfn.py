@@ -62,7 +62,7 @@ def pfn_name(pfn: int) -> str:
 
 
 def gfn_to_hva_many(slot: Memslot | None, gfn: int, write: bool, page_shift: int) -> int:
-    """``__gfn_to_hva_many`` (A.1), without the nr_pages output."""
+    """``__gfn_to_hva_many`` (kernel-notes §A.1), without the nr_pages output."""
     if slot is None or slot.flags & KVM_MEMSLOT_INVALID:
         return KVM_HVA_ERR_BAD
     if slot.readonly and write:
@@ -72,13 +72,13 @@ def gfn_to_hva_many(slot: Memslot | None, gfn: int, write: bool, page_shift: int
 
 def gfn_to_hva_memslot(slot: Memslot, gfn: int, page_shift: int) -> int:
     """``gfn_to_hva_memslot``: asks for write, so a read-only slot gives
-    ``KVM_HVA_ERR_RO_BAD`` even for a read (A.1)."""
+    ``KVM_HVA_ERR_RO_BAD`` even for a read (kernel-notes §A.1)."""
     return gfn_to_hva_many(slot, gfn, True, page_shift)
 
 
 def kvm_is_reserved_pfn(phys: PhysMem, pfn: int) -> bool:
     """``kvm_is_reserved_pfn`` (v4.16): PageReserved for a valid pfn, true for
-    a pfn with no struct page.  The zero page is reserved (L.1)."""
+    a pfn with no struct page.  The zero page is reserved (kernel-notes §L.1)."""
     if phys.pfn_valid(pfn):
         return phys.PageReserved(pfn)
     return True

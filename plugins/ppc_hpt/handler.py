@@ -1,12 +1,12 @@
 """The HPT fault path: the real-mode prefilter ``kvmppc_hpte_hv_fault``
 (book3s_hv_rm_mmu.c; dispatch in book3s_hv_rmhandlers.S, kernel-notes
-§L.6), then ``kvmppc_book3s_hv_page_fault`` (book3s_64_mmu_hv.c, B.5) of the
+§L.6), then ``kvmppc_book3s_hv_page_fault`` (book3s_64_mmu_hv.c, kernel-notes §B.5) of the
 version the selected strategy names:
 
 - ``v4.15`` (also ``v4.16``: the handler is identical): ``get_user_pages_fast``
   then the inline VM_PFNMAP block, answered by the strategy's
   ``hva_to_pfn`` (:mod:`.handler_v4_15`).
-- ``v5.7`` (cd758a9b57ee, C.2): ``__get_user_pages_fast(write)``, else
+- ``v5.7`` (cd758a9b57ee, kernel-notes §C.2): ``__get_user_pages_fast(write)``, else
   ``__gfn_to_pfn_memslot``, then the host PTE (:mod:`.handler_v5_7`).
 - ``v6.13`` (0865ba14b4ee, E): ``__kvm_faultin_pfn`` and v5.7's tail,
   releasing exactly the page the strategy hands back (:mod:`.handler_v6_13`).
@@ -18,7 +18,7 @@ install under the HPTE and rmap locks is ``create_pte`` (:func:`install`).
 Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
 arch/powerpc/kvm/book3s_hv_rm_mmu.c and book3s_64_mmu_hv.c for the
 real-mode prefilter and the prologue the versions share
-(kernel-notes §B.5, kernel-notes §L.6); each version's body names its own source.
+(kernel-notes §B.5, §L.6); each version's body names its own source.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def hpte_hv_fault(kvm: Kvm, vcpu: int, addr: int, slb_v: int, status: int, data:
 
 
 def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
-    """``kvmppc_hdsi`` / ``kvmppc_hisi`` (L.6) then, on -1/-2, the exit to
+    """``kvmppc_hdsi`` / ``kvmppc_hisi`` (kernel-notes §L.6) then, on -1/-2, the exit to
     the host and ``kvmppc_book3s_hv_page_fault``."""
     st: HptState = kvm.arch
     tr = kvm.tracer

@@ -5,7 +5,7 @@ kernel-notes §C.2): gup-fast for a writable page, else the generic
 for the size, address and cache attribute.
 
 Kept as merged: ``page = pfn_valid && !PageReserved ? pfn : NULL`` (so a
-zero-page reference taken by the slow gup is never dropped, L.1), and no
+zero-page reference taken by the slow gup is never dropped, kernel-notes §L.1), and no
 ``pte_present`` check on the host PTE (the 2020 "Handle non-present PTEs"
 follow-up added it).
 

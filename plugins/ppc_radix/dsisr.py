@@ -35,7 +35,7 @@ DSISR_BAD_FAULT_64S: Final = (
     | DSISR_BAD_CI_LDST
 )
 
-# HISI causes, reported in HSRR1 (reg.h SRR1_ISI_*; L.2).  The host's exit
+# HISI causes, reported in HSRR1 (reg.h SRR1_ISI_*; kernel-notes §L.2).  The host's exit
 # handler (kvmppc_handle_exit_hv, H_INST_STORAGE) discards them and calls the
 # fault handler with fault_dsisr = 0 in v4.15.1, v4.16.13 and v4.17.
 SRR1_ISI_NOPT: Final = 0x40000000  # no valid entry

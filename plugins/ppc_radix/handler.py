@@ -1,5 +1,5 @@
 """``kvmppc_book3s_radix_page_fault`` as three kernel versions wrote it
-(arch/powerpc/kvm/book3s_64_mmu_radix.c; kernel-notes §B.2, B.3, C.1).
+(arch/powerpc/kvm/book3s_64_mmu_radix.c; kernel-notes §B.2, §B.3, §C.1).
 
 The selected strategy names the version (``StrategyInfo.handlers``):
 - ``v4.15``, ``v4.16``: the handler resolves the page itself (gup_fast, then
@@ -64,7 +64,7 @@ def _ret(ret: int, detail: str = "") -> FaultResult:
 
 def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
     """``kvmppc_book3s_radix_page_fault``, entry: the prologue every version
-    shares (steps 1-4 of B.2), then the selected version's body."""
+    shares (steps 1-4 of kernel-notes §B.2), then the selected version's body."""
     st: RadixState = kvm.arch
     tr = kvm.tracer
     # kvmppc_handle_exit_hv: an HDSI passes the HDSISR on; an HISI

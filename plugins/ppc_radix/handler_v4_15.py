@@ -1,5 +1,5 @@
 """The v4.15 and v4.16 radix fault handler after the memslot lookup
-(kernel-notes §B.2, B.3): the handler resolves the page itself, and the
+(kernel-notes §B.2, §B.3): the handler resolves the page itself, and the
 selected strategy answers that block through ``hva_to_pfn``.
 
 Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 def fault_v4_15_16(
     kvm: Kvm, vcpu: int, st: RadixState, dsisr: int, gpa: int, gfn: int, slot: object
 ) -> FaultResult:
-    """B.2 (v4.15) and B.3 (v4.16), after the memslot was found."""
+    """B.2 (v4.15) and kernel-notes §B.3 (v4.16), after the memslot was found."""
     tr = kvm.tracer
     phys = kvm.phys
     ps = kvm.page_shift

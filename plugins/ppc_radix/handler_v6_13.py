@@ -2,7 +2,7 @@
 ``kvmppc_book3s_radix_page_fault`` → ``kvmppc_book3s_instantiate_page`` after
 the 2024 rework (kernel-notes §E; "KVM: PPC: Use __kvm_faultin_pfn() to
 handle page faults on Book3s Radix", v13 61/85), on top of the 2018-2020
-follow-ups (C.2: the host PTE for every pfn, NULL or non-present → release
+follow-ups (kernel-notes §C.2: the host PTE for every pfn, NULL or non-present → release
 and retry; ``find_kvm_host_pte`` under ``mmu_lock`` with the notifier check).
 
 The contract with the strategy (``follow_pfn_2024``): ``HvaToPfnResult.page``

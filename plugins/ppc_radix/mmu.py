@@ -1,7 +1,7 @@
 """The radix stage-2 MMU: the hardware walk (``translate``), and KVM's
 ``kvmppc_create_pte``, ``kvm_unmap_radix`` (arch/powerpc/kvm/book3s_64_mmu_radix.c).
 
-Versions differ where the kernel's did (kernel-notes §B.4, C.1):
+Versions differ where the kernel's did (kernel-notes §B.4, §C.1):
 - v4.15: any large PMD already there → -EAGAIN; a page-table page in the
   way of a 2M leaf → -EBUSY; unmap clears only _PAGE_PRESENT.
 - v4.16: an existing 2M leaf is removed and replaced; -EBUSY as v4.15.
@@ -81,7 +81,7 @@ _RC = PTE_YOUNG | PTE_DIRTY
 
 
 def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
-    """The partition-scoped walk as POWER9 does it (L.2); the ``translate``
+    """The partition-scoped walk as POWER9 does it (kernel-notes §L.2); the ``translate``
     hook itself (its signature), so the Dispatcher calls it directly.
 
     Data side (HDSI, the HDSISR bits): an invalid entry anywhere → NOHPTE; a
@@ -172,7 +172,7 @@ def _hit(tree: RadixTree, gpa: int, pte: int, shift: int) -> Translation:
 
 def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     """``kvmppc_create_pte``: install ``pte`` for ``gpa`` at ``level`` under
-    ``mmu_lock`` after the ``mmu_notifier_retry`` check (B.4, C.1 step 8)."""
+    ``mmu_lock`` after the ``mmu_notifier_retry`` check (kernel-notes §B.4, §C.1 step 8)."""
     st: RadixState = kvm.arch
     tree = st.tree
     task = kvm.mm.current

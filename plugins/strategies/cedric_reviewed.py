@@ -1,5 +1,5 @@
 """``cedric_reviewed``: the RFC with the thread's review applied, still on
-the v4.15 radix handler (kernel-notes §I.1, J.2-J.4, J.8):
+the v4.15 radix handler (kernel-notes §I.1, §J.2-J.4, §J.8):
 
 - Ben: "Just export it" -- the handler calls the exported generic v4.15
   ``hva_to_pfn_remapped`` (with ``async == NULL``; no ``writable`` in v4.15)
@@ -8,14 +8,14 @@ the v4.15 radix handler (kernel-notes §I.1, J.2-J.4, J.8):
   branch is gone;
 - Paolo: "Maybe the outer check should be for VM_IO|VM_PFNMAP?" -- so a
   VM_IO-only vma (a VM_MIXEDMAP|VM_IO driver mapping) now reaches
-  ``hva_to_pfn_remapped`` instead of -EFAULT (J.2).
+  ``hva_to_pfn_remapped`` instead of -EFAULT (kernel-notes §J.2).
 
 Nobody in the thread mentioned the handler's ``if (ret == -EAGAIN) return
 RESUME_GUEST;`` sitting before ``up_read``, so the reviewed version keeps
 it: the mmap_sem read hold ``fixup_user_fault`` re-took is still leaked
-(J.3; our reading, since the review is only described in words).  Nor the
+(kernel-notes §J.3; our reading, since the review is only described in words).  Nor the
 missing release of the ``kvm_get_pfn`` reference: the page stays NULL and a
-refcounted remapped pfn still leaks one reference per fault (J.4).
+refcounted remapped pfn still leaks one reference per fault (kernel-notes §J.4).
 Radix only, like the RFC.
 
 Read from: the RFC mail and its review in reference/kvm-ppc-thread-2018-02.txt,

@@ -1,21 +1,21 @@
 """``cedric_rfc``: Cédric Le Goater's RFC "KVM: PPC: Book3S HV: add support
 for page faults in VM_IO|VM_PFNMAP vmas" (2018-02-08) exactly as posted, on
-the v4.15 radix handler (blob 58618f644c56; kernel-notes §I.1, J.2-J.4,
-J.7, J.8).  Radix only: the RFC does not touch the HPT handler.
+the v4.15 radix handler (blob 58618f644c56; kernel-notes §I.1, §J.2-J.4,
+§J.7, §J.8).  Radix only: the RFC does not touch the HPT handler.
 
 Inside the handler's unchanged outer test (vma covers hva and has
 VM_PFNMAP), an inner test on VM_IO|VM_PFNMAP -- always true there, so the old
-``vm_pgoff`` else-branch is dead (J.2) -- calls a static copy of generic
+``vm_pgoff`` else-branch is dead (kernel-notes §J.2) -- calls a static copy of generic
 v4.15 ``hva_to_pfn_remapped`` (follow_pfn; on failure fixup_user_fault with
 ``unlocked``, -EAGAIN when the lock was dropped, follow_pfn again;
 ``kvm_get_pfn``).  ``-EAGAIN`` makes the handler ``return RESUME_GUEST``
 *before* its ``up_read``: the read hold ``fixup_user_fault`` re-took is
-leaked (J.3; the result has status ``retry`` and mmap_sem is still held by
+leaked (kernel-notes §J.3; the result has status ``retry`` and mmap_sem is still held by
 the vcpu task, which the lock checker reports and a later host
 ``down_write`` turns into a deadlock).  Other errors leave ``pfn == 0`` →
 -EFAULT.  The page stays NULL, so the ``kvm_get_pfn`` reference on a
-refcounted pfn is never dropped (J.4).  A VM_IO-only vma fails the outer
-test (J.2).  The write bit of the PTE is never checked (J.7).
+refcounted pfn is never dropped (kernel-notes §J.4).  A VM_IO-only vma fails the outer
+test (kernel-notes §J.2).  The write bit of the PTE is never checked (kernel-notes §J.7).
 
 The rest of the handler is v4.15's (see ``ppc_original``).
 

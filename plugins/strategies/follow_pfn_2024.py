@@ -2,7 +2,7 @@
 Christopherson's rework "KVM: Stop grabbing references to PFNMAP'd pages"
 (v13, 2024-10-10; merged for v6.13), with 6da8e9634bb7/5731aacd54a8's
 ``follow_pfnmap_start/end`` (v6.12) in ``hva_to_pfn_remapped``
-(kernel-notes §E, L.7).  In the shape this model can express:
+(kernel-notes §E, §L.7).  In the shape this model can express:
 
 - ``struct kvm_follow_pfn`` becomes the request: FOLL_WRITE = ``write_fault``,
   FOLL_NOWAIT = ``async_`` (``KVM_PFN_ERR_NEEDS_IO`` is status ``async``),
@@ -36,7 +36,7 @@ release such a handler gets wrong.
 Read from: virt/kvm/kvm_main.c after the v6.13 "Stop grabbing references to
 PFNMAP'd pages" series (merge 5cb1659f4120, 2024-10-25) and
 6da8e9634bb7 / 5731aacd54a8 (v6.12 ``follow_pfnmap_start/end``;
-kernel-notes §E, kernel-notes §L.7).
+kernel-notes §E, §L.7).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ HANDLERS = {
     "ppc_radix": "v6.13",  # kvmppc_book3s_instantiate_page
     "ppc_radix_4k": "v6.13",
     "ppc_hpt": "v6.13",  # book3s_64_mmu_hv.c after 0865ba14b4ee
-    "x86_ept": "v6.13",  # releasing only refcounted_page (E.9)
+    "x86_ept": "v6.13",  # releasing only refcounted_page (kernel-notes §E.9)
     "arm64": "v6.13",  # the out-of-tree example (examples/kvmsim-arm64): user_mem_abort
     "*": "v4.16",  # an arch without a 2024 handler: see follow_pfn_release_contract
 }

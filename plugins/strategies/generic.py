@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 
 def check_user_page_hwpoison(kvm: Kvm, addr: int) -> bool:
-    """``check_user_page_hwpoison`` (A.6): a write-gup with no page array,
+    """``check_user_page_hwpoison`` (kernel-notes §A.6): a write-gup with no page array,
     under the caller's mmap_sem; true iff it returns -EHWPOISON."""
     rc = gup.get_user_pages(kvm.mm, addr, 1, FOLL_HWPOISON | FOLL_WRITE, None)
     return rc == -EHWPOISON
@@ -67,7 +67,7 @@ def hva_to_pfn_fast(
     writable: OutParam,
     pfn: OutParam,
 ) -> bool:
-    """``hva_to_pfn_fast`` (A.4): only for atomic or async callers; always
+    """``hva_to_pfn_fast`` (kernel-notes §A.4): only for atomic or async callers; always
     asks gup-fast for a writable page."""
     if not (async_ or atomic):
         return False
@@ -88,7 +88,7 @@ def hva_to_pfn_fast(
 def hva_to_pfn_slow(
     kvm: Kvm, addr: int, async_: OutParam, write_fault: bool, writable: OutParam, pfn: OutParam
 ) -> int:
-    """``hva_to_pfn_slow`` (A.5, v4.16): one ``get_user_pages_unlocked``
+    """``hva_to_pfn_slow`` (kernel-notes §A.5, v4.16): one ``get_user_pages_unlocked``
     with FOLL_HWPOISON (and FOLL_NOWAIT for async), then the read-fault
     write upgrade through gup-fast, swapping one reference for another."""
     flags = FOLL_HWPOISON
@@ -124,7 +124,7 @@ def hva_to_pfn_slow(
 
 
 def vma_is_valid(vma: Vma, write_fault: bool) -> bool:
-    """``vma_is_valid`` (A.7)."""
+    """``vma_is_valid`` (kernel-notes §A.7)."""
     if not vma.flags & VM_READ:
         return False
     return not (write_fault and not vma.flags & VM_WRITE)
@@ -139,7 +139,7 @@ def hva_to_pfn_remapped(
     writable: OutParam | None,
     p_pfn: OutParam,
 ) -> int:
-    """``hva_to_pfn_remapped`` (A.8): follow_pfn, else fixup_user_fault and
+    """``hva_to_pfn_remapped`` (kernel-notes §A.8): follow_pfn, else fixup_user_fault and
     follow_pfn again; -EAGAIN whenever mmap_sem was dropped.  v4.16 reports
     every remapped pfn writable (a340b3e229b2), v4.15 passes no ``writable``
     (``None`` here).  No check of the PTE's write bit in either."""
@@ -180,7 +180,7 @@ def hva_to_pfn(
     remapped_writable: bool = True,
     remapped: RemappedFn | None = None,
 ) -> int:
-    """``hva_to_pfn`` (A.3, v4.16): fast (atomic/async only), slow, then the
+    """``hva_to_pfn`` (kernel-notes §A.3, v4.16): fast (atomic/async only), slow, then the
     vma walk under mmap_sem: hwpoison, remapped VM_IO|VM_PFNMAP, async.
 
     ``remapped`` replaces :func:`hva_to_pfn_remapped` (later kernels changed

@@ -1,7 +1,7 @@
 """``paolo_refactor``: Paolo Bonzini's untested, uncompiled sketch of a unified
 ``hva_to_pfn`` (kvm-ppc thread, 2018-02-12), transliterated as written on its
-base ``virt/kvm/kvm_main.c`` blob b4414842b023 (kernel-notes §I.2, J.5,
-J.6, J.9).  Every arch: the generic ``__gfn_to_pfn_memslot`` calls it with
+base ``virt/kvm/kvm_main.c`` blob b4414842b023 (kernel-notes §I.2, §J.5,
+§J.6, §J.9).  Every arch: the generic ``__gfn_to_pfn_memslot`` calls it with
 ``p_page == NULL``; a caller that passes a page pointer (the PPC use Paolo
 offered) sets ``request.page_out`` and gets ``*p_page`` back as ``page``.
 
@@ -9,10 +9,10 @@ What the sketch does, and what that means here:
 
 - ``__hva_to_page_fast`` runs unconditionally (the async/atomic gate is
   gone).  With neither ``write_fault`` nor ``writable`` it does ``return
-  false``: NULL, which ``!IS_ERR`` takes for success (J.6a).  Otherwise it
+  false``: NULL, which ``!IS_ERR`` takes for success (kernel-notes §J.6a).  Otherwise it
   tests ``npages < 0``, which ``__get_user_pages_fast`` never returns, so
   with nothing pinned it sets ``*writable = true`` and returns the
-  uninitialised ``page[0]`` (J.5).  The caller's ``IS_ERR(page)`` on it is a
+  uninitialised ``page[0]`` (kernel-notes §J.5).  The caller's ``IS_ERR(page)`` on it is a
   use of an uninitialised value: :class:`~kvmsim.cmodel.KernelOops`
   ``uninit_use``.  This is the first-touch fault, the PFNMAP fault, anything
   gup-fast cannot pin: the slow path, the hwpoison check and the remapped
@@ -20,22 +20,22 @@ What the sketch does, and what that means here:
 - ``got_page: return page_to_pfn(page)``.  ``page_to_pfn`` is pointer
   arithmetic against ``vmemmap`` (SPARSEMEM_VMEMMAP on ppc64 and x86-64): on
   NULL it does not fault, it yields ``(0 - vmemmap) / sizeof(struct page)``,
-  a garbage pfn holding no reference (J.6a).  We compute it with the v4.16
+  a garbage pfn holding no reference (kernel-notes §J.6a).  We compute it with the v4.16
   layouts (ppc64 radix ``RADIX_VMEMMAP_BASE`` 0xc00a000000000000, x86-64
   ``__VMEMMAP_BASE`` 0xffffea0000000000 without KASLR, 64-byte struct page):
   on ppc64 it has bits set in ``KVM_PFN_ERR_MASK`` so the v4.17 PPC caller
   sees an error pfn; on x86 it is a pfn far above RAM.  The trace names it.
 - ``retry: *p_page = NULL`` is unguarded: reached from the generic path
-  (``p_page == NULL``) it is a NULL write, an oops (J.6b).  As written it is
-  latent behind J.5; :func:`hva_to_pfn` takes the fast helper as a parameter
-  so the tests can show it with the one-line correction J.6 names.
+  (``p_page == NULL``) it is a NULL write, an oops (kernel-notes §J.6b).  As written it is
+  latent behind kernel-notes §J.5; :func:`hva_to_pfn` takes the fast helper as a parameter
+  so the tests can show it with the one-line correction kernel-notes §J.6 names.
 - ``hva_to_page_unlocked`` keeps the base's v4.15 slow-path shape
   (``get_user_page_nowait`` under mmap_sem for async, else
   ``get_user_pages_unlocked``); its ``npages < 0`` test lets 0 through as an
   uninitialised page, and its write upgrade reuses the fast helper.
 - ``hva_to_pfn_remapped`` is the base's (v4.15: no ``writable``; our reading
   of b4414842b023, which predates the v4.16 slow-path rewrite).
-- On the atomic and hwpoison returns ``*p_page`` is never written (J.9): a
+- On the atomic and hwpoison returns ``*p_page`` is never written (kernel-notes §J.9): a
   caller's page then reads as ``UNINIT``.
 
 Handlers: radix v4.17, HPT v5.7, others v4.16 (the generic callers).
@@ -131,7 +131,7 @@ def __hva_to_page_fast(kvm: Kvm, addr: int, write_fault: bool, writable: OutPara
     npages = gup.__get_user_pages_fast(kvm.mm, addr, 1, 1, pinned)
     if pinned:
         page[0] = pinned[0]
-    if npages < 0:  # never true: __get_user_pages_fast returns 0..nr (F.1)
+    if npages < 0:  # never true: __get_user_pages_fast returns 0..nr (kernel-notes §F.1)
         return ERR_PTR(npages)
     if writable:
         writable.set(True)
@@ -192,7 +192,7 @@ def paolo_hva_to_pfn(
     """The sketch's ``hva_to_pfn(addr, atomic, async, write_fault, writable, p_page)``.
 
     ``fast`` is ``__hva_to_page_fast`` unless a test substitutes a corrected
-    one to reach the code J.5 hides."""
+    one to reach the code kernel-notes §J.5 hides."""
     BUG_ON(bool(atomic and async_), "BUG_ON(atomic && async)")
     mm = kvm.mm
     tr = kvm.tracer
@@ -213,7 +213,7 @@ def paolo_hva_to_pfn(
     while True:  # retry:
         if tr.enabled:
             tr.emit("hva_to_pfn_retry_label", p_page="NULL" if not p_page else "given")
-        p_page.set(NULL)  # unguarded: __gfn_to_pfn_memslot passes NULL (J.6b)
+        p_page.set(NULL)  # unguarded: __gfn_to_pfn_memslot passes NULL (kernel-notes §J.6b)
         vma = mm.find_vma_intersection(addr, addr + 1)
         if vma is None:
             result = KVM_PFN_ERR_FAULT

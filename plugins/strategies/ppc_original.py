@@ -1,7 +1,7 @@
 """``ppc_original``: the PPC HV fault handlers the RFC was written against
 (Linux 4.15.1; radix ``arch/powerpc/kvm/book3s_64_mmu_radix.c`` blob
 58618f644c56 and the HPT ``book3s_64_mmu_hv.c`` of the same release;
-kernel-notes §B.2, B.5, J.1, J.7, J.10).
+kernel-notes §B.2, §B.5, §J.1, §J.7, §J.10).
 
 The handlers resolve the page themselves: ``get_user_pages_fast``, and when
 that fails (always, for VM_IO|VM_PFNMAP vmas) a vma that covers the hva and
@@ -10,14 +10,14 @@ has VM_PFNMAP gives ``pfn = vm_pgoff + offset`` with the vma's
 the result is right only when the vma's creator made ``vm_pgoff`` a pfn (a
 COW ``remap_pfn_range``, VFIO-PCI); for a fault-populated or shared device
 mapping ``vm_pgoff`` is a file offset and the guest gets small host RAM
-frames (J.1) -- present PTE or not.  No reference is taken on that path.
+frames (kernel-notes §J.1) -- present PTE or not.  No reference is taken on that path.
 
 The surrounding handler decisions are v4.15's (``handlers`` selects them):
 PageHuge only (no THP), the 2M test that compares 2M bases so 2M leaves are
-practically never made (J.10), a read fault made writable only when the
+practically never made (kernel-notes §J.10), a read fault made writable only when the
 host PTE is writable *and* dirty, no ``set_page_dirty``, ``put_page(pages[0])``;
 the v4.15 radix handler ignores PROTFAULT, so a store to a read-only PFNMAP
-vma livelocks (J.7).  HPT additionally needs ``hva + psize <= vm_end``.
+vma livelocks (kernel-notes §J.7).  HPT additionally needs ``hva + psize <= vm_end``.
 
 Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
 arch/powerpc/kvm/book3s_64_mmu_radix.c blob 58618f644c56 and

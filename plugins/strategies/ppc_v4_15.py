@@ -1,12 +1,12 @@
 """The page lookup the v4.15 PPC HV fault handlers inline (kernel-notes
-§B.2 steps 9-10 for radix, B.5 step 7 for HPT), shared by the strategies that
+§B.2 steps 9-10 for radix, §B.5 step 7 for HPT), shared by the strategies that
 sit on that base: ``ppc_original``, ``cedric_rfc`` and ``cedric_reviewed``.
 
 Both handlers do the same thing, in this order:
 
 1. ``npages = get_user_pages_fast(hva, 1, writing, pages)``.  gup-fast falls
    back to ``get_user_pages_unlocked`` without FOLL_HWPOISON, so with nothing
-   pinned the result is a negative errno (F.2), never 0.
+   pinned the result is a negative errno (kernel-notes §F.2), never 0.
 2. On success: ``page = pages[0]``, one reference on the compound head.  The
    handler does the rest (PageHuge, write permission, put_page).
 3. On failure: ``down_read(mmap_sem)``; ``vma = find_vma(mm, hva)``; if the
@@ -26,11 +26,11 @@ handler returns -EFAULT, a genuine pfn 0 included, as ``if (!pfn)`` does);
 (the handlers' initial ``write_ok``), or on HPT after the branch ran
 ``vm_flags & VM_WRITE``; status ``retry`` = the RFC's ``-EAGAIN`` →
 ``RESUME_GUEST``, returned **with mmap_sem still held** when the branch says
-so (defect J.3).
+so (defect kernel-notes §J.3).
 
 Read from: Linux 4.15.1 release tarball (mirror Kent-Hu/linux-4.15.1),
 arch/powerpc/kvm/book3s_64_mmu_radix.c blob 58618f644c56 and
-book3s_64_mmu_hv.c (kernel-notes §B.2 steps 9-10, kernel-notes §B.5 step 7).
+book3s_64_mmu_hv.c (kernel-notes §B.2 steps 9-10, §B.5 step 7).
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ def _flag_names(flags: int) -> str:
 
 def pgoff_pfn(kvm: Kvm, vma: Vma, hva: int) -> int:
     """``vma->vm_pgoff + ((hva - vma->vm_start) >> PAGE_SHIFT)``: a pfn only
-    when the vma's creator made ``vm_pgoff`` one (B.6)."""
+    when the vma's creator made ``vm_pgoff`` one (kernel-notes §B.6)."""
     return vma.pgoff + ((hva - vma.start) >> kvm.page_shift)
 
 
 def inline_hva_to_pfn(
     kvm: Kvm, request: HvaToPfnRequest, *, outer_flags: int, branch: PfnmapBranch
 ) -> HvaToPfnResult:
-    """Run the v4.15 handlers' gup-fast + VM_PFNMAP block (B.2 9-10, B.5 7).
+    """Run the v4.15 handlers' gup-fast + VM_PFNMAP block (kernel-notes §B.2 9-10, §B.5 7).
 
     :param outer_flags: the vma flags the handler's outer test requires (any
         of them): VM_PFNMAP in v4.15 and the RFC, VM_IO|VM_PFNMAP after review.
@@ -115,7 +115,7 @@ def inline_hva_to_pfn(
     writable = writing
     covers = False
     if vma is not None and vma.start <= hva:
-        # HPT needs the whole guest page inside the vma (B.5 step 7)
+        # HPT needs the whole guest page inside the vma (kernel-notes §B.5 step 7)
         covers = hva + request.psize <= vma.end if hpt else hva < vma.end
     if tr.enabled:
         tr.emit(

@@ -1,5 +1,5 @@
 """``refcount_guarded``: the generic ``hva_to_pfn`` with the 2021 fixes to
-``hva_to_pfn_remapped`` (kernel-notes §D, L.3, J.7):
+``hva_to_pfn_remapped`` (kernel-notes §D, §L.3, §J.7):
 
 - bd2fae8da794 "KVM: do not assume PTE is writable after follow_pfn" (v5.12):
   ``follow_pte`` instead of ``follow_pfn``; a write fault on a PTE without
@@ -51,7 +51,7 @@ def strategy_info() -> StrategyInfo:
         description="generic path + bd2fae8da794 (PTE write check) + f8be156be163 (CVE-2021-22543)",
         arches=("*",),
         # x86: 5.13's direct_page_fault, whose release helpers use v5.6's
-        # kvm_is_reserved_pfn (the zero page is released, L.1)
+        # kvm_is_reserved_pfn (the zero page is released, kernel-notes §L.1)
         handlers={
             "ppc_radix": "v4.17",
             "ppc_hpt": "v5.7",

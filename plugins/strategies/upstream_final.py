@@ -1,6 +1,6 @@
 """``upstream_final``: what the PPC HV fault handlers became once the thread's
 discussion was merged: they call the generic ``__gfn_to_pfn_memslot``
-(kernel-notes §C.1, C.2, L.1, L.3).
+(kernel-notes §C.1, §C.2, §L.1, §L.3).
 
 Radix: commit 31c8b0d0694a "KVM: PPC: Book3S HV: Use __gfn_to_pfn_memslot()
 in page fault handler" (Paul Mackerras, 2018-03-01, merged for v4.17), with
@@ -12,7 +12,7 @@ sync caller, ``get_user_pages_unlocked`` with FOLL_HWPOISON, read-fault write
 upgrade, hwpoison check, ``hva_to_pfn_remapped`` with a340b3e229b2's
 unconditional ``*writable = true``).  Cache attributes then come from the
 host PTE, dirtying is ``set_page_dirty_lock``, release is ``put_page`` on
-``pfn_valid && !PageReserved`` (so a zero-page reference leaks, L.1).
+``pfn_valid && !PageReserved`` (so a zero-page reference leaks, kernel-notes §L.1).
 
 HPT converted later than radix: Paul Mackerras's "Use __gfn_to_pfn_memslot in
 HPT page fault handler", merged as cd758a9b57ee in v5.7 (v5.6 still has the
@@ -20,7 +20,7 @@ HPT page fault handler", merged as cd758a9b57ee in v5.7 (v5.6 still has the
 The generic ``hva_to_pfn`` it reaches is modelled as v4.17's: the decisions
 this model can express did not change on that path before bd2fae8da794 (v5.12;
 see ``refcount_guarded``); the v5.6 zero-page fix of ``kvm_is_reserved_pfn``
-does not matter to PPC, which tests ``PageReserved`` itself (L.1).
+does not matter to PPC, which tests ``PageReserved`` itself (kernel-notes §L.1).
 
 Read from: commit 31c8b0d0694a (Linux 4.17.0 release tree) for radix and
 cd758a9b57ee (v5.7) for HPT; virt/kvm/kvm_main.c of Linux 4.16.13 for

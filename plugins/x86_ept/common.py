@@ -202,7 +202,7 @@ def is_access_allowed(error_code: int, spte: int) -> bool:
 
 
 def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) -> bool:
-    """``fast_page_fault`` (L.5): without ``mmu_lock``, fix a present 4K SPTE
+    """``fast_page_fault`` (kernel-notes §L.5): without ``mmu_lock``, fix a present 4K SPTE
     that was write-protected for dirty logging (``pt_protect == false``):
     make it writable again and mark its gfn dirty.  A large SPTE is left to
     the slow path (only its first gfn could be logged).  With EPT A/D on,
@@ -292,7 +292,7 @@ def _gfn_to_pfn(
 ) -> HvaToPfnResult:
     """``__gfn_to_pfn_memslot(slot, gfn, false, async ? &async : NULL, write,
     &map_writable)`` as try_async_pf calls it (a NULL slot gives
-    KVM_PFN_NOSLOT, A.1)."""
+    KVM_PFN_NOSLOT, kernel-notes §A.1)."""
     res = kvm.gfn_to_pfn_memslot(
         slot,  # type: ignore[arg-type]
         gfn,

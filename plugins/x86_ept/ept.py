@@ -390,7 +390,7 @@ def kvm_is_reserved_pfn_v5_6(phys: PhysMem, pfn: int) -> bool:
     """``kvm_is_reserved_pfn`` from 7df003c85218 (v5.6) on: PageReserved and
     not the zero pfn for a valid pfn, true for a pfn with no struct page.
     The zero page is no longer "reserved", so the release helpers drop the
-    reference gup took on it (L.1)."""
+    reference gup took on it (kernel-notes §L.1)."""
     if phys.pfn_valid(pfn):
         return phys.PageReserved(pfn) and not phys.is_zero_pfn(pfn)
     return True
@@ -398,7 +398,7 @@ def kvm_is_reserved_pfn_v5_6(phys: PhysMem, pfn: int) -> bool:
 
 def is_reserved_pfn(kvm: Kvm, pfn: int) -> bool:
     """``kvm_is_reserved_pfn`` of the handler version's kernel: v4.16's
-    (A.9: the zero page counts as reserved) or v5.6's (it does not)."""
+    (kernel-notes §A.9: the zero page counts as reserved) or v5.6's (it does not)."""
     if kvm.arch.version == "v4.16":
         return kvm_is_reserved_pfn(kvm.phys, pfn)
     return kvm_is_reserved_pfn_v5_6(kvm.phys, pfn)

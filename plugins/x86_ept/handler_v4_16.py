@@ -1,5 +1,5 @@
 """The v4.16 x86 TDP fault handler (arch/x86/kvm/mmu.c, vmx.c;
-kernel-notes §H, L.1, L.5): ``handle_ept_violation`` /
+kernel-notes §H, §L.1, §L.5): ``handle_ept_violation`` /
 ``handle_ept_misconfig`` → ``kvm_mmu_page_fault`` → ``tdp_page_fault``.
 
 ``tdp_page_fault``: level from the host mapping (``mapping_level``), the
@@ -9,10 +9,10 @@ then under ``mmu_lock`` the part the ``create_pte`` hook models
 (:func:`map_locked`): ``mmu_notifier_retry``, ``transparent_hugepage_adjust``
 and ``__direct_map`` → ``mmu_set_spte`` → ``set_spte``, ending with
 ``kvm_release_pfn_clean``, then ``direct_pte_prefetch``.  References are
-released by pfn, so the zero page's gup reference leaks (L.1).
+released by pfn, so the zero page's gup reference leaks (kernel-notes §L.1).
 
 Read from: Linux 4.16.13 stable (mirror lizuobin/linux-4.16.13_tiny4412),
-arch/x86/kvm/mmu.c and vmx.c (kernel-notes §H, kernel-notes §L.1, kernel-notes §L.5).
+arch/x86/kvm/mmu.c and vmx.c (kernel-notes §H, §L.1, §L.5).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def tdp_page_fault(
 def kvm_host_page_size(kvm: Kvm, gfn: int, slot: Memslot | None = None) -> int:
     """``kvm_host_page_size``: ``vma_kernel_pagesize`` of the vma at
     ``gfn_to_hva(gfn)`` under ``mmap_sem``.  ``gfn_to_hva`` asks for write,
-    so a read-only memslot gives an error hva and PAGE_SIZE (A.1).
+    so a read-only memslot gives an error hva and PAGE_SIZE (kernel-notes §A.1).
     ``slot``: the gfn's memslot when the caller already looked it up (the
     lookup has no side effect, so the result is the same)."""
     if slot is None:
@@ -149,7 +149,7 @@ def kvm_host_page_size(kvm: Kvm, gfn: int, slot: Memslot | None = None) -> int:
 def mapping_level(kvm: Kvm, gfn: int) -> tuple[int, bool]:
     """``mapping_level`` (with ``host_mapping_level``): 4K and
     ``force_pt_level`` for no slot, an invalid slot or a slot with a dirty
-    bitmap (L.5); else the hugetlbfs page size, capped by the CPU's largest
+    bitmap (kernel-notes §L.5); else the hugetlbfs page size, capped by the CPU's largest
     EPT page and the slot's ``disallow_lpage``.  THP is found later, by
     ``transparent_hugepage_adjust``."""
     st: EptState = kvm.arch

@@ -72,7 +72,7 @@ def _finish(kvm: Kvm, res: HvaToPfnResult, r: int) -> None:
 
 
 def kvm_release_faultin_page(kvm: Kvm, page: object, unused: bool, dirty: bool) -> None:
-    """``kvm_release_faultin_page`` (v6.13-era, E.9): only the refcounted
+    """``kvm_release_faultin_page`` (v6.13-era, kernel-notes §E.9): only the refcounted
     page the strategy handed back is released, by page, NULL-safe; a dirty
     release marks it dirty unless PG_reserved.  No ``kvm_is_reserved_pfn``
     test: the zero page's reference is dropped too."""

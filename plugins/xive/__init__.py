@@ -23,7 +23,7 @@ device file's mappings with ``unmap_mapping_range`` (MMU notifiers: the
 stage-2 entries go), and the source now uses other ESB pages (new MMIO
 frames: the host device interrupt's), which the next fault inserts.  It is
 **not** the KVM_DEV_XIVE_RESET control, which masks sources and frees queues
-but unmaps nothing (G.2).
+but unmaps nothing (kernel-notes §G.2).
 """
 
 from __future__ import annotations

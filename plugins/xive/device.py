@@ -177,7 +177,7 @@ class XiveDevice:
     # ------------------------------------------------------------ MMIO
 
     def _mgmt_load(self, kvm: Kvm, irq: int, xd: IrqData, off: int, who: str) -> int:
-        """A load on the EOI/management page (G.1); ``xive_vm_esb_load`` when
+        """A load on the EOI/management page (kernel-notes §G.1); ``xive_vm_esb_load`` when
         the kernel does it.  Returns the loaded value."""
         if off < esb.XIVE_ESB_GET:  # 0x000-0x7ff: load EOI, returns the notify bit
             return 1 if self.eoi(kvm, irq, xd) else 0
