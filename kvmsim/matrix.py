@@ -732,15 +732,9 @@ def _run_dask(
     trace_cap: int,
     progress: Callable[[int], None] | None,
 ) -> list[CellResult]:
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
-    probe_scheduler(scheduler)
-    try:
-        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
-        raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
+    from distributed import as_completed
+
+    client = connect_scheduler(scheduler)
     results: list[CellResult] = []
     try:
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -754,6 +748,24 @@ def _run_dask(
     finally:
         client.close()
     return results
+
+
+def connect_scheduler(scheduler: str) -> Any:
+    """A ``distributed.Client`` on *scheduler*, after :func:`probe_scheduler`
+    (the matrix's and the explorer's ``--scheduler``).
+
+    :raises UsageError: dask.distributed is missing, or the address is not
+        a dask scheduler or cannot be reached: one line.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
+    probe_scheduler(scheduler)
+    try:
+        return Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
+        raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
 
 
 #: Seconds a ``--scheduler`` address has to accept and greet (each).

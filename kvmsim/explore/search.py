@@ -65,12 +65,28 @@ def run_schedule(
 ) -> tuple[Outcome, list[tuple[Decision, str]], Any]:
     """Run ``scenario`` choosing ``prefix[i]`` at decision ``i`` (the default
     beyond it, or where the prefix names an actor that cannot run)."""
-    from kvmsim.runner import Simulation
 
     def choose(d: Decision) -> str:
         if d.index < len(prefix) and prefix[d.index] in d.runnable:
             return prefix[d.index]
         return d.default
+
+    return run_with(scenario, arch, strategy, choose, trace=trace, extra_plugins=extra_plugins)
+
+
+def run_with(
+    scenario: Scenario,
+    arch: str,
+    strategy: str,
+    choose: Any,
+    *,
+    trace: bool = False,
+    extra_plugins: Sequence[object] = (),
+) -> tuple[Outcome, list[tuple[Decision, str]], Any]:
+    """Run ``scenario`` under the chooser ``choose``: the outcome (its
+    choices, the switches that replay it, its preemptions, its verdicts),
+    the decisions and the run's report (None when a plugin raised)."""
+    from kvmsim.runner import Simulation
 
     sim = Simulation(
         scenario, arch=arch, strategy=strategy, trace=trace, extra_plugins=extra_plugins
@@ -182,20 +198,7 @@ def pct(
     for n in runs if isinstance(runs, range) else range(runs):
         rng = random.Random(f"{seed}:{n}")
         changes = set(rng.sample(range(1, k + 1), min(k, max(0, depth - 1))))
-        yield _run_with(scenario, arch, strategy, _Pct(actors, changes, depth, rng))
-
-
-def _run_with(scenario: Scenario, arch: str, strategy: str, choose: Any) -> Outcome:
-    # a chooser function instead of a prefix: record its choices as a prefix
-    from kvmsim.runner import Simulation
-
-    sim = Simulation(scenario, arch=arch, strategy=strategy)
-    try:
-        run_concurrent(sim, choose)
-    except Exception:
-        pass
-    prefix = tuple(c for _, c in sim.schedule_decisions)
-    return run_schedule(scenario, arch, strategy, prefix)[0]
+        yield run_with(scenario, arch, strategy, _Pct(actors, changes, depth, rng))[0]
 
 
 @define
@@ -314,18 +317,9 @@ def _map_processes(units: list[Unit], jobs: int) -> list[tuple[int, list[Outcome
 def _map_dask(units: list[Unit], scheduler: str) -> list[tuple[int, list[Outcome]]]:
     """The units on a dask.distributed cluster, as the matrix's cells go
     (the same probe of the address first: one line, exit 2, never a hang)."""
-    from kvmsim.errors import UsageError
-    from kvmsim.matrix import SCHEDULER_TIMEOUT, probe_scheduler
+    from kvmsim.matrix import connect_scheduler
 
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UsageError("--scheduler needs dask.distributed: pip install 'kvmsim[dask]'") from None
-    probe_scheduler(scheduler)
-    try:
-        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-    except (OSError, TimeoutError, MemoryError, ValueError) as exc:
-        raise UsageError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
+    client = connect_scheduler(scheduler)
     try:
         futures = client.map(_unit, units, pure=False)
         return list(client.gather(futures))
@@ -409,5 +403,6 @@ __all__ = [
     "explore",
     "explore_parallel",
     "run_schedule",
+    "run_with",
     "split",
 ]
