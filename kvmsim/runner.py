@@ -21,28 +21,19 @@ from kvmsim.checks.incremental import StepChecks
 from kvmsim.cmodel import KernelOops
 from kvmsim.errors import ScenarioError
 from kvmsim.hooktypes import StepResult, unsupported
-from kvmsim.host import Mm, PhysMem, events, map_backing
+from kvmsim.host import Mm, PhysMem, map_backing
 from kvmsim.host.rwsem import Deadlock
+from kvmsim.hoststeps import run_host_step
 from kvmsim.kvm.core import Kvm
 from kvmsim.kvm.memslot import KVM_MEM_READONLY, Memslot
 from kvmsim.kvm.vcpu import guest_access
 from kvmsim.registry import Dispatcher, build_manager, plugin_set
 from kvmsim.scenario import load_scenario, parse_scenario
-from kvmsim.scenario.model import HOST_WRITE_VALUE, Scenario, StepSpec
+from kvmsim.scenario.model import Scenario, StepSpec
 from kvmsim.scenario.sizes import format_size
 from kvmsim.trace import Tracer
 
 HOST_TASK = "qemu"
-CORE_STEPS = (
-    "access",
-    "munmap",
-    "mprotect",
-    "poison",
-    "migrate",
-    "split_thp",
-    "host_write",
-    "device_reset",
-)
 
 
 @define
@@ -273,16 +264,7 @@ class Simulation:
         """The host event a step names, as a callable run as ``task`` (``qemu``;
         a concurrent scenario's host actor runs as itself)."""
         mm = self.mm
-        vma = self._vmas.get(step.vma or "")
         do = step.do
-        kvm = self.kvm
-
-        def addr() -> int:
-            assert vma is not None
-            return int(vma.start) + step.offset
-
-        def length() -> int:
-            return step.size if step.size is not None else (1 << self.phys.page_shift)
 
         def run() -> None:
             prev = mm.current
@@ -290,43 +272,8 @@ class Simulation:
             try:
                 if self.tracer.enabled:
                     self.tracer.emit("host_event", do=do, vma=step.vma, offset=hex(step.offset))
-                if do == "munmap":
-                    mm.munmap(addr(), length())
-                elif do == "mprotect":
-                    mm.mprotect(addr(), length(), step.prot or "r")
-                elif do == "poison":
-                    pfn, _ = CheckContext(kvm).host_frame(addr())
-                    if pfn is None:
-                        # memory_failure needs a frame: fault the page in first
-                        events.host_write(mm, addr())
-                        pfn, _ = CheckContext(kvm).host_frame(addr())
-                    if pfn is None:
-                        raise self._err(
-                            f"nothing is mapped at {step.vma} + {step.offset:#x} to poison and "
-                            "a host write cannot fault a page in there; populate the vma "
-                            "or poison a writable page",
-                            f"step[{step.index}]",
-                        )
-                    events.memory_failure(mm, pfn)
-                elif do == "migrate":
-                    events.migrate_page(mm, addr())
-                elif do == "split_thp":
-                    events.split_thp(mm, addr())
-                elif do == "host_write":
-                    value = step.params.get("value", HOST_WRITE_VALUE)
-                    events.host_write(mm, addr(), cast(int, value))
-                elif do == "device_reset":
-                    r = self.hooks.hook.device_step(kvm=kvm, step=step)
-                    if r is None:
-                        raise self._err("no device handled this step", f"step[{step.index}].do")
-                    self._step_result = r
-                else:
-                    # a plugin-defined kind: the arch's, else a device's
-                    r = self.hooks.hook.arch_step(kvm=kvm, vcpu=step.vcpu, step=step)
-                    if r is None:
-                        r = self.hooks.hook.device_step(kvm=kvm, step=step)
-                    if r is None:
-                        raise self._err(f"no plugin handles step {do!r}", f"step[{step.index}].do")
+                r = run_host_step(self, step)
+                if r is not None:
                     self._step_result = r
             finally:
                 mm.current = prev
