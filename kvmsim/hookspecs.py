@@ -314,6 +314,15 @@ def step_kinds() -> list[StepKind]:
     Called: when a scenario is loaded, so the loader can validate the steps.
     Models: nothing.
 
+    A kind named ``access`` does not add a step kind: it extends the core
+    guest access with keys of the plugin's own that describe the accessing
+    instruction (only its ``fields`` count; a key the core or another plugin
+    already has is a :class:`~kvmsim.errors.PluginError`).  Such keys land
+    in ``StepSpec.params``, and while the access runs they are in
+    ``kvm.access_params[vcpu]`` (with ``width``, ``value`` and ``ea``), where
+    the arch's ``translate`` and ``handle_page_fault`` read them; the arm64
+    example's ``isv`` (the data abort's ESR_EL2.ISV) is one.
+
     :returns: a list of :class:`kvmsim.scenario.model.StepKind`.
 
     broadcast
@@ -336,6 +345,30 @@ def yield_points() -> dict[str, str]:
     :returns: point name → where it is reached and what has happened there.
         A name the core already defines, or that an earlier plugin (by kind,
         then name) declared, is ignored.
+
+    broadcast
+    """
+
+
+@hookspec
+def outcomes() -> dict[str, str]:
+    """Declare the outcomes this plugin's code can end a step in beyond the
+    core's (:data:`kvmsim.scenario.model.OUTCOMES`): a
+    ``FaultResult.action`` of ``handle_page_fault`` that is none of
+    :data:`kvmsim.hooktypes.FAULT_OUTCOMES` (the vcpu loop reports an
+    unknown action as the access's outcome, unchanged), or a ``StepResult``
+    outcome of a plugin step.  A declared outcome may be expected
+    (``expect = { outcome = ... }``) and recorded (``known.outcomes``), and
+    appears as any other in reports, the matrix and ``--json``.
+
+    Implemented by: any plugin whose steps end in something the core has no
+    word for (the arm64 example's ``enosys``: KVM_RUN failed with ENOSYS).
+    Called: once per process, when scenarios are loaded and their schema
+    built; never on the fault path.
+    Models: nothing (an outcome names what userspace saw).
+
+    :returns: outcome name → what userspace saw.  A core name, or one an
+        earlier plugin (by kind, then name) declared, is ignored.
 
     broadcast
     """
@@ -457,15 +490,24 @@ def device_mmap(kvm: Kvm, device: Any, spec: VmaSpec) -> Any:
 def mmio_access(
     kvm: Kvm, vcpu: int, pfn: int, offset: int, op: str, size: int, value: int
 ) -> MmioResult | None:
-    """A guest access reached a device frame through a stage-2 mapping.
+    """A load or store reached a device frame: a guest's through a stage-2
+    mapping, or a host task's (QEMU's) through its own mapping of the page.
 
     Implemented by: device plugins.
     Called: by the vcpu loop after a translate hit on a frame without a
-    ``struct page`` (``pfn_valid`` false), with no lock held.
+    ``struct page`` (``pfn_valid`` false), with no lock held; and by the
+    ``host_write`` / ``host_read`` steps when QEMU's PTE maps such a frame
+    (after the host fault that populated it, ``mmap_sem`` held for read).
+    Both go through :func:`kvmsim.kvm.vcpu.device_mmio`: on the machine they
+    are the same bus access, so a device answers both with the same code
+    (loads keep their side effects).
     Models: the device's MMIO behaviour (XIVE ESB loads/stores, TIMA).
 
     :param kvm: the VM.
-    :param vcpu: the accessing vcpu.
+    :param vcpu: the accessing vcpu, or :data:`kvmsim.hooktypes.HOST_VCPU`
+        (-1) for a host task: a device whose view depends on the accessing
+        CPU (the XIVE TIMA) must treat it as a CPU running no vcpu, and
+        never index per-vcpu state with it.
     :param pfn: the host frame reached.
     :param offset: byte offset in that frame.
     :param op: ``read``, ``write`` or ``exec``.

@@ -248,6 +248,11 @@ class Stage2Mapping:
     mmu_seq: int
 
 
+#: The ``vcpu`` of an ``mmio_access`` a host task (QEMU) made through its own
+#: mapping of a device page: no vcpu runs on the CPU that accessed it.
+HOST_VCPU = -1
+
+
 @frozen(kw_only=True)
 class MmioResult:
     """A device's answer to an MMIO access: the value a load returns."""
@@ -265,8 +270,11 @@ class StepResult:
     :param expect_failures: expectations of the step's own keys that did not
         hold (for example an hcall's ``expect_ret``), one sentence each; the
         runner adds them to the step's expectation failures.
+    :param value: what the step read (a ``host_read``'s load), reported as
+        the step's ``value`` and checked against ``expect.value``.
     """
 
     outcome: str | None = None
     detail: str = ""
     expect_failures: tuple[str, ...] = ()
+    value: int | None = None

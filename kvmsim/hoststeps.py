@@ -15,8 +15,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
 from kvmsim.checks import CheckContext
-from kvmsim.hooktypes import StepResult
+from kvmsim.hooktypes import HOST_VCPU, StepResult
 from kvmsim.host import events
+from kvmsim.host.constants import (
+    VM_FAULT_HWPOISON,
+    VM_FAULT_HWPOISON_LARGE,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
+)
+from kvmsim.kvm.vcpu import device_mmio
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
 
 if TYPE_CHECKING:
@@ -66,10 +73,51 @@ def _split_thp(sim: Simulation, step: StepSpec, start: int | None, length: int) 
     events.split_thp(sim.mm, start)
 
 
-def _host_write(sim: Simulation, step: StepSpec, start: int | None, length: int) -> None:
+def _device_io(sim: Simulation) -> events.DeviceIo:
+    """QEMU's load or store on a frame with no ``struct page``: the same
+    device access a guest's makes (:func:`kvmsim.kvm.vcpu.device_mmio`),
+    from a CPU that runs no vcpu (:data:`~kvmsim.hooktypes.HOST_VCPU`)."""
+    kvm = sim.kvm
+
+    def io(pfn: int, offset: int, op: str, width: int, value: int) -> int | None:
+        r = device_mmio(kvm, HOST_VCPU, pfn, offset, op, width, value)
+        return None if r is None else r.value
+
+    return io
+
+
+def _signal(ret: int) -> str:
+    """What the VMM process got from a failed user fault, for the report."""
+    if ret & VM_FAULT_SIGSEGV:
+        return "SIGSEGV"
+    if ret & (VM_FAULT_SIGBUS | VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE):
+        return "SIGBUS"
+    return ""
+
+
+def _host_write(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
     assert start is not None
-    value = step.params.get("value", HOST_WRITE_VALUE)
-    events.host_write(sim.mm, start, cast(int, value))
+    value = cast(int, step.params.get("value", HOST_WRITE_VALUE))
+    width = cast(int, step.params.get("width", 8))
+    ret = events.host_write(sim.mm, start, value, width, _device_io(sim))
+    sig = _signal(ret)
+    return StepResult(detail=f"the store got {sig}" if sig else f"stored {value:#x}")
+
+
+def _host_read(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
+    """QEMU loads through its own mapping (``events.host_read``); the value
+    is the step's, for ``expect.value``."""
+    assert start is not None
+    width = cast(int, step.params.get("width", 8))
+    ret, value = events.host_read(sim.mm, start, width, _device_io(sim))
+    sig = _signal(ret)
+    if sig:
+        detail = f"the load got {sig}"
+    elif value is None:
+        detail = "no device answered the load"
+    else:
+        detail = f"read {value:#x}"
+    return StepResult(detail=detail, value=value)
 
 
 def _device_reset(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
@@ -87,6 +135,7 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "migrate": _migrate,
     "split_thp": _split_thp,
     "host_write": _host_write,
+    "host_read": _host_read,
     "device_reset": _device_reset,
 }
 

@@ -354,6 +354,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
                 report.outcome = res.outcome if res is not None and res.outcome else "done"
                 if res is not None:
                     report.detail = res.detail or report.detail
+                    report.value = res.value
                     report.expect_failures.extend(res.expect_failures)
         except KernelOops as exc:
             report.outcome, report.detail, alive = "oops", str(exc), False

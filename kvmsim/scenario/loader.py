@@ -95,13 +95,23 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
             StepKind("migrate", _RANGE, required=("vma",)),
             StepKind("split_thp", _RANGE, required=("vma",)),
-            # value: the 8 bytes stored at the range's first address
+            # value: what the VMM stores at vma + offset, width bytes
             # (default HOST_WRITE_VALUE, a marker a guest load recognises)
             StepKind(
                 "host_write",
-                {**_RANGE, "value": int},
+                {**_RANGE, "value": int, "width": int},
                 required=("vma",),
                 default_size=PAGE_SIZE,
+                byte_offset=True,
+            ),
+            # the VMM loads width bytes at vma + offset; expect.value checks it
+            StepKind(
+                "host_read",
+                {"vma": str, "offset": int, "width": int},
+                required=("vma",),
+                expect=("value", "verdicts"),
+                default_size=PAGE_SIZE,
+                byte_offset=True,
             ),
             # Device-specific keys (source = 3, ...) are not known here.
             StepKind(
@@ -233,8 +243,13 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 class _Reader:
     """Validation helpers bound to one file; each failure raises ScenarioError."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, plugin_outcomes: Iterable[str] = ()) -> None:
         self.source = source
+        # what expect.outcome and known.outcomes may name: the core's words
+        # and the plugins' (``outcomes`` hook)
+        extra = tuple(o for o in plugin_outcomes if o not in KNOWN_STEP_OUTCOMES)
+        self.outcomes = (*OUTCOMES, *extra)
+        self.step_outcomes = (*KNOWN_STEP_OUTCOMES, *extra)
 
     def fail(
         self, key: str | None, message: str, expected: str | None = None, got: object = None
@@ -343,6 +358,7 @@ def load_scenario(
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
     points: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> Scenario:
     """Read and validate the scenario file at *path*.
 
@@ -353,6 +369,9 @@ def load_scenario(
     :param arches: the arch names available; when given, ``arch`` must be one.
     :param points: yield points plugins declare (valid ``at`` values beside
         the core's); by default those of every installed plugin.
+    :param outcomes: step outcomes plugins declare (valid in
+        ``expect.outcome`` and ``known.outcomes`` beside the core's); by
+        default those of every installed plugin.
     :raises ScenarioError: the file cannot be read or is not a valid scenario.
     """
     source = str(path)
@@ -368,7 +387,13 @@ def load_scenario(
             f"not UTF-8 text (bad byte at offset {exc.start})", file=source
         ) from None
     return parse_scenario(
-        text, source, devices=devices, step_kinds=step_kinds, arches=arches, points=points
+        text,
+        source,
+        devices=devices,
+        step_kinds=step_kinds,
+        arches=arches,
+        points=points,
+        outcomes=outcomes,
     )
 
 
@@ -380,6 +405,7 @@ def parse_scenario(
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
     points: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> Scenario:
     """Validate scenario TOML *text*; *source* is the file name errors show.
 
@@ -395,7 +421,11 @@ def parse_scenario(
 
         points = plugin_points()
     at_points = (*RACE_POINTS, *sorted(p for p in points if p not in RACE_POINTS))
-    r = _Reader(source)
+    if outcomes is None:
+        from kvmsim.registry import plugin_outcomes
+
+        outcomes = plugin_outcomes()
+    r = _Reader(source, sorted(outcomes))
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -544,7 +574,7 @@ def _known(
                         r.enum(
                             f"{path}.outcomes.{_keyname(key)}",
                             value,
-                            KNOWN_STEP_OUTCOMES,
+                            r.step_outcomes,
                             "outcome",
                         ),
                     )
@@ -598,9 +628,13 @@ def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
         extra = scenario_schema()[0]
     if not extra:
         return CORE_STEP_KINDS
+    merged: dict[str, StepKind] = {}
     for name, kind in extra.items():
         if not isinstance(kind, StepKind):
             raise PluginError(f"step kind {name!r} is not a StepKind: {kind!r}")
+        if name == "access" and kind.name == name:
+            merged[name] = _extend_access(kind)
+            continue
         if name in CORE_STEP_KINDS:
             raise PluginError(f"step kind {name!r} is a core step kind and cannot be redefined")
         if kind.name != name:
@@ -611,7 +645,29 @@ def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
         missing = set(kind.required) - set(kind.fields)
         if missing:
             raise PluginError(f"step kind {name!r}: required keys not in fields: {sorted(missing)}")
-    return {**CORE_STEP_KINDS, **extra}
+        merged[name] = kind
+    return {**CORE_STEP_KINDS, **merged}
+
+
+def _extend_access(more: StepKind) -> StepKind:
+    """The core ``access`` kind with the keys plugins add to it (a
+    ``step_kinds`` entry named ``access``: its ``fields`` only)."""
+    core = CORE_STEP_KINDS["access"]
+    if not more.fields or more != StepKind(core.name, more.fields):
+        raise PluginError(
+            "a plugin extends the core 'access' step with StepKind('access', fields) "
+            "and nothing else (its keys are optional), not by redefining it"
+        )
+    taken = sorted(set(more.fields) & {*core.fields, *_ALL_STEP_KEYS})
+    if taken:
+        raise PluginError(f"the access step already has key(s) {taken}: a plugin cannot add them")
+    return StepKind(
+        core.name,
+        {**core.fields, **more.fields},
+        required=core.required,
+        faults=core.faults,
+        expect=core.expect,
+    )
 
 
 def _devices(
@@ -838,9 +894,13 @@ def _range(
     t: Mapping[str, object],
     vma: VmaSpec,
     default_size: int | None,
+    byte_offset: bool = False,
 ) -> tuple[int, int]:
-    """Resolve and check ``offset`` and ``size`` of a range inside *vma*."""
-    offset = r.int_(f"{path}.offset", t.get("offset", 0), align=PAGE_SIZE)
+    """Resolve and check ``offset`` and ``size`` of a range inside *vma*;
+    with *byte_offset* the offset is an address in the vma and the range
+    starts at the page holding it."""
+    offset = r.int_(f"{path}.offset", t.get("offset", 0), align=1 if byte_offset else PAGE_SIZE)
+    base = offset - offset % PAGE_SIZE
     if offset >= vma.size:
         r.fail(
             f"{path}.offset",
@@ -851,12 +911,12 @@ def _range(
     if "size" in t:
         size = r.size(f"{path}.size", t["size"])
     else:
-        size = default_size if default_size is not None else vma.size - offset
-    if offset + size > vma.size:
+        size = default_size if default_size is not None else vma.size - base
+    if base + size > vma.size:
         key = f"{path}.size" if "size" in t else f"{path}.offset"
         r.fail(
             key,
-            f"range {hex(offset)}+{format_size(size)} runs past the end of vma "
+            f"range {hex(base)}+{format_size(size)} runs past the end of vma "
             f"{vma.name!r} ({format_size(vma.size)})",
             f"offset + size <= {hex(vma.size)}",
         )
@@ -982,7 +1042,7 @@ def _step(
     if "vma" in t:
         vma = _vma_ref(r, k("vma"), t["vma"], vmas)
         vma_name = vma.name
-        offset, size = _range(r, path, t, vma, kind.default_size)
+        offset, size = _range(r, path, t, vma, kind.default_size, kind.byte_offset)
     else:
         # A plugin kind may take offset/size without a vma.
         if "offset" in t:
@@ -1010,10 +1070,18 @@ def _step(
         _reset_params(r, path, params, device_kinds)
     elif do == "access":
         _access_params(r, path, params)
+    elif do in ("host_read", "host_write"):
+        _host_access_params(r, path, params, offset)
 
     expect = None
     if "expect" in t:
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+        if expect.value is not None and at is not None:
+            r.fail(
+                k("expect.value"),
+                "an event armed with 'at' runs inside a later fault and reports no value",
+                "expect.value only on a step that runs in its place (no 'at')",
+            )
         if expect.value is not None and op is not None and op != "read":
             r.fail(
                 k("expect.value"),
@@ -1062,6 +1130,36 @@ def _access_params(r: _Reader, path: str, params: Mapping[str, object]) -> None:
         r.int_(_join(path, "ea"), params["ea"])
 
 
+def _host_access_params(r: _Reader, path: str, params: Mapping[str, object], offset: int) -> None:
+    """A host load's or store's ``width`` (one of :data:`ACCESS_WIDTHS`),
+    its ``offset`` naturally aligned to it (one access, inside one page),
+    and the ``value`` a store writes (fits in ``width`` bytes)."""
+    width = params.get("width", 8)
+    if width not in ACCESS_WIDTHS:
+        r.fail(
+            _join(path, "width"),
+            "not an access size",
+            f"one of {', '.join(map(str, ACCESS_WIDTHS))} (bytes)",
+            width,
+        )
+    assert isinstance(width, int)
+    if offset % width:
+        r.fail(
+            _join(path, "offset"),
+            f"a {width}-byte access must be aligned to {width} bytes",
+            f"a multiple of {width}",
+            _Shown(hex(offset)),
+        )
+    value = params.get("value")
+    if isinstance(value, int) and not 0 <= value < 1 << (8 * width):
+        r.fail(
+            _join(path, "value"),
+            f"does not fit in {width} byte(s)",
+            f"an integer from 0 to {hex((1 << (8 * width)) - 1)}",
+            value,
+        )
+
+
 def _reset_params(
     r: _Reader, path: str, params: Mapping[str, object], device_kinds: Mapping[str, DeviceKind]
 ) -> None:
@@ -1106,7 +1204,7 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             )
 
     outcome = (
-        r.enum(f"{path}.outcome", t["outcome"], OUTCOMES, "outcome") if "outcome" in t else None
+        r.enum(f"{path}.outcome", t["outcome"], r.outcomes, "outcome") if "outcome" in t else None
     )
     writable = r.bool_(f"{path}.writable", t["writable"]) if "writable" in t else None
     frame: str | int | None = None

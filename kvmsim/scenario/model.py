@@ -366,6 +366,10 @@ class StepKind:
         ``params``); ``None`` makes such keys errors.
     :param default_size: the size of a vma range step without ``size``;
         ``None`` means the rest of the vma from ``offset``.
+    :param byte_offset: ``offset`` is the address of a load or store in the
+        vma (any alignment; the kind checks it against the access width),
+        not the page-aligned start of a range; the range (``size``) starts
+        at the page holding it.
     """
 
     name: str
@@ -375,6 +379,7 @@ class StepKind:
     expect: tuple[str, ...] | None = None
     extra: FieldType | None = None
     default_size: int | None = None
+    byte_offset: bool = False
 
     def expect_keys(self) -> tuple[str, ...]:
         """The ``expect`` keys this kind accepts."""

@@ -132,8 +132,9 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
         "value": (
             "the host marker",
-            "host_write: the 8-byte value QEMU stores (a load reads it back)",
+            "host_write: the value QEMU stores, width bytes (a load reads it back)",
         ),
+        "width": ("8", "host_write, host_read: access size in bytes"),
     },
     "access": {
         "ea": ("gpa", "the guest effective address, for MMUs that translate it (HPT)"),
@@ -152,7 +153,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             None,
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
-        "value": (None, "a load: the value the guest reads (page contents, a device's reply)"),
+        "value": (
+            None,
+            "a load: the value the guest (or a host_read, QEMU) reads "
+            "(page contents, a device's reply)",
+        ),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -173,6 +178,12 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         ),
     },
 }
+
+#: ``offset`` of a step kind with ``byte_offset`` (host_write, host_read).
+_BYTE_OFFSET_DOC: Final = (
+    "byte offset into the vma of the load or store, aligned to width "
+    "(not to a page: a device page's register)"
+)
 
 _SIZE_PATTERN: Final = "^[0-9]+[KMGkmg]?$"
 _NAME_PATTERN: Final = "^" + loader._NAME_RE.pattern + "$"
@@ -218,7 +229,12 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     props: dict[str, Any] = {"do": {"const": kind.name, **_doc("step", "do")}}
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
-        props[key] = {**base, **(_doc(table, key) or _doc("step", key))}
+        doc = _doc(table, key) or _doc("step", key)
+        if key == "offset" and kind.byte_offset:
+            # an access's address in the vma, aligned to its width (the loader checks)
+            base = {"type": "integer", "minimum": 0}
+            doc = {"description": _BYTE_OFFSET_DOC}
+        props[key] = {**base, **doc}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
         props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
@@ -509,7 +525,9 @@ def _rows(
     required = set(schema.get("required", ()))
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, s in schema["properties"].items():
-        default, meaning = docs.get(key, (None, s.get("description", "")))
+        default, meaning = docs.get(key, (None, ""))
+        # the schema's own sentence wins (a kind may say more than the table)
+        meaning = s.get("description") or meaning
         if not meaning:
             meaning = extra
         if "default" in s:
@@ -587,12 +605,14 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
                 for c in resets:
                     lines.append(f'A `device_reset` of `"{kind}"` takes: {_keys(c, defs)}.')
     lines += ["", "### Step kinds", ""]
-    step_docs = {**KEY_DOCS["step"], **KEY_DOCS["access"]}
+    # an access's own sentences win on its table, the common ones elsewhere
+    access_docs = {**KEY_DOCS["step"], **KEY_DOCS["access"]}
+    step_docs = {**KEY_DOCS["access"], **KEY_DOCS["step"]}
     plugin_key = "a plugin's key: see [Arch plugins' step kinds](#arch-plugins-step-kinds)"
     for name in defs["step"]["properties"]["do"]["enum"]:
         s = defs[f"step_{name}"]
         lines += ["", f'#### `do = "{name}"`', ""]
-        lines += _rows(step_docs, s, defs, plugin_key)
+        lines += _rows(access_docs if name == "access" else step_docs, s, defs, plugin_key)
         if s.get("additionalProperties") not in (False, None):
             lines += ["", "Other keys are the device's: see [[device]] above."]
     lines += ["", REF_END]
