@@ -416,10 +416,16 @@ class RealVm:
             k.mprotect(addr, n * PAGE, bits)
             m.pages[first : first + n] = bytes([bits]) * n
             return Obs("done")
-        # host_write: only where the store cannot kill this process
+        # host_write / host_read: only where the access cannot kill this process
+        width = int(s.params.get("width", 8))  # type: ignore[call-overload]
+        if s.do == "host_read":
+            if m.pages[first] == _UNMAPPED or not m.pages[first] & k.PROT_READ:
+                return None
+            value = k.peek(addr, width)
+            return Obs("done", value=value, frame=self._frame(s.index, addr))
         if m.pages[first] == _UNMAPPED or not m.pages[first] & k.PROT_WRITE:
             return None
-        k.poke64(addr, int(s.params.get("value", HOST_WRITE_VALUE)))  # type: ignore[call-overload]
+        k.poke(addr, int(s.params.get("value", HOST_WRITE_VALUE)), width)  # type: ignore[call-overload]
         return Obs("done", frame=self._frame(s.index, addr))
 
     def _dirty_log(self, s: StepSpec) -> Obs:

@@ -28,7 +28,7 @@ DEFAULT_MEM_LIMIT: Final = 1 << 30
 
 #: what each step kind does on the real host, or why it cannot
 ACCESS, HOST, DIRTY_LOG = "access", "host", "dirty_log"
-HOST_STEPS: Final = ("munmap", "mprotect", "host_write")
+HOST_STEPS: Final = ("munmap", "mprotect", "host_write", "host_read")
 _NO_SYSCALL: Final = {
     "poison": "poison: MADV_HWPOISON would poison a real frame of this host "
     "(CAP_SYS_ADMIN, CONFIG_MEMORY_FAILURE); not taken",

@@ -74,10 +74,18 @@ def test_supported_host_events_and_dirty_log_get_actions() -> None:
         STEP.format(do="munmap", extra='size = "4K"')
         + STEP.format(do="mprotect", extra='prot = "none"')
         + STEP.format(do="host_write", extra="")
+        + STEP.format(do="host_read", extra="width = 4")
         + '[[step]]\ndo = "dirty_log"\nslot = 0\naction = "enable"\n'
     )
     p = plan(sc(steps=steps), SHADOW)  # type: ignore[arg-type]
-    assert [s.action for s in p.steps] == ["access", "host", "host", "host", "dirty_log"]
+    assert [s.action for s in p.steps] == [
+        "access",
+        "host",
+        "host",
+        "host",
+        "host",
+        "dirty_log",
+    ]
 
 
 def test_ept_accessed_bits_are_not_comparable_on_a_shadow_mmu_only() -> None:
