@@ -1078,13 +1078,13 @@ def _step(
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
         if expect.value is not None and at is not None:
             r.fail(
-                k("expect.value"),
+                f"{path}.expect.value",
                 "an event armed with 'at' runs inside a later fault and reports no value",
                 "expect.value only on a step that runs in its place (no 'at')",
             )
         if expect.value is not None and op is not None and op != "read":
             r.fail(
-                k("expect.value"),
+                f"{path}.expect.value",
                 f"a {op} returns no value: only a load sees one",
                 "expect.value only with op = 'read'",
             )
