@@ -288,10 +288,12 @@ class Simulation:
         ea = cast(int, params.get("ea", gpa))
         value = cast(int, params.get("value", 0))
         width = cast(int, params.get("width", 8))
+        self.kvm.access_params[step.vcpu] = params
         try:
             r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read", value, width)
         finally:
             mm.current = HOST_TASK
+            del self.kvm.access_params[step.vcpu]
         report.outcome = r.outcome
         report.detail = r.detail
         report.value = r.value

@@ -7,6 +7,7 @@ The core names no arch and no strategy: it reaches them through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from kvmsim.cmodel import KernelOops
@@ -113,6 +114,10 @@ class Kvm:
         self.stage2_dirty: list[int] | None = None
         self.arch: Any = None
         self.devices: dict[str, Any] = {}
+        # per vcpu, the keys of the access step it is executing (width,
+        # value, ea and any key a plugin added to the access step, e.g. the
+        # arm64 example's isv), for the arch's translate and fault handler
+        self.access_params: dict[int, Mapping[str, object]] = {}
         self.nr_vcpus = 1
         self.notifier = KvmMmuNotifier(self)
         mm.notifiers.register(self.notifier)

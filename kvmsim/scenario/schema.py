@@ -179,6 +179,9 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
     },
 }
 
+#: A key a plugin added to the core access step (``step_kinds``).
+_PLUGIN_ACCESS_KEY: Final = "a key an installed plugin adds to the access step"
+
 #: ``offset`` of a step kind with ``byte_offset`` (host_write, host_read).
 _BYTE_OFFSET_DOC: Final = (
     "byte offset into the vma of the load or store, aligned to width "
@@ -230,6 +233,8 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
         doc = _doc(table, key) or _doc("step", key)
+        if not doc and kind.name in loader.CORE_STEP_KINDS:
+            doc = {"description": _PLUGIN_ACCESS_KEY}
         if key == "offset" and kind.byte_offset:
             # an access's address in the vma, aligned to its width (the loader checks)
             base = {"type": "integer", "minimum": 0}
@@ -275,9 +280,11 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     return out
 
 
-def _expect_schema(keys: Iterable[str] = EXPECT_KEYS) -> dict[str, Any]:
+def _expect_schema(
+    keys: Iterable[str] = EXPECT_KEYS, outcomes: Iterable[str] = ()
+) -> dict[str, Any]:
     every: dict[str, dict[str, Any]] = {
-        "outcome": {"enum": list(OUTCOMES)},
+        "outcome": {"enum": [*OUTCOMES, *outcomes]},
         "writable": {"type": "boolean"},
         "frame": {"anyOf": [{"enum": list(FRAME_WORDS)}, {"type": "integer", "minimum": 0}]},
         "page_size": {"$ref": "#/$defs/size"},
@@ -384,14 +391,14 @@ def _schedule_schema() -> dict[str, Any]:
     }
 
 
-def _known_schema() -> dict[str, Any]:
+def _known_schema(outcomes: Iterable[str] = ()) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "strategy": {"type": "string", "pattern": _NAME_PATTERN},
         "arch": {"type": "string", "pattern": _NAME_PATTERN},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}},
         "outcomes": {
             "type": "object",
-            "patternProperties": {"^[0-9]+$": {"enum": list(KNOWN_STEP_OUTCOMES)}},
+            "patternProperties": {"^[0-9]+$": {"enum": [*KNOWN_STEP_OUTCOMES, *outcomes]}},
             "additionalProperties": False,
         },
         "failures": {
@@ -415,6 +422,7 @@ def json_schema(
     step_kinds: Mapping[str, StepKind] | None = None,
     device_kinds: Mapping[str, DeviceKind | str] | None = None,
     arches: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The scenario format as a JSON Schema (draft 2020-12).
 
@@ -423,6 +431,8 @@ def json_schema(
     :param device_kinds: device kinds by name; by default the installed ones.
     :param arches: arch names for ``arch``'s ``enum``; by default the
         installed arch plugins (``()`` for any string).
+    :param outcomes: step outcomes plugins add (``outcomes`` hook); by
+        default those of the installed plugins.
     """
     if step_kinds is None or device_kinds is None or arches is None:
         from kvmsim.registry import discover, scenario_schema
@@ -431,8 +441,14 @@ def json_schema(
         step_kinds = steps if step_kinds is None else step_kinds
         device_kinds = devices if device_kinds is None else device_kinds
         arches = sorted(discover().get("arch", {})) if arches is None else arches
+    if outcomes is None:
+        from kvmsim.registry import plugin_outcomes
+
+        outcomes = plugin_outcomes()
+    extra_outcomes = sorted(set(outcomes) - set(KNOWN_STEP_OUTCOMES))
     described = {k: v for k, v in device_kinds.items() if isinstance(v, DeviceKind)}
-    kinds = {**loader.CORE_STEP_KINDS, **step_kinds}
+    # the core kinds, with what plugins add to the access step
+    kinds = dict(loader._step_kinds(step_kinds))
     arch: dict[str, Any] = {"type": "string", **_doc("top", "arch")}
     if arches:
         arch["enum"] = sorted(arches)
@@ -481,9 +497,9 @@ def json_schema(
                 "oneOf": [{"$ref": f"#/$defs/step_{name}"} for name in sorted(kinds)],
             },
             **{f"step_{name}": _step_schema(k, described) for name, k in sorted(kinds.items())},
-            "expect": _expect_schema(),
+            "expect": _expect_schema(outcomes=extra_outcomes),
             "schedule": _schedule_schema(),
-            "known": _known_schema(),
+            "known": _known_schema(extra_outcomes),
         },
     }
 
@@ -573,6 +589,11 @@ def builtin_schema() -> dict[str, Any]:
         step_kinds={n: k for n, k in steps.items() if n not in foreign_steps},
         device_kinds={n: d for n, d in devices.items() if builtin("device", n)},
         arches=[n for n in found.get("arch", {}) if builtin("arch", n)],
+        outcomes=[
+            o
+            for o, (plugin, _) in registry.plugin_outcomes().items()
+            if builtin(*plugin.split(":", 1))
+        ],
     )
 
 

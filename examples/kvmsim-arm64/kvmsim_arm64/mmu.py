@@ -51,16 +51,18 @@ _IDX = TABLE_ENTRIES - 1
 
 class Stage2:
     """``kvm->arch`` for an arm64 guest: the stage-2 tables (``kvm->arch.pgd``),
-    the mmu_notifier_seq each leaf was resolved under (for the checkers), and
-    the prefetch aborts injected into the guest."""
+    the mmu_notifier_seq each leaf was resolved under (for the checkers), the
+    prefetch aborts injected into the guest, and whether userspace enabled
+    KVM_CAP_ARM_NISV_TO_USER (mmio.py)."""
 
-    __slots__ = ("handler", "l1", "pabt_injected", "seqs")
+    __slots__ = ("handler", "l1", "nisv_to_user", "pabt_injected", "seqs")
 
     def __init__(self, handler: str) -> None:
         self.l1: Table = {}
         self.seqs: dict[int, int] = {}
         self.pabt_injected = 0
         self.handler = handler
+        self.nisv_to_user = False  # kvm->arch.return_nisv_io_abort_to_user
 
     def lookup(self, ipa: int) -> tuple[Table | None, int, int]:
         """The table holding the leaf (or the hole) for ``ipa``: (table,
@@ -78,7 +80,7 @@ class Stage2:
 _SHIFT_OF_LEVEL = {1: L1_SHIFT, 2: L2_SHIFT, 3: L3_SHIFT}
 
 
-def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
+def translate(kvm: Kvm, gpa: int, ea: int, op: str, vcpu: int = 0) -> Translation:
     """The stage-2 walk as the MMU does it (no hardware AF update: ARMv8.0
     without FEAT_HAFDBS, as KVM v4.16 assumes).
 
@@ -86,21 +88,22 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     ``T0SZ``) is a translation fault at the level it was found; then AF
     clear is an Access flag fault; then the access not allowed by S2AP (read:
     S2AP[0], write: S2AP[1]) or by XN (fetch) is a permission fault; each
-    at the leaf's level.
+    at the leaf's level.  A data abort's syndrome (ESR_EL2.ISV) comes from
+    the accessing instruction: the access step's ``isv`` (default true).
     """
     st: Stage2 = kvm.arch
     if gpa >> IPA_BITS:
-        return _fault(gpa, ea, op, FSC_FAULT, START_LEVEL)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, START_LEVEL)
     table, idx, level = st.lookup(gpa)
     desc = table.get(idx, 0) if table is not None else 0
     if not desc & DESC_VALID or desc.__class__ is not int:
-        return _fault(gpa, ea, op, FSC_FAULT, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, level)
     if level == 3 or desc & TYPE_MASK == TYPE_BLOCK:
         pass
     else:  # a reserved encoding where a page or block was expected
-        return _fault(gpa, ea, op, FSC_FAULT, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, level)
     if not desc & AF:
-        return _fault(gpa, ea, op, FSC_ACCESS, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_ACCESS, level)
     if op == "exec":
         allowed = not desc & XN
     elif op == "write":
@@ -108,7 +111,7 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     else:
         allowed = bool(desc & S2AP_R)
     if not allowed:
-        return _fault(gpa, ea, op, FSC_PERM, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_PERM, level)
     shift = _SHIFT_OF_LEVEL[level]
     # a block's output address bits below its size are RES0: the MMU ignores them
     base = desc & OA_MASK & ~((1 << shift) - 1)
@@ -121,11 +124,17 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     )
 
 
-def _fault(gpa: int, ea: int, op: str, fsc: int, level: int) -> Translation:
+def _fault(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str, fsc: int, level: int) -> Translation:
     kind = "iabt" if op == "exec" else "dabt"
-    return Translation(
-        fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=make_esr(op, fsc, level), kind=kind)
+    insn = kvm.access_params.get(vcpu, {})
+    esr = make_esr(
+        op,
+        fsc,
+        level,
+        isv=bool(insn.get("isv", True)),
+        width=int(insn.get("width", 8)),  # type: ignore[call-overload]
     )
+    return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=esr, kind=kind))
 
 
 # ------------------------------------------------------------- table updates
