@@ -152,9 +152,13 @@ def _builtin_step_kinds() -> set[str]:
 def test_every_loader_key_is_in_the_docs() -> None:
     text = DOC.read_text()
     builtin = _builtin_step_kinds()
+    # keys another distribution's plugin adds to the access step are its to document
+    own_access = set(builtin_schema()["$defs"]["step_access"]["properties"])
     for table, keys in _loader_keys().items():
         if table.startswith("step_") and table[5:] not in builtin:
             continue
+        if table == "step_access":
+            keys = keys & own_access
         for key in keys:
             assert f"`{key}`" in text, (table, key)
     for name in builtin:
