@@ -62,6 +62,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     hpte_write_permission,
     slb_pgsize_encoding,
 )
+from kvmsim_plugins.ppc_hpt.mmio_cache import MmioCache, MmioCacheEntry
 
 from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
 from kvmsim.host.constants import PTE_DIRTY, PTE_PRESENT, PTE_WRITE, PTE_YOUNG
@@ -80,13 +81,16 @@ class PgFault:
     """What real mode saved for the virtual-mode handler
     (``vcpu->arch.pgfault_addr/index/hpte[]``)."""
 
-    __slots__ = ("addr", "index", "r", "v")
+    __slots__ = ("addr", "cache", "index", "r", "v")
 
-    def __init__(self, addr: int, index: int, v: int, r: int) -> None:
+    def __init__(
+        self, addr: int, index: int, v: int, r: int, cache: MmioCacheEntry | None = None
+    ) -> None:
         self.addr = addr
         self.index = index
         self.v = v
         self.r = r
+        self.cache = cache  # vcpu->arch.pgfault_cache
 
 
 class Install:
@@ -118,6 +122,7 @@ class HptState:
         "guest_rpte",
         "hpte_locks",
         "mask",
+        "mmio_cache",
         "mmio_update",
         "mmu_ready",
         "npte",
@@ -162,6 +167,7 @@ class HptState:
         self.pending: Install | None = None
         self.mmu_ready = True  # HPT resizing is not modelled
         self.mmio_update = 0
+        self.mmio_cache: dict[int, MmioCache] = {}  # vcpu → its emulated-MMIO HPTE cache
         self.dsi_queued = 0
 
     # ------------------------------------------------------------ guest SLB
