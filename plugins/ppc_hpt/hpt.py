@@ -530,9 +530,11 @@ class HptState:
         gr = self.guest_rpte.get(index, 0)
         psize = actual_pgsz(v, gr)
         ps = self.page_shift
+        # a 4K entry is judged as the base page that holds it: the checkers'
+        # unit is the host page (the 4K piece is the guest's choice in gpa)
         return Stage2Mapping(
             gpa=hpte_rpn(gr, psize, ps) << ps,
-            size=psize,
+            size=max(psize, 1 << ps),
             pfn=hpte_rpn(r, psize, ps),
             writable=hpte_is_writable(r),
             noncached=bool(r & HPTE_R_I),
