@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from kvmsim.checks import CheckContext
 from kvmsim.hooktypes import StepResult
 from kvmsim.host import events
-from kvmsim.host.ageing import clear_young_range, test_young_range
+from kvmsim.host.ageing import notify_clear_young, notify_test_young
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
 
 if TYPE_CHECKING:
@@ -79,9 +79,9 @@ def _age(sim: Simulation, step: StepSpec, start: int | None, length: int) -> Ste
     step's ``young`` (kernel-notes §L.8)."""
     assert start is not None
     if step.params.get("young", "clear") == "test":
-        young = test_young_range(sim.mm, start, start + length)
+        young = notify_test_young(sim.mm, start, start + length)
     else:
-        young = clear_young_range(sim.mm, start, start + length)
+        young = notify_clear_young(sim.mm, start, start + length)
     return StepResult(outcome="done", detail="young" if young else "old", young=young)
 
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
 
-__all__ = ["clear_young_range", "test_young_range"]
+__all__ = ["notify_clear_young", "notify_test_young"]
 
 
-def clear_young_range(mm: Mm, start: int, end: int) -> bool:
+def notify_clear_young(mm: Mm, start: int, end: int) -> bool:
     """``mmu_notifier_clear_young(mm, start, end)``: one call over the whole
     range (a ``pmdp_clear_young_notify`` of a 2M THP is such a call); true
     if any subscriber found something young there, which it cleared."""
@@ -33,7 +33,7 @@ def clear_young_range(mm: Mm, start: int, end: int) -> bool:
     return young
 
 
-def test_young_range(mm: Mm, start: int, end: int) -> bool:
+def notify_test_young(mm: Mm, start: int, end: int) -> bool:
     """``mmu_notifier_test_young`` at each host page of ``[start, end)``, as
     khugepaged's scan asks it PTE by PTE; true if any page is young to a
     subscriber.  Nothing changes."""

@@ -1028,7 +1028,7 @@ def _step(
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
         if expect.young is not None and at is not None:
             r.fail(
-                k("expect.young"),
+                f"{path}.expect.young",
                 "an event placed with 'at' fires inside a later fault, where its "
                 "answer is not checked",
                 "no expect.young on a step with 'at'",
