@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 from kvmsim.checks import CheckContext
 from kvmsim.hooktypes import StepResult
 from kvmsim.host import events
+from kvmsim.host.ageing import notify_clear_young, notify_test_young
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
 
 if TYPE_CHECKING:
@@ -72,6 +73,18 @@ def _host_write(sim: Simulation, step: StepSpec, start: int | None, length: int)
     events.host_write(sim.mm, start, cast(int, value))
 
 
+def _age(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
+    """Ask the secondary MMUs whether the range was used: ``clear_young``
+    (the default, which also clears) or ``test_young``; the answer is the
+    step's ``young`` (kernel-notes §L.8)."""
+    assert start is not None
+    if step.params.get("young", "clear") == "test":
+        young = notify_test_young(sim.mm, start, start + length)
+    else:
+        young = notify_clear_young(sim.mm, start, start + length)
+    return StepResult(outcome="done", detail="young" if young else "old", young=young)
+
+
 def _device_reset(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
     r = sim.hooks.hook.device_step(kvm=sim.kvm, step=step)
     if r is None:
@@ -87,6 +100,7 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "migrate": _migrate,
     "split_thp": _split_thp,
     "host_write": _host_write,
+    "age": _age,
     "device_reset": _device_reset,
 }
 

@@ -355,6 +355,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
                 if res is not None:
                     report.detail = res.detail or report.detail
                     report.expect_failures.extend(res.expect_failures)
+                    report.young = res.young
         except KernelOops as exc:
             report.outcome, report.detail, alive = "oops", str(exc), False
             if tr.enabled:

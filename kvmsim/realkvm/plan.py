@@ -142,7 +142,9 @@ def _step_refusal(s: StepSpec, host: HostInfo, slots: dict[int, object]) -> tupl
                 "not_comparable",
                 (f"age: EPT accessed bits; {host.module} is a shadow MMU, which has none"),
             )
-        return "", "unsupported", "age: reclaim's clear_young cannot be triggered on one range"
+        test = s.params.get("young") == "test"
+        what = "khugepaged's test_young" if test else "reclaim's clear_young"
+        return "", "unsupported", f"age: {what} cannot be triggered on one range"
     if s.do in _NO_SYSCALL:
         return "", "unsupported", _NO_SYSCALL[s.do]
     return "", "unsupported", f"{s.do}: no real-kernel translation for this step kind"

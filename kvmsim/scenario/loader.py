@@ -42,6 +42,7 @@ from typing import Final, NoReturn
 
 from kvmsim.errors import PluginError, ScenarioError
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -55,6 +56,7 @@ from kvmsim.scenario.model import (
     PROTS,
     RACE_POINTS,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     Devices,
     DeviceSpec,
@@ -95,6 +97,14 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
             StepKind("migrate", _RANGE, required=("vma",)),
             StepKind("split_thp", _RANGE, required=("vma",)),
+            # young: clear_young (default) or test_young over the range; the
+            # answer is the step's expect.young
+            StepKind(
+                "age",
+                {**_RANGE, "young": str},
+                required=("vma",),
+                expect=("verdicts", "young"),
+            ),
             # value: the 8 bytes stored at the range's first address
             # (default HOST_WRITE_VALUE, a marker a guest load recognises)
             StepKind(
@@ -1010,10 +1020,19 @@ def _step(
         _reset_params(r, path, params, device_kinds)
     elif do == "access":
         _access_params(r, path, params)
+    elif do == "age" and "young" in params:
+        r.enum(_join(path, "young"), params["young"], YOUNG_MODES, "young mode")
 
     expect = None
     if "expect" in t:
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+        if expect.young is not None and at is not None:
+            r.fail(
+                f"{path}.expect.young",
+                "an event placed with 'at' fires inside a later fault, where its "
+                "answer is not checked",
+                "no expect.young on a step with 'at'",
+            )
         if expect.value is not None and op is not None and op != "read":
             r.fail(
                 k("expect.value"),
@@ -1099,11 +1118,8 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
                 _one_of(EXPECT_KEYS),
             )
         if key not in allowed:
-            r.fail(
-                f"{path}.{key}",
-                f"{_a(do)} cannot expect {key!r}: it is not a guest access",
-                _one_of(allowed),
-            )
+            why = ": it is not a guest access" if key in ACCESS_EXPECT_KEYS else ""
+            r.fail(f"{path}.{key}", f"{_a(do)} cannot expect {key!r}{why}", _one_of(allowed))
 
     outcome = (
         r.enum(f"{path}.outcome", t["outcome"], OUTCOMES, "outcome") if "outcome" in t else None
@@ -1119,6 +1135,7 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
         else:
             r.fail(f"{path}.frame", "wrong type", "'host', 'none' or a pfn (integer)", raw)
     page_size = r.size(f"{path}.page_size", t["page_size"]) if "page_size" in t else None
+    young = r.bool_(f"{path}.young", t["young"]) if "young" in t else None
     value = None
     if "value" in t:
         value = r.int_(f"{path}.value", t["value"])
@@ -1170,4 +1187,4 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             "'host' or a pfn with outcome 'mapped'",
             frame,
         )
-    return Expect(outcome, writable, frame, page_size, verdicts, value)
+    return Expect(outcome, writable, frame, page_size, verdicts, value, young)

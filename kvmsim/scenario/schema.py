@@ -29,6 +29,7 @@ import attrs
 
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -40,6 +41,7 @@ from kvmsim.scenario.model import (
     PROTS,
     RACE_POINTS,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     FieldType,
     StepKind,
@@ -134,6 +136,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "the host marker",
             "host_write: the 8-byte value QEMU stores (a load reads it back)",
         ),
+        "young": (
+            '"clear"',
+            "age: clear (clear_young: clear the accessed bits, say if any was set) "
+            "or test (test_young: only say)",
+        ),
     },
     "access": {
         "ea": ("gpa", "the guest effective address, for MMUs that translate it (HPT)"),
@@ -153,6 +160,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
         "value": (None, "a load: the value the guest reads (page contents, a device's reply)"),
+        "young": (
+            None,
+            "an age step: whether any stage-2 entry in the range was young (before clearing)",
+        ),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -173,6 +184,9 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         ),
     },
 }
+
+#: Core step keys that are strings of a fixed set (their loader checks them).
+_CORE_ENUMS: Final[Mapping[str, tuple[str, ...]]] = {"young": YOUNG_MODES}
 
 _SIZE_PATTERN: Final = "^[0-9]+[KMGkmg]?$"
 _NAME_PATTERN: Final = "^" + loader._NAME_RE.pattern + "$"
@@ -218,17 +232,24 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     props: dict[str, Any] = {"do": {"const": kind.name, **_doc("step", "do")}}
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
+        if kind.name in loader.CORE_STEP_KINDS and key in _CORE_ENUMS:
+            base = {"enum": list(_CORE_ENUMS[key])}
         props[key] = {**base, **(_doc(table, key) or _doc("step", key))}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
         props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
     expect_keys = kind.expect_keys()
     if expect_keys:
-        props["expect"] = (
-            {"$ref": "#/$defs/expect", **_doc("step", "expect")}
-            if set(expect_keys) == set(EXPECT_KEYS)
-            else {**_expect_schema(expect_keys), **_doc("step", "expect")}
-        )
+        if set(expect_keys) == set(EXPECT_KEYS):
+            props["expect"] = {"$ref": "#/$defs/expect", **_doc("step", "expect")}
+        elif set(expect_keys) == set(ACCESS_EXPECT_KEYS):
+            props["expect"] = {
+                "$ref": "#/$defs/expect",
+                "propertyNames": {"enum": list(ACCESS_EXPECT_KEYS)},
+                **_doc("step", "expect"),
+            }
+        else:
+            props["expect"] = {**_expect_schema(expect_keys), **_doc("step", "expect")}
     if kind.default_size is not None and "size" in props:
         props["size"]["default"] = format_size(kind.default_size)
     out: dict[str, Any] = {
@@ -267,6 +288,7 @@ def _expect_schema(keys: Iterable[str] = EXPECT_KEYS) -> dict[str, Any]:
         "page_size": {"$ref": "#/$defs/size"},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
         "value": {"type": "integer", "minimum": 0},
+        "young": {"type": "boolean"},
     }
     return {
         "type": "object",

@@ -257,10 +257,10 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookimpl
-def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_age_hva_hv``: clear R through the rmap chains."""
+def notifier_age_gfn(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """``kvm_age_rmapp`` / ``kvm_test_age_rmapp`` through the rmap chains."""
     st: HptState | None = kvm.arch
-    return st is not None and st.age_hva_range(kvm, start, end)
+    return st is not None and st.age_gfn_range(kvm, start, end, test)
 
 
 @hookimpl

@@ -164,7 +164,7 @@ vma = "ram"
 {device}
 """
 _ARCH_OF = {"hcall": "ppc_hpt", "device_reset": "ppc_radix"}
-_X86 = {"swap_out", "async_pf", "apf_complete", "dirty_log", "age"}
+_X86 = {"swap_out", "async_pf", "apf_complete", "dirty_log"}
 
 
 def _examples() -> list[str]:
