@@ -29,6 +29,7 @@ import attrs
 
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -120,6 +121,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "offset": ("0", "byte offset into the vma (page aligned)"),
         "size": ("the rest of the vma", "length of the range (a size)"),
         "prot": (None, "mprotect: the new protection"),
+        "advice": (
+            None,
+            "madvise: dontneed (MADV_DONTNEED), free (MADV_FREE) or remove (MADV_REMOVE)",
+        ),
         "device": (None, "device_reset: the [[device]] kind the event is for"),
         "at": (
             "now",
@@ -218,6 +223,8 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     props: dict[str, Any] = {"do": {"const": kind.name, **_doc("step", "do")}}
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
+        if kind.name == "madvise" and key == "advice":
+            base = {"enum": list(ADVICES)}
         props[key] = {**base, **(_doc(table, key) or _doc("step", key))}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
