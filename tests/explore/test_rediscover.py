@@ -24,7 +24,7 @@ BASES = {
         "gen-race-migrate-before-create-pte",
     ],
     "gen-base-mprotect-write": ["gen-race-mprotect-before-create-pte"],
-    "gen-base-dontneed-write": ["gen-race-dontneed-after-hva-to-pfn"],
+    "gen-base-madvise-dontneed": ["gen-race-dontneed-after-hva-to-pfn"],
     "gen-base-munmap-pfnmap-retry": [
         "gen-race-munmap-mmap-sem-dropped",
         "gen-race-munmap-pfnmap-after-hva-to-pfn",
