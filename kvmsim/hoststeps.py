@@ -12,10 +12,9 @@ or expectations of its own to report, else None.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, cast
 
 from kvmsim.checks import CheckContext
-from kvmsim.cmodel import ENOMEM
 from kvmsim.hooktypes import StepResult
 from kvmsim.host import events, madvise
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
@@ -73,58 +72,21 @@ def _host_write(sim: Simulation, step: StepSpec, start: int | None, length: int)
     events.host_write(sim.mm, start, cast(int, value))
 
 
-_PUNCH = madvise.FALLOC_FL_PUNCH_HOLE | madvise.FALLOC_FL_KEEP_SIZE
-
-
 def _madvise(sim: Simulation, step: StepSpec, start: int | None, length: int) -> None:
     assert start is not None
-    advice = str(step.params["advice"])
-    ret = madvise.sys_madvise(sim.mm, start, length, madvise.ADVICE[advice])
-    if ret:
-        behavior = madvise.ADVICE[advice]
-        vma = sim.mm.find_vma(start)
-        why = None
-        if start & (sim.mm.page_size - 1):
-            why = (ret, f"the start is not aligned to the host page size on {sim.arch}")
-        elif vma is not None and vma.start <= start:
-            why = madvise.madvise_refusal(vma, behavior)
-            if why is None and behavior == madvise.MADV_REMOVE:
-                why = madvise.fallocate_refusal(vma.file, _PUNCH)
-        _refused(sim, step, f"madvise(MADV_{advice.upper()})", ret, why, "advice")
+    behavior = madvise.ADVICE[str(step.params["advice"])]
+    ret = madvise.sys_madvise(sim.mm, start, length, behavior)
+    if ret:  # a refusal the loader could not foresee (an earlier mprotect, munmap)
+        why = madvise.madvise_error(sim.mm, start, behavior, ret)
+        raise sim._err(f"{why} (vma {step.vma!r} + {step.offset:#x})", f"step[{step.index}].advice")
 
 
 def _punch_hole(sim: Simulation, step: StepSpec, start: int | None, length: int) -> None:
     vma = sim.vma(step.vma or "")
     ret = madvise.punch_hole(sim.mm, vma, step.offset, length)
     if ret:
-        why = madvise.fallocate_refusal(vma.file, _PUNCH)
-        _refused(sim, step, "fallocate(PUNCH_HOLE)", ret, why, "vma")
-
-
-def _refused(
-    sim: Simulation,
-    step: StepSpec,
-    call: str,
-    ret: int,
-    why: tuple[int, str] | None,
-    key: str,
-) -> NoReturn:
-    """The step's system call failed where the loader could not know it
-    would (an earlier mprotect or munmap, a device's vma): bad input."""
-    if ret == madvise.NOT_MODELLED:
-        verdict = "is not modelled"
-    else:
-        verdict = f"fails with {madvise.ERRNO_NAMES.get(-ret, str(-ret))}"
-    if why is not None and why[0] == ret:
-        reason = why[1]
-    elif ret == -ENOMEM:
-        reason = "part of the range is not mapped any more"
-    else:
-        reason = f"the vma or the range does not allow it on {sim.arch}"
-    raise sim._err(
-        f"{call} on vma {step.vma!r} + {step.offset:#x} {verdict}: {reason}",
-        f"step[{step.index}].{key}",
-    )
+        why = madvise.punch_hole_error(vma, ret)
+        raise sim._err(f"{why} (vma {step.vma!r} + {step.offset:#x})", f"step[{step.index}].vma")
 
 
 def _device_reset(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:

@@ -64,8 +64,10 @@ __all__ = [
     "MADV_REMOVE",
     "NOT_MODELLED",
     "fallocate_refusal",
+    "madvise_error",
     "madvise_refusal",
     "punch_hole",
+    "punch_hole_error",
     "sys_madvise",
     "vfs_fallocate",
 ]
@@ -145,6 +147,38 @@ def fallocate_refusal(file: File | None, mode: int) -> tuple[int, str] | None:
             "does not have (shmem and hugetlbfs only)"
         )
     return None
+
+
+def _verdict(call: str, ret: int, why: tuple[int, str] | None, fallback: str) -> str:
+    if ret == NOT_MODELLED:
+        verdict = "is not modelled"
+    else:
+        verdict = f"fails with {ERRNO_NAMES.get(-ret, str(-ret))}"
+    reason = why[1] if why is not None and why[0] == ret else fallback
+    return f"{call} {verdict}: {reason}"
+
+
+def madvise_error(mm: Mm, start: int, behavior: int, ret: int) -> str:
+    """What a failed :func:`sys_madvise` (``ret``) means, in one sentence."""
+    name = {MADV_DONTNEED: "DONTNEED", MADV_FREE: "FREE", MADV_REMOVE: "REMOVE"}[behavior]
+    why = None
+    fallback = "the vma does not allow it"
+    vma = mm.find_vma(start)
+    if start & (mm.page_size - 1):
+        fallback = "the start is not aligned to the host page size"
+    elif ret == -ENOMEM:
+        fallback = "part of the range is not mapped (any more)"
+    elif vma is not None and vma.start <= start:
+        why = madvise_refusal(vma, behavior)
+        if why is None and behavior == MADV_REMOVE:
+            why = fallocate_refusal(vma.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+    return _verdict(f"madvise(MADV_{name})", ret, why, fallback)
+
+
+def punch_hole_error(vma: Vma, ret: int) -> str:
+    """What a failed :func:`punch_hole` (``ret``) means, in one sentence."""
+    why = fallocate_refusal(vma.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+    return _verdict("fallocate(PUNCH_HOLE)", ret, why, "the file does not allow it")
 
 
 # ---------------------------------------------------------------------- madvise
