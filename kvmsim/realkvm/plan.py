@@ -28,7 +28,7 @@ DEFAULT_MEM_LIMIT: Final = 1 << 30
 
 #: what each step kind does on the real host, or why it cannot
 ACCESS, HOST, DIRTY_LOG = "access", "host", "dirty_log"
-HOST_STEPS: Final = ("munmap", "mprotect", "host_write")
+HOST_STEPS: Final = ("munmap", "mprotect", "host_write", "madvise", "punch_hole")
 _NO_SYSCALL: Final = {
     "poison": "poison: MADV_HWPOISON would poison a real frame of this host "
     "(CAP_SYS_ADMIN, CONFIG_MEMORY_FAILURE); not taken",
@@ -187,8 +187,16 @@ def plan(
     slots: dict[int, object] = {m.index: m for m in scenario.memslots}
     out: list[StepPlan] = []
     broken: int | None = None  # first unsupported host event
+    backings = {v.name: v.backing for v in scenario.vmas}
     for s in steps:
         action, status, reason = _step_refusal(s, host, slots)
+        if s.do == "punch_hole" and backings.get(s.vma or "") == "hugetlbfs":
+            action, status, reason = (
+                "",
+                "unsupported",
+                "punch_hole on hugetlbfs: the backend maps it MAP_ANONYMOUS|MAP_HUGETLB, "
+                "which has no fd to fallocate",
+            )
         if action and broken is not None:
             out.append(
                 StepPlan(

@@ -41,8 +41,10 @@ from types import MappingProxyType
 from typing import Final, NoReturn
 
 from kvmsim.errors import PluginError, ScenarioError
+from kvmsim.scenario import discard
 from kvmsim.scenario.model import (
     ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -105,6 +107,10 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 required=("vma",),
                 expect=("verdicts", "young"),
             ),
+            # advice: dontneed | remove | free (MADV_*); punch_hole:
+            # fallocate(PUNCH_HOLE|KEEP_SIZE) on the vma's file
+            StepKind("madvise", {**_RANGE, "advice": str}, required=("vma", "advice")),
+            StepKind("punch_hole", _RANGE, required=("vma",)),
             # value: the 8 bytes stored at the range's first address
             # (default HOST_WRITE_VALUE, a marker a guest load recognises)
             StepKind(
@@ -1022,6 +1028,8 @@ def _step(
         _access_params(r, path, params)
     elif do == "age" and "young" in params:
         r.enum(_join(path, "young"), params["young"], YOUNG_MODES, "young mode")
+    elif do in ("madvise", "punch_hole") and vma_name is not None:
+        _discard_params(r, path, do, params, vmas[vma_name])
 
     expect = None
     if "expect" in t:
@@ -1079,6 +1087,26 @@ def _access_params(r: _Reader, path: str, params: Mapping[str, object]) -> None:
         )
     if "ea" in params:
         r.int_(_join(path, "ea"), params["ea"])
+
+
+def _discard_params(
+    r: _Reader, path: str, do: str, params: Mapping[str, object], vma: VmaSpec
+) -> None:
+    """A ``madvise`` step's ``advice``, and what the kernel refuses on the
+    step's vma whatever ran before (kvmsim.scenario.discard)."""
+    advice = None
+    if do == "madvise":
+        advice = r.enum(_join(path, "advice"), params["advice"], ADVICES, "advice")
+    refused = discard.refusal(do, advice, vma.backing, vma.shared, vma.prot)
+    if refused is not None:
+        errno, why = refused
+        call = f"madvise(MADV_{str(advice).upper()})" if advice else "fallocate(PUNCH_HOLE)"
+        verdict = "is not modelled" if errno == discard.NOT_MODELLED else f"fails with {errno}"
+        r.fail(
+            _join(path, "advice" if advice else "vma"),
+            f"{call} on vma {vma.name!r} ({'shared ' if vma.shared else ''}{vma.backing}) "
+            f"{verdict}: {why}",
+        )
 
 
 def _reset_params(

@@ -82,6 +82,9 @@ HOST_WRITE_VALUE: Final = 0x4B52414D54534F48
 #: Kinds of frame behind a pfnmap/mixedmap vma (``pfn_kind``).
 PFN_KINDS: Final = ("mmio", "ram", "ram_unrefcounted")
 
+#: ``madvise`` steps' ``advice``: MADV_DONTNEED, MADV_REMOVE, MADV_FREE.
+ADVICES: Final = ("dontneed", "remove", "free")
+
 #: Guest access kinds (``op``).
 OPS: Final = ("read", "write", "exec")
 

@@ -30,6 +30,7 @@ import attrs
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
     ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -122,6 +123,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "offset": ("0", "byte offset into the vma (page aligned)"),
         "size": ("the rest of the vma", "length of the range (a size)"),
         "prot": (None, "mprotect: the new protection"),
+        "advice": (
+            None,
+            "madvise: dontneed (MADV_DONTNEED), free (MADV_FREE) or remove (MADV_REMOVE)",
+        ),
         "device": (None, "device_reset: the [[device]] kind the event is for"),
         "at": (
             "now",
@@ -186,7 +191,7 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
 }
 
 #: Core step keys that are strings of a fixed set (their loader checks them).
-_CORE_ENUMS: Final[Mapping[str, tuple[str, ...]]] = {"young": YOUNG_MODES}
+_CORE_ENUMS: Final[Mapping[str, tuple[str, ...]]] = {"young": YOUNG_MODES, "advice": ADVICES}
 
 _SIZE_PATTERN: Final = "^[0-9]+[KMGkmg]?$"
 _NAME_PATTERN: Final = "^" + loader._NAME_RE.pattern + "$"

@@ -158,6 +158,12 @@ name = "ram"
 size = "1M"
 backing = "anon"
 
+[[vma]]
+name = "shm"
+size = "1M"
+backing = "shmem"
+shared = true
+
 [[memslot]]
 gpa = 0x0
 vma = "ram"
