@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         Translation,
     )
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
     from kvmsim.scenario.model import DeviceKind, DeviceSpec, StepKind, StepSpec, VmaSpec
 
 PROJECT = "kvmsim"
@@ -206,18 +207,53 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookspec
+def notifier_age_gfn(kvm: Kvm, slot: Memslot, start: int, end: int, test: bool) -> bool:
+    """Age the stage-2 entries of one memslot's guest frames ``[start, end)``
+    (clear their accessed bits and say whether any was set), or with
+    ``test`` only say whether any is set.
+
+    Implemented by: arch plugins that model ageing (an arch that implements
+    neither this nor :func:`notifier_age` is never young), each as its
+    kernel version does it: which entries of the range it visits, which bit
+    is the accessed one, whether it flushes.
+    Called: by the core's MMU-notifier subscriber, under ``kvm.mmu_lock``,
+    once per memslot the host range overlaps (kernel-notes §L.8): from
+    ``clear_young`` with ``test`` false and every gfn the hva range touches;
+    from ``test_young`` with ``test`` true and the one gfn at its address.
+    The answers are ORed.  A cleared entry that the guest uses again is
+    made young by the hardware or by a fault, as the arch has it.
+    Models: ``kvm_age_gfn`` / ``kvm_test_age_gfn`` (v5.13+, after the
+    generic memslot walk ``kvm_handle_hva_range``); before v5.13 the arch's
+    ``kvm_age_hva`` / ``kvm_test_age_hva`` after its own, equivalent,
+    memslot walk (``kvm_age_radix`` / ``kvm_age_rmapp`` per gfn on ppc,
+    ``kvm_age_rmapp`` on x86, ``kvm_age_hva_handler`` on arm).
+
+    :param kvm: the VM.
+    :param slot: the memslot (:class:`kvmsim.kvm.memslot.Memslot`).
+    :param start: first guest frame number (in ``kvm.page_shift`` pages).
+    :param end: first guest frame number past the range.
+    :param test: true for ``test_young`` (change nothing), false for
+        ``clear_young``.
+    :returns: clear: true if any entry visited was young before it was
+        cleared; test: true if any entry visited is young.
+
+    broadcast
+    """
+
+
+@hookspec
 def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
     """Age the stage-2 entries over host virtual addresses ``[start, end)``:
-    clear their accessed (R) bits and say whether any was set.
+    clear their accessed (R) bits and say whether any was set.  Superseded
+    by :func:`notifier_age_gfn`, which also answers ``test_young``; kept for
+    plugins written against it (implement one of the two, not both).
 
-    Implemented by: arch plugins that model ageing; optional (an arch that
-    does not implement it is never young).
+    Implemented by: arch plugins written before :func:`notifier_age_gfn`;
+    optional.
     Called: by the core's MMU-notifier subscriber from ``clear_young``
-    (reclaim, page_idle, khugepaged; kernel-notes §L.4), under ``kvm.mmu_lock``.  The guest's
-    next access to an aged entry takes a fault that sets R again (POWER9
-    radix: SET_RC).
-    Models: ``kvm_age_hva`` (``kvm_age_radix`` per gfn on ppc radix,
-    ``kvm_age_rmapp`` on x86).
+    (reclaim, page_idle; kernel-notes §L.4, §L.8), under ``kvm.mmu_lock``,
+    after :func:`notifier_age_gfn`; never from ``test_young``.
+    Models: ``kvm_age_hva`` (the arch walks the memslots itself).
 
     :param kvm: the VM.
     :param start: first host virtual address of the range.

@@ -270,6 +270,8 @@ class StepResult:
     :param expect_failures: expectations of the step's own keys that did not
         hold (for example an hcall's ``expect_ret``), one sentence each; the
         runner adds them to the step's expectation failures.
+    :param young: an ageing step's answer (``expect.young`` is checked
+        against it); None for any other step.
     :param value: what the step read (a ``host_read``'s load), reported as
         the step's ``value`` and checked against ``expect.value``.
     """
@@ -277,4 +279,5 @@ class StepResult:
     outcome: str | None = None
     detail: str = ""
     expect_failures: tuple[str, ...] = ()
+    young: bool | None = None
     value: int | None = None

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, cast
 
 from kvmsim.checks import CheckContext
 from kvmsim.hooktypes import HOST_VCPU, StepResult
-from kvmsim.host import events
+from kvmsim.host import events, madvise
+from kvmsim.host.ageing import notify_clear_young, notify_test_young
 from kvmsim.host.constants import (
     VM_FAULT_HWPOISON,
     VM_FAULT_HWPOISON_LARGE,
@@ -120,6 +121,35 @@ def _host_read(sim: Simulation, step: StepSpec, start: int | None, length: int) 
     return StepResult(detail=detail, value=value)
 
 
+def _age(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
+    """Ask the secondary MMUs whether the range was used: ``clear_young``
+    (the default, which also clears) or ``test_young``; the answer is the
+    step's ``young`` (kernel-notes §L.8)."""
+    assert start is not None
+    if step.params.get("young", "clear") == "test":
+        young = notify_test_young(sim.mm, start, start + length)
+    else:
+        young = notify_clear_young(sim.mm, start, start + length)
+    return StepResult(outcome="done", detail="young" if young else "old", young=young)
+
+
+def _madvise(sim: Simulation, step: StepSpec, start: int | None, length: int) -> None:
+    assert start is not None
+    behavior = madvise.ADVICE[str(step.params["advice"])]
+    ret = madvise.sys_madvise(sim.mm, start, length, behavior)
+    if ret:  # a refusal the loader could not foresee (an earlier mprotect, munmap)
+        why = madvise.madvise_error(sim.mm, start, behavior, ret)
+        raise sim._err(f"{why} (vma {step.vma!r} + {step.offset:#x})", f"step[{step.index}].advice")
+
+
+def _punch_hole(sim: Simulation, step: StepSpec, start: int | None, length: int) -> None:
+    vma = sim.vma(step.vma or "")
+    ret = madvise.punch_hole(sim.mm, vma, step.offset, length)
+    if ret:
+        why = madvise.punch_hole_error(vma, ret)
+        raise sim._err(f"{why} (vma {step.vma!r} + {step.offset:#x})", f"step[{step.index}].vma")
+
+
 def _device_reset(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
     r = sim.hooks.hook.device_step(kvm=sim.kvm, step=step)
     if r is None:
@@ -136,6 +166,9 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "split_thp": _split_thp,
     "host_write": _host_write,
     "host_read": _host_read,
+    "age": _age,
+    "madvise": _madvise,
+    "punch_hole": _punch_hole,
     "device_reset": _device_reset,
 }
 

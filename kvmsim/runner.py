@@ -63,6 +63,7 @@ class StepReport:
     page_size: int | None = None
     value: int | None = None
     faults: int | None = None  # stage-2 faults the access took
+    young: bool | None = None  # an age step's answer
     verdicts: list[str] = field(factory=list)
     expect_failures: list[str] = field(factory=list)
     detail: str = ""
@@ -76,6 +77,7 @@ class StepReport:
             "writable": self.writable,
             "page_size": self.page_size,
             "value": self.value,
+            "young": self.young,
             "verdicts": list(self.verdicts),
             "expect_failures": list(self.expect_failures),
         }
@@ -355,6 +357,7 @@ class Simulation:
                         report.detail = res.detail or report.detail
                         report.value = res.value
                         report.expect_failures.extend(res.expect_failures)
+                        report.young = res.young
             except KernelOops as exc:
                 report.outcome = "oops"
                 report.detail = str(exc)
@@ -419,6 +422,8 @@ class Simulation:
         if exp.value is not None and report.value != exp.value:
             got = None if report.value is None else hex(report.value)
             fails.append(f"value: expected {exp.value:#x}, got {got}")
+        if exp.young is not None and report.young != exp.young:
+            fails.append(f"young: expected {exp.young}, got {report.young}")
         if exp.verdicts is not None:
             missing = sorted(set(exp.verdicts) - set(report.verdicts))
             if missing:

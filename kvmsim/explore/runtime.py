@@ -356,6 +356,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
                     report.detail = res.detail or report.detail
                     report.value = res.value
                     report.expect_failures.extend(res.expect_failures)
+                    report.young = res.young
         except KernelOops as exc:
             report.outcome, report.detail, alive = "oops", str(exc), False
             if tr.enabled:

@@ -15,6 +15,7 @@ from kvmsim.host.constants import (
     PG_ANON,
     PG_DIRTY,
     PG_HUGE,
+    PG_LAZYFREE,
     PG_REFERENCED,
     PG_THP,
     PTE_DIRTY,
@@ -103,7 +104,7 @@ def _split_huge_page(mm: Mm, head: int) -> int:
         mm.notify_start(lo, lo + (1 << hs))
         mm.notify_end(lo, lo + (1 << hs))
     mapped = {e >> PTE_PFN_SHIFT for _, _, e in maps}
-    fl = phys.flags.get(head, 0) & (PG_ANON | PG_DIRTY | PG_REFERENCED)
+    fl = phys.flags.get(head, 0) & (PG_ANON | PG_DIRTY | PG_REFERENCED | PG_LAZYFREE)
     hrefs = phys.host_refs.get(head, 0)
     phys.order.pop(head)
     phys.flags[head] = fl

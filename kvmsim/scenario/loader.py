@@ -41,7 +41,10 @@ from types import MappingProxyType
 from typing import Final, NoReturn
 
 from kvmsim.errors import PluginError, ScenarioError
+from kvmsim.scenario import discard
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -55,6 +58,7 @@ from kvmsim.scenario.model import (
     PROTS,
     RACE_POINTS,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     Devices,
     DeviceSpec,
@@ -95,6 +99,18 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
             StepKind("migrate", _RANGE, required=("vma",)),
             StepKind("split_thp", _RANGE, required=("vma",)),
+            # young: clear_young (default) or test_young over the range; the
+            # answer is the step's expect.young
+            StepKind(
+                "age",
+                {**_RANGE, "young": str},
+                required=("vma",),
+                expect=("verdicts", "young"),
+            ),
+            # advice: dontneed | remove | free (MADV_*); punch_hole:
+            # fallocate(PUNCH_HOLE|KEEP_SIZE) on the vma's file
+            StepKind("madvise", {**_RANGE, "advice": str}, required=("vma", "advice")),
+            StepKind("punch_hole", _RANGE, required=("vma",)),
             # value: what the VMM stores at vma + offset, width bytes
             # (default HOST_WRITE_VALUE, a marker a guest load recognises)
             StepKind(
@@ -1070,12 +1086,23 @@ def _step(
         _reset_params(r, path, params, device_kinds)
     elif do == "access":
         _access_params(r, path, params)
+    elif do == "age" and "young" in params:
+        r.enum(_join(path, "young"), params["young"], YOUNG_MODES, "young mode")
+    elif do in ("madvise", "punch_hole") and vma_name is not None:
+        _discard_params(r, path, do, params, vmas[vma_name])
     elif do in ("host_read", "host_write"):
         _host_access_params(r, path, params, offset)
 
     expect = None
     if "expect" in t:
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+        if expect.young is not None and at is not None:
+            r.fail(
+                f"{path}.expect.young",
+                "an event placed with 'at' fires inside a later fault, where its "
+                "answer is not checked",
+                "no expect.young on a step with 'at'",
+            )
         if expect.value is not None and at is not None:
             r.fail(
                 f"{path}.expect.value",
@@ -1160,6 +1187,26 @@ def _host_access_params(r: _Reader, path: str, params: Mapping[str, object], off
         )
 
 
+def _discard_params(
+    r: _Reader, path: str, do: str, params: Mapping[str, object], vma: VmaSpec
+) -> None:
+    """A ``madvise`` step's ``advice``, and what the kernel refuses on the
+    step's vma whatever ran before (kvmsim.scenario.discard)."""
+    advice = None
+    if do == "madvise":
+        advice = r.enum(_join(path, "advice"), params["advice"], ADVICES, "advice")
+    refused = discard.refusal(do, advice, vma.backing, vma.shared, vma.prot)
+    if refused is not None:
+        errno, why = refused
+        call = f"madvise(MADV_{str(advice).upper()})" if advice else "fallocate(PUNCH_HOLE)"
+        verdict = "is not modelled" if errno == discard.NOT_MODELLED else f"fails with {errno}"
+        r.fail(
+            _join(path, "advice" if advice else "vma"),
+            f"{call} on vma {vma.name!r} ({'shared ' if vma.shared else ''}{vma.backing}) "
+            f"{verdict}: {why}",
+        )
+
+
 def _reset_params(
     r: _Reader, path: str, params: Mapping[str, object], device_kinds: Mapping[str, DeviceKind]
 ) -> None:
@@ -1197,11 +1244,8 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
                 _one_of(EXPECT_KEYS),
             )
         if key not in allowed:
-            r.fail(
-                f"{path}.{key}",
-                f"{_a(do)} cannot expect {key!r}: it is not a guest access",
-                _one_of(allowed),
-            )
+            why = ": it is not a guest access" if key in ACCESS_EXPECT_KEYS else ""
+            r.fail(f"{path}.{key}", f"{_a(do)} cannot expect {key!r}{why}", _one_of(allowed))
 
     outcome = (
         r.enum(f"{path}.outcome", t["outcome"], r.outcomes, "outcome") if "outcome" in t else None
@@ -1217,6 +1261,7 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
         else:
             r.fail(f"{path}.frame", "wrong type", "'host', 'none' or a pfn (integer)", raw)
     page_size = r.size(f"{path}.page_size", t["page_size"]) if "page_size" in t else None
+    young = r.bool_(f"{path}.young", t["young"]) if "young" in t else None
     value = None
     if "value" in t:
         value = r.int_(f"{path}.value", t["value"])
@@ -1268,4 +1313,4 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             "'host' or a pfn with outcome 'mapped'",
             frame,
         )
-    return Expect(outcome, writable, frame, page_size, verdicts, value)
+    return Expect(outcome, writable, frame, page_size, verdicts, value, young)

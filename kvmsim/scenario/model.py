@@ -82,14 +82,23 @@ HOST_WRITE_VALUE: Final = 0x4B52414D54534F48
 #: Kinds of frame behind a pfnmap/mixedmap vma (``pfn_kind``).
 PFN_KINDS: Final = ("mmio", "ram", "ram_unrefcounted")
 
+#: ``madvise`` steps' ``advice``: MADV_DONTNEED, MADV_REMOVE, MADV_FREE.
+ADVICES: Final = ("dontneed", "remove", "free")
+
 #: Guest access kinds (``op``).
 OPS: Final = ("read", "write", "exec")
 
 #: ``expect.frame`` words; an ``int`` there is an exact pfn.
 FRAME_WORDS: Final = ("host", "none")
 
-#: The keys of an ``expect`` table.
-EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts", "value")
+#: The ``expect`` keys of a guest access (a step kind that faults).
+ACCESS_EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts", "value")
+
+#: The keys of an ``expect`` table (``young``: an ``age`` step's answer).
+EXPECT_KEYS: Final = (*ACCESS_EXPECT_KEYS, "young")
+
+#: An ``age`` step's ``young``: ``clear_young`` or ``test_young``.
+YOUNG_MODES: Final = ("clear", "test")
 
 #: The largest ``expect.value`` (a load is at most 8 bytes wide).
 MAX_VALUE: Final = 2**64 - 1
@@ -221,6 +230,7 @@ class Expect:
     page_size: int | None = None  # stage-2 mapping size, bytes
     verdicts: tuple[str, ...] | None = None  # VERDICTS expected to fire
     value: int | None = None  # what a load returns (page contents or a device's reply)
+    young: bool | None = None  # an age step: was anything in the range young
 
 
 @frozen
@@ -359,9 +369,9 @@ class StepKind:
     :param faults: the step is a guest access that goes through the fault
         path: it may not have ``at``, and pending ``at`` host events fire
         inside it.
-    :param expect: the ``expect`` keys the step may have; ``None`` means all
-        of them when *faults*, else only ``verdicts``; ``()`` forbids
-        ``expect``.
+    :param expect: the ``expect`` keys the step may have; ``None`` means
+        those of a guest access (:data:`ACCESS_EXPECT_KEYS`) when *faults*,
+        else only ``verdicts``; ``()`` forbids ``expect``.
     :param extra: the type(s) allowed for keys *not* in *fields* (they go to
         ``params``); ``None`` makes such keys errors.
     :param default_size: the size of a vma range step without ``size``;
@@ -385,7 +395,7 @@ class StepKind:
         """The ``expect`` keys this kind accepts."""
         if self.expect is not None:
             return self.expect
-        return EXPECT_KEYS if self.faults else ("verdicts",)
+        return ACCESS_EXPECT_KEYS if self.faults else ("verdicts",)
 
 
 @frozen

@@ -29,6 +29,8 @@ import attrs
 
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -40,6 +42,7 @@ from kvmsim.scenario.model import (
     PROTS,
     RACE_POINTS,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     FieldType,
     StepKind,
@@ -120,6 +123,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "offset": ("0", "byte offset into the vma (page aligned)"),
         "size": ("the rest of the vma", "length of the range (a size)"),
         "prot": (None, "mprotect: the new protection"),
+        "advice": (
+            None,
+            "madvise: dontneed (MADV_DONTNEED), free (MADV_FREE) or remove (MADV_REMOVE)",
+        ),
         "device": (None, "device_reset: the [[device]] kind the event is for"),
         "at": (
             "now",
@@ -133,6 +140,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "value": (
             "the host marker",
             "host_write: the value QEMU stores, width bytes (a load reads it back)",
+        ),
+        "young": (
+            '"clear"',
+            "age: clear (clear_young: clear the accessed bits, say if any was set) "
+            "or test (test_young: only say)",
         ),
         "width": ("8", "host_write, host_read: access size in bytes"),
     },
@@ -158,6 +170,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "a load: the value the guest (or a host_read, QEMU) reads "
             "(page contents, a device's reply)",
         ),
+        "young": (
+            None,
+            "an age step: whether any stage-2 entry in the range was young (before clearing)",
+        ),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -178,6 +194,9 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         ),
     },
 }
+
+#: Core step keys that are strings of a fixed set (their loader checks them).
+_CORE_ENUMS: Final[Mapping[str, tuple[str, ...]]] = {"young": YOUNG_MODES, "advice": ADVICES}
 
 #: A key a plugin added to the core access step (``step_kinds``).
 _PLUGIN_ACCESS_KEY: Final = "a key an installed plugin adds to the access step"
@@ -233,6 +252,8 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
         doc = _doc(table, key) or _doc("step", key)
+        if kind.name in loader.CORE_STEP_KINDS and key in _CORE_ENUMS:
+            base = {"enum": list(_CORE_ENUMS[key])}
         if not doc and kind.name in loader.CORE_STEP_KINDS:
             doc = {"description": _PLUGIN_ACCESS_KEY}
         if key == "offset" and kind.byte_offset:
@@ -245,11 +266,16 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
         props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
     expect_keys = kind.expect_keys()
     if expect_keys:
-        props["expect"] = (
-            {"$ref": "#/$defs/expect", **_doc("step", "expect")}
-            if set(expect_keys) == set(EXPECT_KEYS)
-            else {**_expect_schema(expect_keys), **_doc("step", "expect")}
-        )
+        if set(expect_keys) == set(EXPECT_KEYS):
+            props["expect"] = {"$ref": "#/$defs/expect", **_doc("step", "expect")}
+        elif set(expect_keys) == set(ACCESS_EXPECT_KEYS):
+            props["expect"] = {
+                "$ref": "#/$defs/expect",
+                "propertyNames": {"enum": list(ACCESS_EXPECT_KEYS)},
+                **_doc("step", "expect"),
+            }
+        else:
+            props["expect"] = {**_expect_schema(expect_keys), **_doc("step", "expect")}
     if kind.default_size is not None and "size" in props:
         props["size"]["default"] = format_size(kind.default_size)
     out: dict[str, Any] = {
@@ -290,6 +316,7 @@ def _expect_schema(
         "page_size": {"$ref": "#/$defs/size"},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
         "value": {"type": "integer", "minimum": 0},
+        "young": {"type": "boolean"},
     }
     return {
         "type": "object",

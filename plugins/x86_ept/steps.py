@@ -21,9 +21,8 @@
   through a 4K leaf do not exit), large leaves write-protected.  The
   reported gpas are kept in ``kvm.arch.dirty_reports`` and traced; a
   mismatch with ``expect_dirty`` is an expectation failure of the step.
-- ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
-  range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
-  the young SPTEs (``kvm.arch.young_reports``).
+- ``age`` is a core step now (kvmsim.hoststeps): the plugin answers it
+  with ``notifier_age_gfn`` (:func:`kvmsim_plugins.x86_ept.ept.age_gfn_range`).
 - ``nx_huge_pages`` (``enabled`` = true): the administrator writes the
   ``kvm.nx_huge_pages`` module parameter (the iTLB multihit workaround,
   v5.4; on by default on affected CPUs).  ``set_nx_huge_pages`` zaps every
@@ -43,7 +42,6 @@ from kvmsim_plugins.x86_ept.ept import (
     EPT_D,
     EPT_W,
     EptState,
-    age_hva_range,
     drop_spte,
     is_shadow_present_pte,
     spte_to_pfn,
@@ -70,7 +68,6 @@ STEP_KINDS: Final = (
     StepKind("async_pf", {"vcpu": int, "enable": bool}),
     StepKind("apf_complete", {"vcpu": int}),
     DIRTY_LOG_STEP,
-    StepKind("age", _RANGE, required=("vma",)),
     StepKind("nx_huge_pages", {"enabled": bool}),
 )
 NAMES: Final = frozenset(k.name for k in STEP_KINDS)
@@ -90,9 +87,7 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
         return _apf_complete(kvm, vcpu)
     if do == "dirty_log":
         return _dirty_log(kvm, step)
-    if do == "nx_huge_pages":
-        return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
-    return _age(kvm, step)
+    return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
 
 
 def _nx_huge_pages(kvm: Kvm, enabled: bool) -> StepResult:
@@ -314,12 +309,3 @@ def kvm_mmu_slot_disable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
         kvm.mmu_lock.unlock(task)
     if kvm.tracer.enabled:
         kvm.tracer.emit("kvm_mmu_zap_collapsible_sptes", slot=slot.id, zapped=zapped)
-
-
-def _age(kvm: Kvm, step: StepSpec) -> StepResult:
-    start, end = _range(kvm, step)
-    young = age_hva_range(kvm, start, end)
-    kvm.arch.young_reports.append((step.index, young))
-    if kvm.tracer.enabled:
-        kvm.tracer.emit("kvm_age_hva", start=hex(start), end=hex(end), young=young)
-    return StepResult(outcome="done", detail=f"{young} young SPTE(s)")

@@ -180,13 +180,19 @@ name = "ram"
 size = "1M"
 backing = "anon"
 
+[[vma]]
+name = "shm"
+size = "1M"
+backing = "shmem"
+shared = true
+
 [[memslot]]
 gpa = 0x0
 vma = "ram"
 {device}
 """
 _ARCH_OF = {"hcall": "ppc_hpt", "device_reset": "ppc_radix"}
-_X86 = {"swap_out", "async_pf", "apf_complete", "dirty_log", "age"}
+_X86 = {"swap_out", "async_pf", "apf_complete", "dirty_log"}
 
 
 def _examples() -> list[str]:

@@ -36,6 +36,7 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
+        "ept-madvise-free-reclaim",
         "ept-nx-huge-pages-exec",
         "ept-pfnmap-linear",
         "ept-readonly-pfnmap-store",
@@ -227,3 +228,17 @@ def test_pml_logs_a_store_without_an_exit(make_sim: Any) -> None:
     assert sim.kvm.arch.pml == []
     # the write-protection variant would have faulted there (fast_page_fault)
     assert _events(report, "vmx_slot_enable_log_dirty", step=1)
+
+
+def test_madvise_free_then_reclaim_discards_only_the_clean_page(make_sim: Any) -> None:
+    sim, report = _run(make_sim, "ept-madvise-free-reclaim")
+    steps = report.steps
+    # kernel-notes §M.2: the page nobody dirtied after MADV_FREE is discarded
+    # by reclaim, the one the guest stored to is kept (mapped back)
+    assert _events(report, "lazyfree_discard", step=4)
+    assert _events(report, "lazyfree_redirtied", step=5)
+    assert (steps[6].outcome, steps[6].pfn, steps[6].value) == ("mapped", sim.phys.zero_pfn, 0)
+    assert (steps[7].outcome, steps[7].value, steps[7].pfn) == ("mapped", 0x23, steps[3].pfn)
+    # the only defect is v4.16's zero-page reference (kernel-notes §L.1)
+    assert [v.name for v in report.verdicts] == ["refcount_leak"]
+    assert not [s for s in steps if s.expect_failures]

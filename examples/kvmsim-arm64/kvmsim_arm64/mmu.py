@@ -1,6 +1,7 @@
 """The Arm64 stage-2 translation tables: the hardware walk (``translate``)
 and KVM's table updates of virt/kvm/arm/mmu.c v4.16 (``stage2_set_pte``,
-``stage2_set_pmd_huge``, ``unmap_stage2_range``, ``kvm_age_hva``).
+``stage2_set_pmd_huge``, ``unmap_stage2_range``, ``kvm_age_hva``; ageing
+also as v5.13 and v6.13 age).
 
 Tables are dicts: the level-1 table (two concatenated tables, 1024 entries)
 maps an index to a block descriptor (``int``) or a level-2 table (``dict``);
@@ -309,28 +310,49 @@ def _clear(st: Stage2, table: Table, idx: int, base: int, shift: int, tr: Any) -
         tr.emit("unmap_stage2_range", ipa=hex(base), size=1 << shift, pfn=hex(desc_pfn(desc)))
 
 
-def age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_age_hva`` → ``handle_hva_to_gpa`` → ``kvm_age_hva_handler``.
-    The handler looks at one IPA per memslot, the first of the range, and
-    clears AF on the block or page there (``stage2_*_test_and_clear_young``);
-    the rest of the range is not aged.  No TLB flush.  True if it was young."""
+def age_gfn_range(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """Ageing of one memslot's gfns ``[start, end)`` (clear AF, or with
+    ``test`` only look), under ``mmu_lock``, as each handler version's
+    kernel does it.  A leaf is young when valid with AF set; nothing is
+    flushed (the next access to an aged leaf takes an Access flag fault,
+    which ``handle_access_fault`` fixes).
+
+    - v4.16: ``kvm_age_hva`` → ``handle_hva_to_gpa`` → ``kvm_age_hva_handler``
+      looks at one IPA per memslot, the first of the range, and clears AF
+      on the block or page there; the rest of the range is not aged.
+      ``kvm_test_age_hva`` passes the empty range ``[hva, hva)``, which no
+      memslot overlaps: never young (fixed by cf2d23e0bac9, v5.6).
+    - v5.13: ``kvm_age_gfn`` → ``kvm_pgtable_stage2_mkold`` and
+      ``kvm_test_age_gfn`` → ``kvm_pgtable_stage2_is_young``, both at
+      ``range->start`` only.
+    - v6.13: ``kvm_pgtable_stage2_test_clear_young`` over the whole range
+      (df6556adf27b, v6.5), for both.
+
+    Read from: Linux 4.16.13 virt/kvm/arm/mmu.c; the cf2d23e0bac9 and
+    df6556adf27b patches as posted (their context shows the v5.13-era
+    arch/arm64/kvm/mmu.c lines they replace)."""
     st: Stage2 | None = kvm.arch
-    if st is None:
+    if st is None:  # !kvm->arch.pgd
         return False
     ps = kvm.page_shift
-    tr = kvm.tracer
+    if st.handler == "v6.13":
+        shifts = (L1_SHIFT, L2_SHIFT, L3_SHIFT)
+        ipas = [ipa for ipa, _sh, _d in leaves_in(st.l1, shifts, start << ps, end << ps)]
+    elif test and st.handler == "v4.16":
+        ipas = []
+    else:
+        ipas = [start << ps]
     young = False
-    for _slot, gfn_lo, _gfn_hi in kvm.memslots.hva_to_gfns(start, end):
-        ipa = gfn_lo << ps
+    for ipa in ipas:
         table, idx, _level = st.lookup(ipa)
-        if table is None:
+        desc = table.get(idx) if table is not None else None
+        if desc.__class__ is not int or not desc & DESC_VALID or not desc & AF:  # type: ignore[operator]
             continue
-        desc = table.get(idx)
-        if desc.__class__ is int and desc & DESC_VALID and desc & AF:
-            table[idx] = desc & ~AF
-            young = True
-            if tr.enabled:
-                tr.emit("kvm_age_hva_handler", ipa=hex(ipa), young=True)
+        young = True
+        if not test:
+            table[idx] = desc & ~AF  # type: ignore[index,operator]
+            if kvm.tracer.enabled:
+                kvm.tracer.emit("stage2_mkold", ipa=hex(ipa), young=True)
     return young
 
 
