@@ -159,6 +159,7 @@ class EptState:
         "hits",
         "hwpoison_signals",
         "lpages",
+        "nx_children",
         "nx_huge_pages",
         "pf_fixed",
         "pml",
@@ -181,10 +182,15 @@ class EptState:
         self.pf_fixed = 0
         self.lpages = 0
         self.nx_huge_pages = False
+        """``kvm.nx_huge_pages`` (v5.4+; the iTLB multihit workaround)."""
+        self.nx_children: dict[tuple[int, int], Table] = {}
+        """v6.13: the tables a ``huge_page_disallowed`` fault linked
+        (``sp->nx_huge_page_disallowed``), by (level of the entry pointing
+        at them, its base gpa); a table is one of them only while it is the
+        very object recorded."""
         self.pml: list[int] | None = None
         """The page-modification log (gpas the CPU logged on setting a D bit)
         while PML is enabled (``enable_pml``); None: no PML."""
-        """``kvm.nx_huge_pages`` (v5.4+; the iTLB multihit workaround)."""
         self.hits: dict[int, Translation] = {}
         """The frozen Translation of a 4K leaf hit, keyed by the SPTE value
         (A/D already set): a function of the value alone, so a changed SPTE

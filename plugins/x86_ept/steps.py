@@ -37,12 +37,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from kvmsim_plugins.x86_ept import apf
-from kvmsim_plugins.x86_ept.common import mark_page_dirty
+from kvmsim_plugins.x86_ept.common import mark_page_dirty, split_huge_spte
 from kvmsim_plugins.x86_ept.ept import (
     EPT_D,
     EPT_W,
     EptState,
     drop_spte,
+    is_large_pte,
     is_shadow_present_pte,
     spte_to_pfn,
     unmap_hva_range,
@@ -169,7 +170,8 @@ def _dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
 
 def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     """``KVM_SET_USER_MEMORY_REGION`` adding ``KVM_MEM_LOG_DIRTY_PAGES``:
-    allocate the bitmap, then ``kvm_mmu_slot_apply_flags`` →
+    allocate the bitmap, then ``kvm_mmu_slot_apply_flags`` → (v6.13: the
+    eager split of every huge leaf, :func:`_eager_split`)
     ``kvm_mmu_slot_remove_write_access``: under ``mmu_lock`` write-protect
     every SPTE of the slot at every level with ``pt_protect = false``
     (clear W only, keep HOST_WRITEABLE and MMU_WRITEABLE), flush."""
@@ -177,6 +179,8 @@ def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     if slot.id in st.dirty_bitmaps:
         return
     st.dirty_bitmaps[slot.id] = set()
+    if st.version == "v6.13":
+        _eager_split(kvm, slot)
     if st.pml is not None:
         # vmx_slot_enable_log_dirty: clear D on the 4K leaves (the CPU logs
         # the next store to each), write-protect the large ones (a store
@@ -189,6 +193,31 @@ def kvm_mmu_slot_enable_dirty_log(kvm: Kvm, slot: Memslot) -> None:
     n = _write_protect(kvm, slot, None)
     if kvm.tracer.enabled:
         kvm.tracer.emit("kvm_mmu_slot_remove_write_access", slot=slot.id, protected=n)
+
+
+def _eager_split(kvm: Kvm, slot: Memslot) -> None:
+    """v6.13 ``kvm_mmu_slot_try_split_huge_pages(kvm, slot, PG_LEVEL_4K)``
+    (``eager_page_split``, on by default), before the write protection:
+    every huge leaf of the slot is split in place down to 4K
+    (``tdp_mmu_split_huge_page``), its frames still mapped."""
+    st: EptState = kvm.arch
+    task = kvm.mm.current
+    start = slot.base_gfn << 12
+    end = (slot.base_gfn + slot.npages) << 12
+    kvm.mmu_lock.lock(task)
+    try:
+        while True:
+            huge = [
+                (table, idx, level, gpa)
+                for table, idx, level, gpa in st.leaves_in(start, end)
+                if level > 1 and is_shadow_present_pte(v := table[idx]) and is_large_pte(v)  # type: ignore[arg-type]
+            ]
+            if not huge:
+                break
+            for table, idx, level, gpa in huge:
+                split_huge_spte(kvm, table, idx, gpa, level, table[idx])  # type: ignore[arg-type]
+    finally:
+        kvm.mmu_lock.unlock(task)
 
 
 def _write_protect(kvm: Kvm, slot: Memslot, gfns: set[int] | None) -> int:

@@ -107,7 +107,7 @@ def kvm_handle_guest_abort(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResu
         ret, detail = user_mem_abort(kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, esr)
     else:
         ret, detail = abort_later.user_mem_abort(
-            kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, write_fault
+            kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, write_fault, esr
         )
         if ret == -abort_later.ENOEXEC:
             # v5.13 / v6.13: a fetch from a device pfn is a prefetch abort

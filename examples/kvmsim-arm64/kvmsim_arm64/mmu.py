@@ -1,7 +1,11 @@
 """The Arm64 stage-2 translation tables: the hardware walk (``translate``)
 and KVM's table updates of virt/kvm/arm/mmu.c v4.16 (``stage2_set_pte``,
 ``stage2_set_pmd_huge``, ``unmap_stage2_range``, ``kvm_age_hva``; ageing
-also as v5.13 and v6.13 age).
+also as v5.13 and v6.13 age), with
+the three rules of arch/arm64/kvm/hyp/pgtable.c (5.12.9, 6.13.7) the
+v5.13 / v6.13 handlers reach: a map that would change only a leaf's
+S2AP/XN returns -EAGAIN, a page replaces a block in its way, and
+``relax_perms`` adds permissions to the leaf in place.
 
 Tables are dicts: the level-1 table (two concatenated tables, 1024 entries)
 maps an index to a block descriptor (``int``) or a level-2 table (``dict``);
@@ -23,6 +27,7 @@ from kvmsim_arm64.desc import (
     FSC_ACCESS,
     FSC_FAULT,
     FSC_PERM,
+    HW_LEVEL,
     IPA_BITS,
     L1_ENTRIES,
     L1_SHIFT,
@@ -147,7 +152,9 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     ``stage2_set_pte`` (level 0).  A Device descriptor is installed with
     ``KVM_S2PTE_FLAG_IS_IOMAP`` (``user_mem_abort`` sets both from
     ``kvm_is_device_pfn``), so it fails with -EFAULT over a valid page.
-    Level 2 (a 1G block) is accepted for completeness; v4.16 never asks."""
+    Level 2 (a 1G block) is accepted for completeness; v4.16 never asks.
+    For the v5.13 / v6.13 handlers it stands for ``kvm_pgtable_stage2_map``
+    (see the module docstring)."""
     st: Stage2 = kvm.arch
     task = kvm.mm.current
     tr = kvm.tracer
@@ -164,6 +171,13 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                     mmu_notifier_seq=kvm.mmu_notifier_seq,
                     mmu_notifier_count=kvm.mmu_notifier_count,
                 )
+            return -EAGAIN
+        if st.handler != "v4.16" and _same_leaf(st, gpa, pte, level):
+            # kvm_pgtable_stage2_map (v5.10 on): a valid leaf that differs
+            # from the new one in its permissions at most is left alone
+            # (stage2_map_walker_try_leaf); relaxing is another call
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_map", ipa=hex(gpa), level=level, ret="-EAGAIN")
             return -EAGAIN
         if level == 0:
             # KVM_S2PTE_FLAG_IS_IOMAP is v4.16's; later kernels' kvm_pgtable
@@ -188,6 +202,64 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                 mmu_seq=mmu_seq,
             )
         return ret
+    finally:
+        kvm.mmu_lock.unlock(task)
+
+
+S2_PERMS = S2AP_R | S2AP_W | XN
+"""``KVM_PTE_LEAF_ATTR_S2_PERMS``: the bits a permission relax may change."""
+
+
+def _same_leaf(st: Stage2, ipa: int, desc: int, level: int) -> bool:
+    """Is there a valid leaf of ``level``'s size at ``ipa`` that differs from
+    ``desc`` in S2_PERMS only (``!stage2_pte_needs_update``)?"""
+    table, idx, hw_level = st.lookup(ipa)
+    if table is None or hw_level != HW_LEVEL[level]:
+        return False
+    old = table.get(idx, 0)
+    return old.__class__ is int and bool(old & DESC_VALID) and not (old ^ desc) & ~S2_PERMS
+
+
+def relax_perms(kvm: Kvm, ipa: int, writable: bool, exec_: bool, mmu_seq: int) -> int:
+    """``kvm_pgtable_stage2_relax_perms`` as ``user_mem_abort`` reaches it
+    (v5.13, v6.13): under ``mmu_lock`` after ``mmu_notifier_retry``, add
+    read, write when ``writable`` and execute when ``exec_`` to the valid
+    leaf covering ``ipa``, whatever its level; nothing is taken away and
+    the output address stays.  No valid leaf there: 0 in v5.13
+    (``stage2_attr_walker`` skips it), -EAGAIN in v6.13."""
+    st: Stage2 = kvm.arch
+    task = kvm.mm.current
+    tr = kvm.tracer
+    kvm.mmu_lock.lock(task)
+    try:
+        if kvm.mmu_notifier_retry(mmu_seq):
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_relax_perms", ipa=hex(ipa), ret="-EAGAIN")
+            return -EAGAIN
+        table, idx, level = st.lookup(ipa)
+        old = table.get(idx, 0) if table is not None else 0
+        if old.__class__ is not int or not old & DESC_VALID:
+            ret = -EAGAIN if st.handler == "v6.13" else 0
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_relax_perms", ipa=hex(ipa), ret=ret, why="no leaf")
+            return ret
+        new = old | S2AP_R
+        if writable:
+            new |= S2AP_W
+        if exec_:
+            new &= ~XN
+        if new != old:
+            table[idx] = new  # type: ignore[index]
+            kvm.stage2_changed(ipa)
+        if tr.enabled:
+            tr.emit(
+                "kvm_pgtable_stage2_relax_perms",
+                ipa=hex(ipa),
+                level=level,
+                desc=describe(new),
+                ret=0,
+            )
+        return 0
     finally:
         kvm.mmu_lock.unlock(task)
 
@@ -233,10 +305,16 @@ def _set_pte(st: Stage2, ipa: int, desc: int, *, iomap: bool) -> int:
     i2 = (ipa >> L2_SHIFT) & _IDX
     l3 = l2.get(i2)
     if l3.__class__ is int:
-        # pte_offset_kernel() on a block descriptor would treat the block's
-        # output address as a table: the v4.16 code never gets here with a
-        # block (faults on a block take the block path again)
-        raise KernelOops(f"stage2_set_pte: level-2 block in the way at ipa {ipa:#x}", "bug")
+        if st.handler != "v4.16":
+            # kvm_pgtable_stage2_map: a block where a page goes is broken
+            # (invalidated, TLB flushed) and replaced by a table
+            _forget(st, ipa & ~((1 << L2_SHIFT) - 1), L2_SHIFT)
+            l3 = None
+        else:
+            # pte_offset_kernel() on a block descriptor would treat the
+            # block's output address as a table: the v4.16 code never gets
+            # here with a block (faults on a block take the block path again)
+            raise KernelOops(f"stage2_set_pte: level-2 block in the way at ipa {ipa:#x}", "bug")
     if l3 is None:
         l3 = l2[i2] = {}
     i3 = (ipa >> L3_SHIFT) & _IDX
