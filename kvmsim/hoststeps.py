@@ -18,6 +18,7 @@ from kvmsim.checks import CheckContext
 from kvmsim.hooktypes import StepResult
 from kvmsim.host import events
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
+from kvmsim.uffdsteps import UFFD_STEPS
 
 if TYPE_CHECKING:
     from kvmsim.runner import Simulation
@@ -88,6 +89,7 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "split_thp": _split_thp,
     "host_write": _host_write,
     "device_reset": _device_reset,
+    **UFFD_STEPS,  # the userfaultfd handler's ioctls and pwrite
 }
 
 

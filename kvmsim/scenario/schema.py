@@ -39,6 +39,7 @@ from kvmsim.scenario.model import (
     PFN_KINDS,
     PROTS,
     RACE_POINTS,
+    UFFD_MODES,
     VERDICTS,
     DeviceKind,
     FieldType,
@@ -71,6 +72,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "vma": ("[]", "host mappings of the VMM process ([[vma]] tables)"),
         "memslot": ("[]", "KVM memslots: guest physical ranges backed by vma ranges"),
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
+        "uffd": (
+            "[]",
+            "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the "
+            "guest runs",
+        ),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
         "schedule": (
             "[]",
@@ -111,6 +117,16 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
     "device": {
         "kind": (None, "the device plugin (its entry-point name); other keys are the device's"),
     },
+    "uffd": {
+        "vma": (None, "the vma whose range is registered (anon, shmem or hugetlbfs backing)"),
+        "offset": ("0", "byte offset into the vma (page aligned; huge page aligned on hugetlbfs)"),
+        "size": ("the rest of the vma", "length of the registered range (a size)"),
+        "mode": (
+            '"missing"',
+            "missing (UFFDIO_REGISTER_MODE_MISSING: faults on absent pages) or minor "
+            "(MODE_MINOR: faults on pages only in the page cache; shmem v5.14+, hugetlbfs v5.13+)",
+        ),
+    },
     "step": {
         "do": (None, "the step kind (see Step kinds)"),
         "vcpu": ("0", "the vcpu that acts"),
@@ -132,7 +148,8 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
         "value": (
             "the host marker",
-            "host_write: the 8-byte value QEMU stores (a load reads it back)",
+            "host_write: the 8-byte value QEMU stores (a load reads it back); uffd_copy, "
+            "pwrite: the first 8 bytes of each page copied or written (default 0)",
         ),
     },
     "access": {
@@ -153,6 +170,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
         "value": (None, "a load: the value the guest reads (page contents, a device's reply)"),
+        "uffd_faults": (
+            None,
+            "userfaultfd fault messages the handler has read by the end of this step, "
+            "in the whole run (the kernel selftests' uffd_faults counter)",
+        ),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -267,6 +289,7 @@ def _expect_schema(keys: Iterable[str] = EXPECT_KEYS) -> dict[str, Any]:
         "page_size": {"$ref": "#/$defs/size"},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
         "value": {"type": "integer", "minimum": 0},
+        "uffd_faults": {"type": "integer", "minimum": 0},
     }
     return {
         "type": "object",
@@ -352,6 +375,21 @@ def _memslot_schema() -> dict[str, Any]:
     }
 
 
+def _uffd_schema() -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {
+        "vma": {"type": "string"},
+        "offset": {"type": "integer", "minimum": 0, "multipleOf": PAGE_SIZE, "default": 0},
+        "size": {"$ref": "#/$defs/size"},
+        "mode": {"enum": list(UFFD_MODES), "default": "missing"},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**kinds[k], **_doc("uffd", k)} for k in loader._UFFD_KEYS},
+        "required": ["vma"],
+        "additionalProperties": False,
+    }
+
+
 def _schedule_schema() -> dict[str, Any]:
     points = [*RACE_POINTS, *loader.SCHEDULE_POINTS]
     props: dict[str, dict[str, Any]] = {
@@ -432,6 +470,7 @@ def json_schema(
         "vma": array("vma", "vma"),
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
+        "uffd": array("uffd", "uffd"),
         "step": array("step", "step"),
         "schedule": array("schedule", "schedule"),
         "known": array("known", "known"),
@@ -458,6 +497,7 @@ def json_schema(
             "vma": _vma_schema(),
             "memslot": _memslot_schema(),
             "device": _device_schema(described),
+            "uffd": _uffd_schema(),
             "step": {
                 "type": "object",
                 "required": ["do"],
@@ -569,6 +609,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
         ("vma", "[[vma]]"),
         ("memslot", "[[memslot]]"),
         ("device", "[[device]]"),
+        ("uffd", "[[uffd]]"),
         ("expect", "expect"),
         ("schedule", "[[schedule]]"),
         ("known", "[[known]]"),
