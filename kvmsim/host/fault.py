@@ -85,7 +85,7 @@ def lock_page_or_retry(mm: Mm, flags: int) -> bool:
     VM_FAULT_RETRY), after dropping ``mmap_sem`` and waiting unless
     RETRY_NOWAIT is set.  Without it, it waits for the page and returns True.
     From v5.7 a retried fault (FAULT_FLAG_TRIED) waits as without it
-    (``fault_flag_allow_retry_first``, kernel-notes §M.4).
+    (``fault_flag_allow_retry_first``, kernel-notes §U.4).
     """
     if flags & FAULT_FLAG_ALLOW_RETRY and not (flags & FAULT_FLAG_TRIED and mm.linux >= (5, 7)):
         if not flags & FAULT_FLAG_RETRY_NOWAIT:

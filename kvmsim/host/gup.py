@@ -88,7 +88,7 @@ __all__ = [
 
 FOLL_NUMA = 0x200  # internal: do not follow protnone (NUMA hinting) PTEs
 GUP_MULTI_RETRY = (5, 7)  # 4426e945df58: gup retries keep FAULT_FLAG_ALLOW_RETRY
-HUGETLB_NOWAIT_LOCKED = (5, 0)  # follow_hugetlb_page keeps *locked under RETRY_NOWAIT (§M.4)
+HUGETLB_NOWAIT_LOCKED = (5, 0)  # follow_hugetlb_page keeps *locked under RETRY_NOWAIT (§U.4)
 FOLL_COW = 0x4000  # internal: a COW was broken for a FOLL_FORCE write
 
 _FAST_BAD = PTE_PROTNONE | PTE_SPECIAL
@@ -242,7 +242,7 @@ def _get_user_pages_locked(
     """``__get_user_pages_locked``.  After a VM_FAULT_RETRY the page is
     retried with FOLL_TRIED: once, without FAULT_FLAG_ALLOW_RETRY, before
     v5.7; from v5.7 (4426e945df58) with ``locked`` passed on, so the retry
-    may wait again, until it no longer drops ``mmap_sem`` (kernel-notes §M.4)."""
+    may wait again, until it no longer drops ``mmap_sem`` (kernel-notes §U.4)."""
     if locked is not None:
         BUG_ON(not locked[0], "__get_user_pages_locked: *locked == 0 on entry")
     if pages is not None:

@@ -33,7 +33,7 @@ counts in ``UserfaultfdCtx.faults_read``, the selftests' ``uffd_faults``),
 then install pages and wake every waiter in the range.
 
 Per release, where it matters here (``Mm.linux``): MINOR registration and
-UFFDIO_CONTINUE (v5.13 hugetlbfs 7677f7fd8be7 / f6191471bb52, v5.14 shmem
+UFFDIO_CONTINUE (v5.13 hugetlbfs 7677f7fd8be7 / f619147104c8, v5.14 shmem
 c949b097ef2e / 153132571f02); UFFDIO_COPY on a MAP_PRIVATE shmem vma
 allocates anonymous memory from v4.20 (5b51072e97d5; v4.16 adds the page
 to the page cache).
@@ -47,7 +47,7 @@ Read from: Linux 4.16.13 (lizuobin/linux-4.16.13_tiny4412) fs/userfaultfd.c
 ``shmem_mfill_atomic_pte``; mm/hugetlb.c ``hugetlb_no_page``.  The v5.8-era
 fs/userfaultfd.c of torvalds/linux (same ``handle_userfault`` decisions),
 and v6.x ``mfill_atomic_install_pte`` / ``mcontinue_atomic_pte`` (kernel-notes
-§M).
+§U).
 """
 
 from __future__ import annotations
