@@ -226,9 +226,10 @@ class Simulation:
         shift = self.phys.page_shift
         why = unsupported(sc, self.arch_info, self.strategy_info)
         if why is not None:
-            bad = next((m.index for m in sc.memslots if m.readonly), 0)
-            key = f"memslot[{bad}].readonly"
-            if self.arch_info.readonly_memslots:  # then it is a userfaultfd mode
+            bad = next((m.index for m in sc.memslots if m.readonly), None)
+            if bad is not None and not self.arch_info.readonly_memslots:
+                key = f"memslot[{bad}].readonly"
+            else:  # a userfaultfd mode this kernel does not have
                 key = f"uffd[{next(u.index for u in sc.uffd if u.mode == 'minor')}].mode"
             raise self._err(why, key)
         uffdsteps.setup(self)

@@ -148,9 +148,12 @@ def _ioctl(sim: Simulation, step: StepSpec, start: int, length: int) -> int:
 
 
 def _uffd_step(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
-    served = _done(sim).get(step.index)
+    done = _done(sim)
+    served = done.get(step.index)
     if served is not None:
         return StepResult(detail=f"ran earlier, inside {served}'s fault")
+    # run once: an armed step (at = ...) fires here and must not serve again
+    done[step.index] = sim.mm.current
     lo, n = _range(sim, step)
     ret = _ioctl(sim, step, lo, n)
     return StepResult(detail=f"{step.do}: {_ERRNO.get(ret, ret)}")

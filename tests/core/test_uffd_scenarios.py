@@ -203,9 +203,10 @@ def test_minor_on_shmem_needs_v5_14(strategy: str, ok: bool) -> None:
     if ok:
         assert _run(text, arch="x86_ept", strategy=strategy).passed  # type: ignore[attr-defined]
         return
-    with pytest.raises(ScenarioError) as e:
-        _run(text, arch="x86_ept", strategy=strategy)
-    assert e.value.key == "uffd[0].mode" and "v5.14" in str(e.value)
+    for arch in ("x86_ept", "ppc_radix"):  # with and without read-only memslots
+        with pytest.raises(ScenarioError) as e:
+            _run(text, arch=arch, strategy=strategy)
+        assert e.value.key == "uffd[0].mode" and "v5.14" in str(e.value)
 
 
 def test_the_matrix_leaves_out_kernels_without_minor() -> None:
