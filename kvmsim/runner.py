@@ -224,13 +224,14 @@ class Simulation:
                 )
             self._vmas[v.name] = vma
         shift = self.phys.page_shift
-        why = unsupported(sc, self.arch_info, self.strategy_info)
+        why = unsupported(sc, self.arch_info)
         if why is not None:
-            bad = next((m.index for m in sc.memslots if m.readonly), None)
-            if bad is not None and not self.arch_info.readonly_memslots:
-                key = f"memslot[{bad}].readonly"
-            else:  # a userfaultfd mode this kernel does not have
-                key = f"uffd[{next(u.index for u in sc.uffd if u.mode == 'minor')}].mode"
+            bad = next((m.index for m in sc.memslots if m.readonly), 0)
+            raise self._err(why, f"memslot[{bad}].readonly")
+        why = uffdsteps.unsupported_mode(sc, self.mm.linux)
+        if why is not None:
+            # a userfaultfd mode this kernel does not have
+            key = f"uffd[{next(u.index for u in sc.uffd if u.mode == 'minor')}].mode"
             raise self._err(why, key)
         uffdsteps.setup(self)
         for ms in sc.memslots:

@@ -23,7 +23,7 @@ is the number of messages read so far in the run, as the kernel selftests'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from kvmsim.hooktypes import StepResult
 from kvmsim.host import userfaultfd as uffd
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
     from kvmsim.runner import Simulation
 
-__all__ = ["HANDLER_TASK", "UFFD_STEPS", "faults_read", "setup"]
+__all__ = ["HANDLER_TASK", "UFFD_STEPS", "faults_read", "setup", "unsupported_mode"]
 
 #: The task that runs the handler's steps inside a sequential run's fault.
 HANDLER_TASK = "uffd"
@@ -103,6 +103,11 @@ class _Server:
                 mm.current = prev
             return True
         return False
+
+
+def unsupported_mode(scenario: Any, linux: tuple[int, int]) -> str | None:
+    """Why ``linux``'s UFFDIO_REGISTER refuses a ``[[uffd]]`` of ``scenario``."""
+    return uffd.register_unsupported(scenario, linux) if scenario.uffd else None
 
 
 def faults_read(mm: Mm) -> int:

@@ -74,8 +74,7 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
         "uffd": (
             "[]",
-            "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the "
-            "guest runs",
+            "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the guest runs",
         ),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
         "schedule": (
