@@ -32,7 +32,9 @@ another actor there.  The core reaches the points of
 must reach ``after_hva_to_pfn`` right after resolving the pfn and
 ``before_create_pte`` just before taking ``mmu_lock`` to install);
 ``mmap_sem`` and ``kvm->mmu_lock`` reach theirs by themselves and, in a
-concurrent run, make a waiter unrunnable instead of raising ``Deadlock``.
+concurrent run, make a waiter unrunnable instead of raising ``Deadlock``;
+so does a task sleeping in ``handle_userfault`` until the userfaultfd
+handler's step wakes it (:mod:`kvmsim.host.userfaultfd`).
 A plugin may reach a point of its own name; declared with ``yield_points``
 it is an ``at`` value and a ``[[schedule]]`` point like the core's.
 """
@@ -417,6 +419,10 @@ def outcomes() -> dict[str, str]:
 def strategy_info() -> StrategyInfo:
     """Describe the strategy: name, description, the arches it applies to, the
     fault-handler version it selects on each arch, and the kernel it reproduces.
+    ``linux`` names the host mm release per arch: the host model follows it
+    where releases differ (userfaultfd MINOR, gup's retries after
+    VM_FAULT_RETRY; kernel-notes §U), and a scenario whose set-up that release
+    cannot do (a MINOR registration before v5.13/v5.14) does not run there.
 
     Implemented by: every strategy plugin.
     Called: at discovery and when a simulation is built (an arch the strategy

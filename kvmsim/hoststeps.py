@@ -26,6 +26,7 @@ from kvmsim.host.constants import (
 )
 from kvmsim.kvm.vcpu import device_mmio
 from kvmsim.scenario.model import HOST_WRITE_VALUE, StepSpec
+from kvmsim.uffdsteps import UFFD_STEPS
 
 if TYPE_CHECKING:
     from kvmsim.runner import Simulation
@@ -170,6 +171,7 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "madvise": _madvise,
     "punch_hole": _punch_hole,
     "device_reset": _device_reset,
+    **UFFD_STEPS,  # the userfaultfd handler's ioctls and pwrite
 }
 
 

@@ -96,6 +96,8 @@ class ScenarioEntry:
     :param library: the ``kvmsim.scenarios`` entry-point name that shipped it.
     :param arch: the scenario's ``arch``; ``None`` runs it on every arch.
     :param error: why it cannot be loaded (its cells become ``error``).
+    :param needs_linux: the first host release whose set-up ioctls the
+        scenario needs (a userfaultfd MINOR registration); None: any.
     """
 
     name: str
@@ -104,6 +106,7 @@ class ScenarioEntry:
     arch: str | None = None
     readonly_memslots: bool = False
     error: str | None = None
+    needs_linux: tuple[int, int] | None = None
 
 
 @frozen
@@ -186,6 +189,8 @@ def load_library_scenario(path: str) -> Any:
 def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[ScenarioEntry]:
     """Load every library scenario; one that does not load is kept with its
     error (so the matrix shows it rather than silently dropping it)."""
+    from kvmsim.host.userfaultfd import scenario_min_linux
+
     entries: list[ScenarioEntry] = []
     names: dict[str, ScenarioEntry] = {}
     for lib, path in library_files() if files is None else files:
@@ -195,7 +200,12 @@ def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[S
             entries.append(ScenarioEntry(path.stem, str(path), lib, error=str(exc)))
             continue
         entry = ScenarioEntry(
-            sc.name, str(path), lib, sc.arch, any(m.readonly for m in sc.memslots)
+            sc.name,
+            str(path),
+            lib,
+            sc.arch,
+            any(m.readonly for m in sc.memslots),
+            needs_linux=scenario_min_linux(sc),
         )
         prev = names.get(sc.name)
         if prev is not None:
@@ -237,6 +247,21 @@ def _columns(arches: Sequence[str] | None, strategies: Sequence[str] | None) -> 
             # A broken strategy gets a column on every arch; its cells say why.
             applies[s] = lambda _arch: True
     return [Column(a, s) for a in use_arches for s in use_strats if applies[s](a)]
+
+
+def _strategy_linux(columns: Iterable[Column]) -> dict[Column, tuple[int, int]]:
+    """Each column's host mm release (``StrategyInfo.linux_for``); a strategy
+    that does not load counts as the newest (its cells report why)."""
+    from kvmsim.registry import discover, info_of, load
+
+    out: dict[Column, tuple[int, int]] = {}
+    for c in columns:
+        try:
+            info = info_of("strategy", load(discover()["strategy"][c.strategy]))
+            out[c] = info.linux_for(c.arch)
+        except KvmsimError:
+            out[c] = (99, 0)
+    return out
 
 
 def _readonly_memslot_arches(arches: Iterable[str]) -> dict[str, bool]:
@@ -283,6 +308,7 @@ def plan(
         rows = all_entries
     known_arches = {c.arch for c in columns}
     ro_ok = _readonly_memslot_arches(known_arches)
+    linux = _strategy_linux(columns)
     notes: list[str] = []
     cells: list[CellSpec] = []
     for e in rows:
@@ -296,6 +322,13 @@ def plan(
             if e.readonly_memslots and not ro_ok[c.arch]:
                 # userspace cannot create the VM: KVM_MEM_READONLY is -EINVAL there
                 note = f"{e.name}: {c.arch} has no read-only memslots; not run there"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            if e.needs_linux is not None and linux[c] < e.needs_linux:
+                # UFFDIO_REGISTER fails on that kernel: the VMM cannot set up
+                major, minor = e.needs_linux
+                note = f"{e.name}: needs Linux v{major}.{minor}; not run under older kernels"
                 if note not in notes:
                     notes.append(note)
                 continue

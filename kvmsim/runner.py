@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from attrs import define, field
 
+from kvmsim import uffdsteps
 from kvmsim.checks import CheckContext, Finding, run_checks
 from kvmsim.checks.incremental import StepChecks
 from kvmsim.cmodel import KernelOops
@@ -64,6 +65,7 @@ class StepReport:
     value: int | None = None
     faults: int | None = None  # stage-2 faults the access took
     young: bool | None = None  # an age step's answer
+    uffd_faults: int | None = None  # userfaultfd messages read by the step's end
     verdicts: list[str] = field(factory=list)
     expect_failures: list[str] = field(factory=list)
     detail: str = ""
@@ -163,6 +165,7 @@ class Simulation:
         self.phys = PhysMem(self.arch_info.page_shift)
         self.mm = Mm(self.phys, self.tracer)
         self.mm.current = HOST_TASK
+        self.mm.linux = self.strategy_info.linux_for(arch)
         self.kvm = Kvm(
             mm=self.mm,
             phys=self.phys,
@@ -227,6 +230,12 @@ class Simulation:
         if why is not None:
             bad = next((m.index for m in sc.memslots if m.readonly), 0)
             raise self._err(why, f"memslot[{bad}].readonly")
+        why = uffdsteps.unsupported_mode(sc, self.mm.linux)
+        if why is not None:
+            # a userfaultfd mode this kernel does not have
+            key = f"uffd[{next(u.index for u in sc.uffd if u.mode == 'minor')}].mode"
+            raise self._err(why, key)
+        uffdsteps.setup(self)
         for ms in sc.memslots:
             key = f"memslot[{ms.index}]"
             for what, val in (("gpa", ms.gpa), ("offset", ms.offset), ("size", ms.size)):
@@ -370,6 +379,7 @@ class Simulation:
                 dead = True
                 if tr.enabled:
                     tr.emit("deadlock", detail=str(exc))
+            report.uffd_faults = uffdsteps.faults_read(self.mm)
             self._check(step, report, verdicts)
             self._expect(step, report, unexpected)
         return RunReport(sc.name, self.arch, self.strategy, steps, verdicts, tr.events, unexpected)
@@ -424,6 +434,8 @@ class Simulation:
             fails.append(f"value: expected {exp.value:#x}, got {got}")
         if exp.young is not None and report.young != exp.young:
             fails.append(f"young: expected {exp.young}, got {report.young}")
+        if exp.uffd_faults is not None and report.uffd_faults != exp.uffd_faults:
+            fails.append(f"uffd_faults: expected {exp.uffd_faults}, got {report.uffd_faults}")
         if exp.verdicts is not None:
             missing = sorted(set(exp.verdicts) - set(report.verdicts))
             if missing:

@@ -125,6 +125,8 @@ class Mm:
         self.held_ends: list[tuple[int, int]] = []
         self._holding = False
         self._next = MMAP_BASE
+        self.uffd: Any = None  # the process's userfaultfd (kvmsim.host.userfaultfd), if any
+        self.linux: tuple[int, int] = (4, 16)  # host mm release where behaviour differs
         self.swapcache: set[int] = set()
         self.swap_slots: dict[int, dict[int, int]] = {}
         """what each swapped-out page held, by vpn (its swap slot)"""

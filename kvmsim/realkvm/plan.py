@@ -160,6 +160,9 @@ def plan(
     if scenario.devices:
         kinds = ", ".join(d.kind for d in scenario.devices)
         return _refuse(scenario, f"device {kinds}: not on the real host")
+    if scenario.uffd:
+        # without the registration the real guest would map what the model's handler resolves
+        return _refuse(scenario, "[[uffd]]: userfaultfd is not in the /dev/kvm backend yet")
     for i, v in enumerate(scenario.vmas):
         why = _vma_refusal(v, i, host)
         if why:

@@ -57,6 +57,7 @@ from kvmsim.scenario.model import (
     PFN_KINDS,
     PROTS,
     RACE_POINTS,
+    UFFD_MODES,
     VERDICTS,
     YOUNG_MODES,
     DeviceKind,
@@ -70,6 +71,7 @@ from kvmsim.scenario.model import (
     StepKind,
     StepSpec,
     Switch,
+    UffdSpec,
     VmaSpec,
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
@@ -78,6 +80,7 @@ __all__ = ["CORE_STEP_KINDS", "load_scenario", "parse_scenario"]
 
 
 _RANGE: Final[Mapping[str, FieldType]] = {"vma": str, "offset": int, "size": (int, str)}
+_UFFD_EXPECT: Final = ("verdicts", "uffd_faults")
 
 #: The step kinds every scenario may use.
 CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
@@ -136,9 +139,51 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 required=("device",),
                 extra=(int, bool, str),
             ),
+            # The userfaultfd handler's ioctls, on a range a [[uffd]]
+            # registers (default: one page of the vma); value: the first 8
+            # bytes of each page UFFDIO_COPY installs.
+            StepKind(
+                "uffd_copy",
+                {**_RANGE, "value": int},
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_zeropage",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_continue",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_wake",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            # write(2) of value into the file behind a shmem or file vma, at
+            # the vma's offset: the page cache gets the page, the vma no PTE
+            StepKind(
+                "pwrite",
+                {"vma": str, "offset": int, "value": int},
+                required=("vma",),
+                default_size=PAGE_SIZE,
+            ),
         )
     }
 )
+
+#: Step kinds that are the userfaultfd handler's ioctls (need a [[uffd]] range).
+UFFD_STEP_KINDS: Final = ("uffd_copy", "uffd_zeropage", "uffd_continue", "uffd_wake")
 
 _TOP_KEYS: Final = (
     "name",
@@ -148,10 +193,12 @@ _TOP_KEYS: Final = (
     "vma",
     "memslot",
     "device",
+    "uffd",
     "step",
     "schedule",
     "known",
 )
+_UFFD_KEYS: Final = ("vma", "offset", "size", "mode")
 _SWITCH_KEYS: Final = ("actor", "at", "run", "nth")
 #: Schedule-only points: where a choice is free (see kvmsim.explore.runtime).
 SCHEDULE_POINTS: Final = ("start", "step_end", "blocked", "guest_retry")
@@ -465,6 +512,7 @@ def parse_scenario(
     device_specs = _devices(r, r.tables(doc, "device"), devices)
     vmas = _vmas(r, r.tables(doc, "vma"), devices, {d.kind for d in device_specs})
     memslots = _memslots(r, r.tables(doc, "memslot"), vmas)
+    uffd = _uffds(r, r.tables(doc, "uffd"), vmas)
     steps = _steps(
         r,
         r.tables(doc, "step"),
@@ -474,6 +522,7 @@ def parse_scenario(
         _device_kinds(devices),
         at_points,
     )
+    _uffd_steps(r, steps, uffd, vmas)
     known = _known(r, r.tables(doc, "known"), arch, steps)
     concurrent = r.bool_("concurrent", doc.get("concurrent", False))
     schedule = _schedule(r, r.tables(doc, "schedule"), concurrent, steps, kinds, at_points)
@@ -489,7 +538,120 @@ def parse_scenario(
         known=known,
         concurrent=concurrent,
         schedule=schedule,
+        uffd=uffd,
     )
+
+
+def _uffds(
+    r: _Reader, tables: list[Mapping[str, object]], vmas: Mapping[str, VmaSpec]
+) -> tuple[UffdSpec, ...]:
+    """The ``[[uffd]]`` registrations: a range of a vma that can userfault
+    (anonymous, shmem, hugetlbfs: ``vma_can_userfault``), MISSING or MINOR
+    (MINOR on shmem and hugetlbfs only), huge page aligned on hugetlbfs."""
+    out: list[UffdSpec] = []
+    for i, t in enumerate(tables):
+        path = f"uffd[{i}]"
+        r.check_keys(t, path, _UFFD_KEYS, required=("vma",))
+        vma = _vma_ref(r, f"{path}.vma", t["vma"], vmas)
+        offset, size = _range(r, path, t, vma, None)
+        mode = r.enum(f"{path}.mode", t.get("mode", "missing"), UFFD_MODES, "mode")
+        shmem = vma.backing == "shmem" or (vma.backing == "anon" and vma.shared)
+        if vma.backing not in ("anon", "shmem", "hugetlbfs"):
+            r.fail(
+                f"{path}.vma",
+                f"UFFDIO_REGISTER fails with -EINVAL on backing {vma.backing!r} "
+                "(vma_can_userfault: anonymous, shmem or hugetlbfs memory only)",
+                "a vma backed by anon, shmem or hugetlbfs",
+                vma.name,
+            )
+        if mode == "minor" and not (shmem or vma.backing == "hugetlbfs"):
+            r.fail(
+                f"{path}.mode",
+                "MINOR faults exist only where a page cache can hold the page "
+                "(shmem, hugetlbfs): UFFDIO_REGISTER fails with -EINVAL",
+                "mode = 'missing' on private anonymous memory",
+                mode,
+            )
+        if vma.huge and vma.backing == "hugetlbfs":
+            for key, val in (("offset", offset), ("size", size)):
+                if val % vma.huge:
+                    r.fail(
+                        f"{path}.{key}",
+                        f"not aligned to the vma's {format_size(vma.huge)} huge pages "
+                        "(UFFDIO_REGISTER fails with -EINVAL)",
+                        f"a multiple of {hex(vma.huge)}",
+                        _Shown(hex(val)),
+                    )
+        out.append(UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode))
+    return tuple(out)
+
+
+def _uffd_steps(
+    r: _Reader,
+    steps: tuple[StepSpec, ...],
+    uffd: tuple[UffdSpec, ...],
+    vmas: Mapping[str, VmaSpec],
+) -> None:
+    """A userfaultfd ioctl step needs a [[uffd]] registration covering its
+    range (the ioctl would fail with -ENOENT); UFFDIO_CONTINUE a MINOR one,
+    UFFDIO_ZEROPAGE no hugetlbfs; a hugetlbfs range is whole huge pages.  A
+    ``pwrite`` needs a file behind its vma."""
+    for s in steps:
+        path = f"step[{s.index}]"
+        if s.do in ("uffd_copy", "pwrite") and "value" in s.params:
+            value = r.int_(f"{path}.value", s.params["value"])
+            if value > MAX_VALUE:
+                r.fail(f"{path}.value", "wider than 8 bytes", "an integer below 2**64", value)
+        if s.do == "pwrite":
+            v = vmas[s.vma or ""]
+            if not (v.backing in ("shmem", "file") or (v.backing == "anon" and v.shared)):
+                r.fail(
+                    f"{path}.vma",
+                    f"pwrite needs a file behind the vma (shmem, memfd or a file), "
+                    f"not backing {v.backing!r}",
+                    "a vma backed by shmem, file, or shared anon",
+                    v.name,
+                )
+            continue
+        if s.do not in UFFD_STEP_KINDS:
+            continue
+        v = vmas[s.vma or ""]
+        size = s.size or PAGE_SIZE
+        end = s.offset + size
+        covering = [
+            u for u in uffd if u.vma == v.name and u.offset <= s.offset and end <= u.offset + u.size
+        ]
+        if not covering:
+            r.fail(
+                f"{path}.vma",
+                f"no [[uffd]] registers {v.name} + {hex(s.offset)}..{hex(end)}: "
+                f"a {s.do} there fails with -ENOENT",
+                "a [[uffd]] table registering a range of this vma that covers the step's range",
+                v.name,
+            )
+        if s.do == "uffd_continue" and not any(u.mode == "minor" for u in covering):
+            r.fail(
+                f"{path}.vma",
+                "UFFDIO_CONTINUE resolves MINOR faults: the range is not registered MINOR",
+                "a [[uffd]] with mode = 'minor' covering the range",
+                v.name,
+            )
+        if v.backing == "hugetlbfs":
+            if s.do == "uffd_zeropage":
+                r.fail(
+                    f"{path}.do",
+                    "UFFDIO_ZEROPAGE fails with -EINVAL on hugetlbfs",
+                    "uffd_copy or uffd_continue on a hugetlbfs vma",
+                    s.do,
+                )
+            for key, val in (("offset", s.offset), ("size", size)):
+                if val % v.huge:
+                    r.fail(
+                        f"{path}.{key}",
+                        f"not aligned to the vma's {format_size(v.huge)} huge pages (-EINVAL)",
+                        f"a multiple of {hex(v.huge)}",
+                        _Shown(hex(val)),
+                    )
 
 
 def _schedule(
@@ -1267,6 +1429,7 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
         value = r.int_(f"{path}.value", t["value"])
         if value > MAX_VALUE:
             r.fail(f"{path}.value", "wider than a load", "an integer below 2**64", value)
+    uffd_faults = r.int_(f"{path}.uffd_faults", t["uffd_faults"]) if "uffd_faults" in t else None
     verdicts = None
     if "verdicts" in t:
         raw_list = t["verdicts"]
@@ -1313,4 +1476,4 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             "'host' or a pfn with outcome 'mapped'",
             frame,
         )
-    return Expect(outcome, writable, frame, page_size, verdicts, value, young)
+    return Expect(outcome, writable, frame, page_size, verdicts, value, young, uffd_faults)

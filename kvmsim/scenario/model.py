@@ -92,13 +92,24 @@ OPS: Final = ("read", "write", "exec")
 FRAME_WORDS: Final = ("host", "none")
 
 #: The ``expect`` keys of a guest access (a step kind that faults).
-ACCESS_EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts", "value")
+ACCESS_EXPECT_KEYS: Final = (
+    "outcome",
+    "writable",
+    "frame",
+    "page_size",
+    "verdicts",
+    "value",
+    "uffd_faults",
+)
 
 #: The keys of an ``expect`` table (``young``: an ``age`` step's answer).
 EXPECT_KEYS: Final = (*ACCESS_EXPECT_KEYS, "young")
 
 #: An ``age`` step's ``young``: ``clear_young`` or ``test_young``.
 YOUNG_MODES: Final = ("clear", "test")
+
+#: ``[[uffd]]`` ``mode`` values (UFFDIO_REGISTER_MODE_MISSING / _MINOR).
+UFFD_MODES: Final = ("missing", "minor")
 
 #: The largest ``expect.value`` (a load is at most 8 bytes wide).
 MAX_VALUE: Final = 2**64 - 1
@@ -231,6 +242,18 @@ class Expect:
     verdicts: tuple[str, ...] | None = None  # VERDICTS expected to fire
     value: int | None = None  # what a load returns (page contents or a device's reply)
     young: bool | None = None  # an age step: was anything in the range young
+    uffd_faults: int | None = None  # userfaultfd messages the handler read so far
+
+
+@frozen
+class UffdSpec:
+    """One userfaultfd registration (``[[uffd]]``): a vma range, MISSING or MINOR."""
+
+    index: int  # position in the file
+    vma: str
+    offset: int  # bytes into the vma
+    size: int  # bytes, resolved (default: the rest of the vma)
+    mode: str = "missing"  # one of UFFD_MODES
 
 
 @frozen
@@ -324,6 +347,7 @@ class Scenario:
     known: tuple[KnownDefect, ...] = ()  # recorded defects of strategies, [[known]]
     concurrent: bool = False  # steps run as actors (kvmsim explore)
     schedule: tuple[Switch, ...] = ()  # the switches kvmsim run follows (concurrent only)
+    uffd: tuple[UffdSpec, ...] = ()  # userfaultfd registrations, [[uffd]]
 
     def known_for(self, strategy: str, arch: str) -> tuple[KnownDefect, ...]:
         """The recorded defects of *strategy* on *arch* (most specific first)."""

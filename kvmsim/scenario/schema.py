@@ -41,6 +41,7 @@ from kvmsim.scenario.model import (
     PFN_KINDS,
     PROTS,
     RACE_POINTS,
+    UFFD_MODES,
     VERDICTS,
     YOUNG_MODES,
     DeviceKind,
@@ -74,6 +75,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "vma": ("[]", "host mappings of the VMM process ([[vma]] tables)"),
         "memslot": ("[]", "KVM memslots: guest physical ranges backed by vma ranges"),
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
+        "uffd": (
+            "[]",
+            "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the guest runs",
+        ),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
         "schedule": (
             "[]",
@@ -114,6 +119,16 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
     "device": {
         "kind": (None, "the device plugin (its entry-point name); other keys are the device's"),
     },
+    "uffd": {
+        "vma": (None, "the vma whose range is registered (anon, shmem or hugetlbfs backing)"),
+        "offset": ("0", "byte offset into the vma (page aligned; huge page aligned on hugetlbfs)"),
+        "size": ("the rest of the vma", "length of the registered range (a size)"),
+        "mode": (
+            '"missing"',
+            "missing (UFFDIO_REGISTER_MODE_MISSING: faults on absent pages) or minor "
+            "(MODE_MINOR: faults on pages only in the page cache; shmem v5.14+, hugetlbfs v5.13+)",
+        ),
+    },
     "step": {
         "do": (None, "the step kind (see Step kinds)"),
         "vcpu": ("0", "the vcpu that acts"),
@@ -139,7 +154,8 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
         "value": (
             "the host marker",
-            "host_write: the value QEMU stores, width bytes (a load reads it back)",
+            "host_write: the value QEMU stores, width bytes (a load reads it back); uffd_copy, "
+            "pwrite: the first 8 bytes of each page copied or written (default 0)",
         ),
         "young": (
             '"clear"',
@@ -173,6 +189,11 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "young": (
             None,
             "an age step: whether any stage-2 entry in the range was young (before clearing)",
+        ),
+        "uffd_faults": (
+            None,
+            "userfaultfd fault messages the handler has read by the end of this step, "
+            "in the whole run (the kernel selftests' uffd_faults counter)",
         ),
     },
     "schedule": {
@@ -317,6 +338,7 @@ def _expect_schema(
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
         "value": {"type": "integer", "minimum": 0},
         "young": {"type": "boolean"},
+        "uffd_faults": {"type": "integer", "minimum": 0},
     }
     return {
         "type": "object",
@@ -398,6 +420,21 @@ def _memslot_schema() -> dict[str, Any]:
         "type": "object",
         "properties": {k: {**kinds[k], **_doc("memslot", k)} for k in loader._MEMSLOT_KEYS},
         "required": ["gpa", "vma"],
+        "additionalProperties": False,
+    }
+
+
+def _uffd_schema() -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {
+        "vma": {"type": "string"},
+        "offset": {"type": "integer", "minimum": 0, "multipleOf": PAGE_SIZE, "default": 0},
+        "size": {"$ref": "#/$defs/size"},
+        "mode": {"enum": list(UFFD_MODES), "default": "missing"},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**kinds[k], **_doc("uffd", k)} for k in loader._UFFD_KEYS},
+        "required": ["vma"],
         "additionalProperties": False,
     }
 
@@ -491,6 +528,7 @@ def json_schema(
         "vma": array("vma", "vma"),
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
+        "uffd": array("uffd", "uffd"),
         "step": array("step", "step"),
         "schedule": array("schedule", "schedule"),
         "known": array("known", "known"),
@@ -517,6 +555,7 @@ def json_schema(
             "vma": _vma_schema(),
             "memslot": _memslot_schema(),
             "device": _device_schema(described),
+            "uffd": _uffd_schema(),
             "step": {
                 "type": "object",
                 "required": ["do"],
@@ -635,6 +674,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
         ("vma", "[[vma]]"),
         ("memslot", "[[memslot]]"),
         ("device", "[[device]]"),
+        ("uffd", "[[uffd]]"),
         ("expect", "expect"),
         ("schedule", "[[schedule]]"),
         ("known", "[[known]]"),

@@ -107,6 +107,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers=HANDLERS,
         kernel="v6.13 (kvm-no-struct-page, merge 5cb1659f4120)",
+        linux={"*": "v6.13"},
         source=read_from(__doc__),
     )
 

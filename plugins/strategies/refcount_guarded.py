@@ -69,6 +69,7 @@ def strategy_info() -> StrategyInfo:
             "*": "v4.16",
         },
         kernel="5.13 (f8be156be163 on bd2fae8da794)",
+        linux={"*": "v5.13"},
         source=read_from(__doc__),
     )
 

@@ -54,6 +54,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7"},
         kernel="v4.17 (31c8b0d0694a); HPT v5.7 (cd758a9b57ee)",
+        linux={"ppc_hpt": "v5.7", "*": "v4.17"},
         source=read_from(__doc__),
     )
 
