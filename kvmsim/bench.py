@@ -313,27 +313,26 @@ def reaccess(args: Any) -> dict[str, Any]:
 
 
 def dirty_log(args: Any) -> dict[str, Any]:
+    from kvmsim.dirtylog import run_step as run_dirty_step
     from kvmsim.scenario.model import Params, StepSpec
 
     sim, pages, psize = _build(args)
     mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
-    kinds = {k.name for k in _flatten(sim.hooks.hook.step_kinds())}
-    if "dirty_log" not in kinds:
+    if sim.kvm.dirty.caps is None:
         raise UsageError(
-            f"--workload dirty_log: arch {args.arch!r} has no dirty_log step (try --arch x86_ept)"
+            f"--workload dirty_log: arch {args.arch!r} has no dirty logging (try --arch x86_ept)"
         )
     sl = _slices(pages, args.vcpus, psize)
     _touch(sim, sl)
     grown = mem.grown()
     kvm = sim.kvm
-    arch_step = sim.hooks.hook.arch_step
     idx = [0]
 
     def ioctl(action: str) -> Any:
         idx[0] += 1
         step = StepSpec(idx[0], "dirty_log", params=Params.of({"slot": 0, "action": action}))
-        r = arch_step(kvm=kvm, vcpu=0, step=step)
-        if r is None or r.outcome != "done":
+        r = run_dirty_step(kvm, step)
+        if r.outcome != "done":
             raise RuntimeError(f"dirty_log {action}: {r}")
         return r
 
@@ -364,10 +363,6 @@ def dirty_log(args: Any) -> dict[str, Any]:
         faults=faults,
         memory_method="tracemalloc" if args.tracemalloc else "rss",
     )
-
-
-def _flatten(groups: Any) -> list[Any]:
-    return [k for g in groups or () for k in g or ()]
 
 
 def matrix(args: Any) -> dict[str, Any]:

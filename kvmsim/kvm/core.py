@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 from kvmsim.cmodel import KernelOops
 from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.rwsem import Deadlock
+from kvmsim.kvm.dirty import DirtyLog
 from kvmsim.kvm.memslot import Memslot, Memslots
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_RO_FAULT,
@@ -112,6 +113,7 @@ class Kvm:
         # checkers last looked (None: nobody looks, nothing is recorded)
         self.stage2_dirty: list[int] | None = None
         self.arch: Any = None
+        self.dirty = DirtyLog()  # dirty logging: bitmaps, rings, the stores' ground truth
         self.devices: dict[str, Any] = {}
         self.nr_vcpus = 1
         self.notifier = KvmMmuNotifier(self)

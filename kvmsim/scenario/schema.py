@@ -27,10 +27,12 @@ from typing import Any, Final
 
 import attrs
 
+from kvmsim.dirtylog import DIRTY_KEYS
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
     BACKINGS,
     CORE_STEP_KEYS,
+    DIRTY_MODES,
     EXPECT_KEYS,
     FRAME_WORDS,
     KNOWN_STEP_OUTCOMES,
@@ -71,6 +73,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "vma": ("[]", "host mappings of the VMM process ([[vma]] tables)"),
         "memslot": ("[]", "KVM memslots: guest physical ranges backed by vma ranges"),
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
+        "dirty": (
+            "the arch version's default",
+            "how the VM tracks dirty pages for dirty_log steps ([dirty] table)",
+        ),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
         "schedule": (
             "[]",
@@ -111,6 +117,22 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
     "device": {
         "kind": (None, "the device plugin (its entry-point name); other keys are the device's"),
     },
+    "dirty": {
+        "mode": (
+            "the arch version's default (wp on x86, dirty_bit on POWER)",
+            "the mechanism: wp (write protection), pml (Intel PML), dirty_bit "
+            "(hardware change bits harvested at get), ring (the dirty ring, v5.11+)",
+        ),
+        "manual_protect": (
+            "false",
+            "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT: get only reads the bitmap, clear re-arms (v5.0+)",
+        ),
+        "initially_set": (
+            "false",
+            "KVM_DIRTY_LOG_INITIALLY_SET: the bitmap starts all set (needs manual_protect)",
+        ),
+        "ring_size": ("4096", "mode ring: entries per vcpu ring (a power of two)"),
+    },
     "step": {
         "do": (None, "the step kind (see Step kinds)"),
         "vcpu": ("0", "the vcpu that acts"),
@@ -133,6 +155,18 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "value": (
             "the host marker",
             "host_write: the 8-byte value QEMU stores (a load reads it back)",
+        ),
+        "slot": (None, "dirty_log: the memslot (its index in file order); none for reap"),
+        "action": (None, "dirty_log: enable, get, clear, disable or reap"),
+        "expect_dirty": (
+            None,
+            "dirty_log get/reap: the gpas a correct kernel reports (else the step fails)",
+        ),
+        "pml": ("false", "dirty_log enable: the host has Intel PML (mode = 'pml')"),
+        "first": ("0", "dirty_log clear: first page of the range (a multiple of 64)"),
+        "num": (
+            "to the slot's end",
+            "dirty_log clear: pages in the range (a multiple of 64, or up to the slot's end)",
         ),
     },
     "access": {
@@ -352,6 +386,20 @@ def _memslot_schema() -> dict[str, Any]:
     }
 
 
+def _dirty_schema() -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {
+        "mode": {"enum": list(DIRTY_MODES)},
+        "manual_protect": {"type": "boolean", "default": False},
+        "initially_set": {"type": "boolean", "default": False},
+        "ring_size": {"type": "integer", "minimum": 1},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**kinds[k], **_doc("dirty", k)} for k in DIRTY_KEYS},
+        "additionalProperties": False,
+    }
+
+
 def _schedule_schema() -> dict[str, Any]:
     points = [*RACE_POINTS, *loader.SCHEDULE_POINTS]
     props: dict[str, dict[str, Any]] = {
@@ -432,6 +480,7 @@ def json_schema(
         "vma": array("vma", "vma"),
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
+        "dirty": {"$ref": "#/$defs/dirty", **_doc("top", "dirty")},
         "step": array("step", "step"),
         "schedule": array("schedule", "schedule"),
         "known": array("known", "known"),
@@ -457,6 +506,7 @@ def json_schema(
             },
             "vma": _vma_schema(),
             "memslot": _memslot_schema(),
+            "dirty": _dirty_schema(),
             "device": _device_schema(described),
             "step": {
                 "type": "object",
@@ -568,6 +618,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
     for name, title in (
         ("vma", "[[vma]]"),
         ("memslot", "[[memslot]]"),
+        ("dirty", "[dirty]"),
         ("device", "[[device]]"),
         ("expect", "expect"),
         ("schedule", "[[schedule]]"),
