@@ -185,9 +185,7 @@ def test_every_store_between_two_gets_is_in_the_second(strategy: str, dirty: str
 @pytest.mark.parametrize("strategy", ["refcount_guarded", "follow_pfn_2024"])
 @pytest.mark.parametrize("initially_set", [False, True])
 def test_manual_protect_get_reads_and_clear_rearms(strategy: str, initially_set: bool) -> None:
-    dirty = "[dirty]\nmanual_protect = true\n" + (
-        "initially_set = true\n" if initially_set else ""
-    )
+    dirty = "[dirty]\nmanual_protect = true\n" + ("initially_set = true\n" if initially_set else "")
     steps = _step("enable") + _store(0x1000) + _step("get") + _step("get")
     steps += _step("clear") + _step("get") + _store(0x1000) + _step("get")
     reports = _reports(_text(steps, dirty=dirty), strategy)
