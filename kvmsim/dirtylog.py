@@ -164,6 +164,20 @@ def _missing(caps: DirtyCaps, what: str, arch: str) -> str:
     return caps.missing.get(what) or f"{arch} has no {what} in this handler version"
 
 
+def dirty_unsupported(spec: DirtySpec, caps: DirtyCaps | None, arch: str) -> str | None:
+    """Why a VM with ``caps`` cannot be given ``spec`` (the first feature
+    it lacks), or None."""
+    if caps is None:
+        return f"{arch} has no dirty logging"
+    if spec.mode is not None and spec.mode not in caps.modes:
+        return _missing(caps, spec.mode, arch)
+    if spec.manual_protect and not caps.manual_protect:
+        return _missing(caps, "manual_protect", arch)
+    if spec.initially_set and not caps.initially_set:
+        return _missing(caps, "initially_set", arch)
+    return None
+
+
 def configure(kvm: Kvm, scenario: Scenario) -> None:
     """Give the VM the scenario's dirty-logging set-up, refused where the
     arch's version lacks it (``KVM_ENABLE_CAP`` failing)."""

@@ -115,7 +115,6 @@ def test_matrix_json(capsys: pytest.CaptureFixture[str]) -> None:
         ["--vcpus", "0"],
         ["--arch", "no_such_arch"],
         ["--page-size", "8K", "--arch", "ppc_radix"],  # below the 64K base page
-        ["--workload", "dirty_log", "--arch", "ppc_radix", "--mem", "1M"],
         ["--workload", "reaccess", "--instructions"],  # only the fault workloads count
         ["--workload", "trace_off", "--instructions", "--arch", "x86_ept", "--mem", "4K"],
     ],
