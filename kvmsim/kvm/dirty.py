@@ -245,8 +245,10 @@ def set_logging(kvm: Kvm, slot: Memslot, enable: bool) -> Memslot:
         bitmap = d.bitmaps[new.id] = Bitmap()
         if d.initially_set and not d.ring_size:
             bitmap.set_range(0, new.npages)  # bitmap_set(dirty_bitmap, 0, npages)
-        d.ledger.start(new.id)
         kvm.hooks.hook.dirty_log_enable(kvm=kvm, slot=new, enable=True)
+        # stores from now on are judged: QEMU copies every page once after
+        # logging is on (the bulk stage), which covers the ones before
+        d.ledger.start(new.id)
     else:
         kvm.hooks.hook.dirty_log_enable(kvm=kvm, slot=new, enable=False)
         d.bitmaps.pop(new.id, None)

@@ -27,12 +27,18 @@ def _events(report: RunReport, name: str, step: int | None = None) -> list[dict[
 
 
 def test_every_ept_scenario_is_tested() -> None:
+    # the dirty-logging ones: tests/x86_ept/test_ept_dirty.py
     assert set(EPT) == {
         "ept-anon-first-touch",
         "ept-anon-read-zero-page",
         "ept-async-pf",
+        "ept-dirty-base-ring",
+        "ept-dirty-base-wp",
         "ept-dirty-log",
+        "ept-dirty-log-initially-set",
+        "ept-dirty-log-manual",
         "ept-dirty-log-pml",
+        "ept-dirty-log-ring",
         "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
