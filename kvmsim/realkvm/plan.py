@@ -18,7 +18,7 @@ from attrs import frozen
 
 from kvmsim.realkvm import guest
 from kvmsim.realkvm.host import HostInfo
-from kvmsim.scenario.model import Scenario, StepSpec, VmaSpec
+from kvmsim.scenario.model import DirtySpec, Scenario, StepSpec, VmaSpec
 
 PAGE: Final = 4096
 THP_SIZE: Final = 2 << 20
@@ -158,6 +158,9 @@ def plan(
     if scenario.devices:
         kinds = ", ".join(d.kind for d in scenario.devices)
         return _refuse(scenario, f"device {kinds}: not on the real host")
+    if scenario.dirty != DirtySpec():
+        # the backend logs with KVM_GET_DIRTY_LOG only (the host's PML choice is its own)
+        return _refuse(scenario, "[dirty]: manual protect, rings and modes are not in the backend")
     for i, v in enumerate(scenario.vmas):
         why = _vma_refusal(v, i, host)
         if why:
