@@ -216,3 +216,22 @@ def test_the_ring_reaps_stores_and_a_full_ring_exits() -> None:
     assert [len(r) for r in reaped] == [192, 9]
     assert reaped[1][0] == 0x1000 * 192
     assert sorted(set(reaped[0] + reaped[1])) == [0x1000 * (i + 1) for i in range(200)]
+
+
+def test_a_ring_overwritten_when_full_is_an_overflow_verdict() -> None:
+    # kvm_dirty_ring_push only WARNs on a full ring: the oldest uncollected
+    # entry is overwritten (a vcpu dirtying past the reserve without exiting)
+    from kvmsim.checks import CheckContext
+    from kvmsim.checks.lostdirty import check
+    from kvmsim.kvm.dirty import DirtyRing, dirty_ring_push
+
+    sim = build_sim(
+        _text(_step("enable"), dirty='[dirty]\nmode = "ring"\n'), strategy="refcount_guarded"
+    )
+    sim.run()
+    ring = DirtyRing(4, 1)
+    for off in range(5):
+        dirty_ring_push(sim.kvm, ring, 0, off)
+    found = list(check(CheckContext(sim.kvm)))
+    assert [f.name for f in found] == ["dirty_log_overflow"]
+    assert "page 0 was overwritten by page 4" in found[0].detail
