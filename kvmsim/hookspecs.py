@@ -32,7 +32,9 @@ another actor there.  The core reaches the points of
 must reach ``after_hva_to_pfn`` right after resolving the pfn and
 ``before_create_pte`` just before taking ``mmu_lock`` to install);
 ``mmap_sem`` and ``kvm->mmu_lock`` reach theirs by themselves and, in a
-concurrent run, make a waiter unrunnable instead of raising ``Deadlock``.
+concurrent run, make a waiter unrunnable instead of raising ``Deadlock``;
+so does a task sleeping in ``handle_userfault`` until the userfaultfd
+handler's step wakes it (:mod:`kvmsim.host.userfaultfd`).
 A plugin may reach a point of its own name; declared with ``yield_points``
 it is an ``at`` value and a ``[[schedule]]`` point like the core's.
 """
@@ -208,18 +210,53 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookspec
+def notifier_age_gfn(kvm: Kvm, slot: Memslot, start: int, end: int, test: bool) -> bool:
+    """Age the stage-2 entries of one memslot's guest frames ``[start, end)``
+    (clear their accessed bits and say whether any was set), or with
+    ``test`` only say whether any is set.
+
+    Implemented by: arch plugins that model ageing (an arch that implements
+    neither this nor :func:`notifier_age` is never young), each as its
+    kernel version does it: which entries of the range it visits, which bit
+    is the accessed one, whether it flushes.
+    Called: by the core's MMU-notifier subscriber, under ``kvm.mmu_lock``,
+    once per memslot the host range overlaps (kernel-notes §L.8): from
+    ``clear_young`` with ``test`` false and every gfn the hva range touches;
+    from ``test_young`` with ``test`` true and the one gfn at its address.
+    The answers are ORed.  A cleared entry that the guest uses again is
+    made young by the hardware or by a fault, as the arch has it.
+    Models: ``kvm_age_gfn`` / ``kvm_test_age_gfn`` (v5.13+, after the
+    generic memslot walk ``kvm_handle_hva_range``); before v5.13 the arch's
+    ``kvm_age_hva`` / ``kvm_test_age_hva`` after its own, equivalent,
+    memslot walk (``kvm_age_radix`` / ``kvm_age_rmapp`` per gfn on ppc,
+    ``kvm_age_rmapp`` on x86, ``kvm_age_hva_handler`` on arm).
+
+    :param kvm: the VM.
+    :param slot: the memslot (:class:`kvmsim.kvm.memslot.Memslot`).
+    :param start: first guest frame number (in ``kvm.page_shift`` pages).
+    :param end: first guest frame number past the range.
+    :param test: true for ``test_young`` (change nothing), false for
+        ``clear_young``.
+    :returns: clear: true if any entry visited was young before it was
+        cleared; test: true if any entry visited is young.
+
+    broadcast
+    """
+
+
+@hookspec
 def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
     """Age the stage-2 entries over host virtual addresses ``[start, end)``:
-    clear their accessed (R) bits and say whether any was set.
+    clear their accessed (R) bits and say whether any was set.  Superseded
+    by :func:`notifier_age_gfn`, which also answers ``test_young``; kept for
+    plugins written against it (implement one of the two, not both).
 
-    Implemented by: arch plugins that model ageing; optional (an arch that
-    does not implement it is never young).
+    Implemented by: arch plugins written before :func:`notifier_age_gfn`;
+    optional.
     Called: by the core's MMU-notifier subscriber from ``clear_young``
-    (reclaim, page_idle, khugepaged; kernel-notes §L.4), under ``kvm.mmu_lock``.  The guest's
-    next access to an aged entry takes a fault that sets R again (POWER9
-    radix: SET_RC).
-    Models: ``kvm_age_hva`` (``kvm_age_radix`` per gfn on ppc radix,
-    ``kvm_age_rmapp`` on x86).
+    (reclaim, page_idle; kernel-notes §L.4, §L.8), under ``kvm.mmu_lock``,
+    after :func:`notifier_age_gfn`; never from ``test_young``.
+    Models: ``kvm_age_hva`` (the arch walks the memslots itself).
 
     :param kvm: the VM.
     :param start: first host virtual address of the range.
@@ -413,6 +450,15 @@ def step_kinds() -> list[StepKind]:
     Called: when a scenario is loaded, so the loader can validate the steps.
     Models: nothing.
 
+    A kind named ``access`` does not add a step kind: it extends the core
+    guest access with keys of the plugin's own that describe the accessing
+    instruction (only its ``fields`` count; a key the core or another plugin
+    already has is a :class:`~kvmsim.errors.PluginError`).  Such keys land
+    in ``StepSpec.params``, and while the access runs they are in
+    ``kvm.access_params[vcpu]`` (with ``width``, ``value`` and ``ea``), where
+    the arch's ``translate`` and ``handle_page_fault`` read them; the arm64
+    example's ``isv`` (the data abort's ESR_EL2.ISV) is one.
+
     :returns: a list of :class:`kvmsim.scenario.model.StepKind`.
 
     broadcast
@@ -440,6 +486,30 @@ def yield_points() -> dict[str, str]:
     """
 
 
+@hookspec
+def outcomes() -> dict[str, str]:
+    """Declare the outcomes this plugin's code can end a step in beyond the
+    core's (:data:`kvmsim.scenario.model.OUTCOMES`): a
+    ``FaultResult.action`` of ``handle_page_fault`` that is none of
+    :data:`kvmsim.hooktypes.FAULT_OUTCOMES` (the vcpu loop reports an
+    unknown action as the access's outcome, unchanged), or a ``StepResult``
+    outcome of a plugin step.  A declared outcome may be expected
+    (``expect = { outcome = ... }``) and recorded (``known.outcomes``), and
+    appears as any other in reports, the matrix and ``--json``.
+
+    Implemented by: any plugin whose steps end in something the core has no
+    word for (the arm64 example's ``enosys``: KVM_RUN failed with ENOSYS).
+    Called: once per process, when scenarios are loaded and their schema
+    built; never on the fault path.
+    Models: nothing (an outcome names what userspace saw).
+
+    :returns: outcome name → what userspace saw.  A core name, or one an
+        earlier plugin (by kind, then name) declared, is ignored.
+
+    broadcast
+    """
+
+
 # --------------------------------------------------------------- strategy
 
 
@@ -447,6 +517,10 @@ def yield_points() -> dict[str, str]:
 def strategy_info() -> StrategyInfo:
     """Describe the strategy: name, description, the arches it applies to, the
     fault-handler version it selects on each arch, and the kernel it reproduces.
+    ``linux`` names the host mm release per arch: the host model follows it
+    where releases differ (userfaultfd MINOR, gup's retries after
+    VM_FAULT_RETRY; kernel-notes §U), and a scenario whose set-up that release
+    cannot do (a MINOR registration before v5.13/v5.14) does not run there.
 
     Implemented by: every strategy plugin.
     Called: at discovery and when a simulation is built (an arch the strategy
@@ -556,15 +630,24 @@ def device_mmap(kvm: Kvm, device: Any, spec: VmaSpec) -> Any:
 def mmio_access(
     kvm: Kvm, vcpu: int, pfn: int, offset: int, op: str, size: int, value: int
 ) -> MmioResult | None:
-    """A guest access reached a device frame through a stage-2 mapping.
+    """A load or store reached a device frame: a guest's through a stage-2
+    mapping, or a host task's (QEMU's) through its own mapping of the page.
 
     Implemented by: device plugins.
     Called: by the vcpu loop after a translate hit on a frame without a
-    ``struct page`` (``pfn_valid`` false), with no lock held.
+    ``struct page`` (``pfn_valid`` false), with no lock held; and by the
+    ``host_write`` / ``host_read`` steps when QEMU's PTE maps such a frame
+    (after the host fault that populated it, ``mmap_sem`` held for read).
+    Both go through :func:`kvmsim.kvm.vcpu.device_mmio`: on the machine they
+    are the same bus access, so a device answers both with the same code
+    (loads keep their side effects).
     Models: the device's MMIO behaviour (XIVE ESB loads/stores, TIMA).
 
     :param kvm: the VM.
-    :param vcpu: the accessing vcpu.
+    :param vcpu: the accessing vcpu, or :data:`kvmsim.hooktypes.HOST_VCPU`
+        (-1) for a host task: a device whose view depends on the accessing
+        CPU (the XIVE TIMA) must treat it as a CPU running no vcpu, and
+        never index per-vcpu state with it.
     :param pfn: the host frame reached.
     :param offset: byte offset in that frame.
     :param op: ``read``, ``write`` or ``exec``.

@@ -39,8 +39,9 @@ class ArchInfo:
     handler_sources: Mapping[str, str] = field(factory=dict, hash=False)
 
 
-def unsupported(scenario: Any, arch: ArchInfo) -> str | None:
-    """Why ``arch`` cannot set ``scenario`` up as userspace asked, or None.
+def unsupported(scenario: Any, arch: ArchInfo, strategy: StrategyInfo | None = None) -> str | None:
+    """Why ``arch`` (under ``strategy``'s kernel, when given) cannot set
+    ``scenario`` up as userspace asked, or None.
 
     The runner refuses such a scenario (a bad input: the ioctl would fail) and
     the matrix leaves the cell out.
@@ -52,6 +53,11 @@ def unsupported(scenario: Any, arch: ArchInfo) -> str | None:
                     f"{arch.name} has no read-only memslots: KVM_SET_USER_MEMORY_REGION "
                     "rejects KVM_MEM_READONLY with -EINVAL (no __KVM_HAVE_READONLY_MEM)"
                 )
+    uffd = getattr(scenario, "uffd", None)
+    if strategy is not None and uffd:
+        from kvmsim.host.userfaultfd import register_unsupported
+
+        return register_unsupported(scenario, strategy.linux_for(arch.name))
     return None
 
 
@@ -68,6 +74,10 @@ class StrategyInfo:
     :param kernel: the kernel release or patch the strategy reproduces.
     :param source: where it was read (the ``Read from:`` paragraph of its
         module, :mod:`kvmsim.sources`).
+    :param linux: per arch (``"*"`` the default), the Linux release whose
+        host mm the strategy's kernel ran (``"v5.13"``), for the host
+        behaviours that differ by release (userfaultfd modes, gup retries);
+        none given means the host model's base, v4.16.
     """
 
     name: str
@@ -76,6 +86,7 @@ class StrategyInfo:
     handlers: Mapping[str, str] = field(factory=dict, hash=False)
     kernel: str = ""
     source: str = ""
+    linux: Mapping[str, str] = field(factory=dict, hash=False)
 
     def applies_to(self, arch: str) -> bool:
         return "*" in self.arches or arch in self.arches
@@ -83,6 +94,17 @@ class StrategyInfo:
     def handler_for(self, arch: str) -> str:
         """The handler version this strategy selects on ``arch``."""
         return self.handlers.get(arch) or self.handlers.get("*", "")
+
+    def linux_for(self, arch: str) -> tuple[int, int]:
+        """The host mm release on ``arch`` as (major, minor): ``linux``'s
+        entry, else its ``"*"``, else (4, 16)."""
+        return linux_version(self.linux.get(arch) or self.linux.get("*") or "v4.16")
+
+
+def linux_version(text: str) -> tuple[int, int]:
+    """``"v5.13"`` → (5, 13); a third part (``"v4.16.13"``) is ignored."""
+    parts = text.lstrip("v").split(".")
+    return int(parts[0]), int(parts[1])
 
 
 @frozen(kw_only=True)
@@ -248,6 +270,11 @@ class Stage2Mapping:
     mmu_seq: int
 
 
+#: The ``vcpu`` of an ``mmio_access`` a host task (QEMU) made through its own
+#: mapping of a device page: no vcpu runs on the CPU that accessed it.
+HOST_VCPU = -1
+
+
 @frozen(kw_only=True)
 class MmioResult:
     """A device's answer to an MMIO access: the value a load returns."""
@@ -265,11 +292,17 @@ class StepResult:
     :param expect_failures: expectations of the step's own keys that did not
         hold (for example an hcall's ``expect_ret``), one sentence each; the
         runner adds them to the step's expectation failures.
+    :param young: an ageing step's answer (``expect.young`` is checked
+        against it); None for any other step.
+    :param value: what the step read (a ``host_read``'s load), reported as
+        the step's ``value`` and checked against ``expect.value``.
     """
 
     outcome: str | None = None
     detail: str = ""
     expect_failures: tuple[str, ...] = ()
+    young: bool | None = None
+    value: int | None = None
 
 
 @frozen(kw_only=True)

@@ -99,6 +99,8 @@ class ScenarioEntry:
     :param library: the ``kvmsim.scenarios`` entry-point name that shipped it.
     :param arch: the scenario's ``arch``; ``None`` runs it on every arch.
     :param error: why it cannot be loaded (its cells become ``error``).
+    :param needs_linux: the first host release whose set-up ioctls the
+        scenario needs (a userfaultfd MINOR registration); None: any.
     """
 
     name: str
@@ -108,6 +110,7 @@ class ScenarioEntry:
     readonly_memslots: bool = False
     error: str | None = None
     dirty: DirtySpec | None = None  # a [dirty] set-up some versions lack
+    needs_linux: tuple[int, int] | None = None
 
 
 @frozen
@@ -190,6 +193,8 @@ def load_library_scenario(path: str) -> Any:
 def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[ScenarioEntry]:
     """Load every library scenario; one that does not load is kept with its
     error (so the matrix shows it rather than silently dropping it)."""
+    from kvmsim.host.userfaultfd import scenario_min_linux
+
     entries: list[ScenarioEntry] = []
     names: dict[str, ScenarioEntry] = {}
     for lib, path in library_files() if files is None else files:
@@ -205,6 +210,7 @@ def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[S
             sc.arch,
             any(m.readonly for m in sc.memslots),
             dirty=None if sc.dirty == DirtySpec() else sc.dirty,
+            needs_linux=scenario_min_linux(sc),
         )
         prev = names.get(sc.name)
         if prev is not None:
@@ -268,6 +274,21 @@ def _dirty_caps(columns: Iterable[Column]) -> dict[Column, DirtyCaps | None]:
     return out
 
 
+def _strategy_linux(columns: Iterable[Column]) -> dict[Column, tuple[int, int]]:
+    """Each column's host mm release (``StrategyInfo.linux_for``); a strategy
+    that does not load counts as the newest (its cells report why)."""
+    from kvmsim.registry import discover, info_of, load
+
+    out: dict[Column, tuple[int, int]] = {}
+    for c in columns:
+        try:
+            info = info_of("strategy", load(discover()["strategy"][c.strategy]))
+            out[c] = info.linux_for(c.arch)
+        except KvmsimError:
+            out[c] = (99, 0)
+    return out
+
+
 def _readonly_memslot_arches(arches: Iterable[str]) -> dict[str, bool]:
     """Which arches accept ``KVM_MEM_READONLY`` (``ArchInfo.readonly_memslots``);
     an arch that does not load is given the benefit of the doubt (its cells
@@ -313,6 +334,7 @@ def plan(
     known_arches = {c.arch for c in columns}
     ro_ok = _readonly_memslot_arches(known_arches)
     caps = _dirty_caps(columns) if any(e.dirty for e in rows) else {}
+    linux = _strategy_linux(columns)
     notes: list[str] = []
     cells: list[CellSpec] = []
     for e in rows:
@@ -335,6 +357,13 @@ def plan(
                     # userspace's KVM_ENABLE_CAP fails on that kernel
                     notes.append(f"{e.name}: not run on {c.arch}/{c.strategy}: {why}")
                     continue
+            if e.needs_linux is not None and linux[c] < e.needs_linux:
+                # UFFDIO_REGISTER fails on that kernel: the VMM cannot set up
+                major, minor = e.needs_linux
+                note = f"{e.name}: needs Linux v{major}.{minor}; not run under older kernels"
+                if note not in notes:
+                    notes.append(note)
+                continue
             cells.append(CellSpec(e.name, e.path, c.arch, c.strategy, e.error))
     used = {c.scenario for c in cells}
     return MatrixPlan(

@@ -45,6 +45,15 @@ POINTS: Final = {
     "invalidate_range_end": (
         "host event: KVM's invalidate_range_end ran (mmu_notifier_seq bumped, count dropped)"
     ),
+    "handle_userfault": (
+        "host fault handler on a userfaultfd range: the page is missing (or, MINOR, "
+        "only in the page cache); the fault message is not queued yet and the page "
+        "table not checked again (mmap_sem held for read)"
+    ),
+    "uffd_install": (
+        "userfaultfd ioctl (UFFDIO_COPY, ZEROPAGE, CONTINUE): the page is ready, the "
+        "page table lock not yet taken to install it"
+    ),
 }
 
 #: The points a sequential scenario's ``at`` could name before concurrency

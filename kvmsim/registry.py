@@ -29,6 +29,8 @@ SCENARIO_GROUP = "kvmsim.scenarios"
 HOT_HOOKS = ("translate", "handle_page_fault", "hva_to_pfn", "create_pte")
 INFO_HOOK = {"arch": "arch_info", "strategy": "strategy_info", "device": "device_info"}
 HOOK_TRACE_ENV = "KVMSIM_TRACE_HOOKS"
+#: The core step kind plugins may extend with keys of their own (``step_kinds``).
+ACCESS = "access"
 #: What the hot hooks the core calls return.  A wrong type is blamed on its
 #: plugin where the value crosses into the core (``Dispatcher.bad_result``):
 #: ``translate`` and ``handle_page_fault`` in the vcpu loop, ``hva_to_pfn`` in
@@ -64,9 +66,10 @@ _all_eps: dict[str, list[EntryPoint]] | None = None
 
 def reset_cache() -> None:
     """Forget what was discovered (tests that add distributions at run time)."""
-    global _cache, _schema_cache, _scenario_eps, _all_eps, _points_cache
+    global _cache, _schema_cache, _scenario_eps, _all_eps, _points_cache, _outcomes_cache
     _all_eps = None
     _points_cache = None
+    _outcomes_cache = None
     _cache = None
     _schema_cache = None
     _scenario_eps = None
@@ -259,6 +262,9 @@ def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
                     continue  # reported as a clear error when the plugin is selected
                 step_kinds = _impl(plugin, "step_kinds")
                 for sk in (step_kinds() if step_kinds else None) or ():
+                    prev = steps.get(ACCESS)
+                    if prev is not None and getattr(sk, "name", None) == ACCESS:
+                        sk = _extend_access(prev, sk, f"{kind}:{name}")
                     steps[sk.name] = sk
                 if kind == "device":
                     device_kind = _impl(plugin, "device_kind")
@@ -267,7 +273,48 @@ def scenario_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return _schema_cache
 
 
+def _extend_access(prev: Any, more: Any, plugin: str) -> Any:
+    """Two plugins' extensions of the core ``access`` step, as one (see the
+    ``step_kinds`` hook); a key both declare is the second one's error."""
+    from kvmsim.scenario.model import StepKind
+
+    fields = getattr(more, "fields", None)
+    if not isinstance(more, StepKind) or fields is None:
+        return more  # the loader reports what is wrong with it
+    both = sorted(set(prev.fields) & set(fields))
+    if both:
+        raise PluginError(
+            f"{plugin} extends the access step with {', '.join(map(repr, both))}, "
+            "which another plugin already added"
+        )
+    return StepKind(ACCESS, {**prev.fields, **fields})
+
+
 _points_cache: dict[str, tuple[str, str]] | None = None
+_outcomes_cache: dict[str, tuple[str, str]] | None = None
+
+
+def _declared(hook: str, core: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """What plugins declare through a name → description hook
+    (``yield_points``, ``outcomes``): name → ``(plugin, description)``,
+    "plugin" as ``kind:name``.  Names in *core* and names an earlier plugin
+    (by kind, then name) took are skipped; plugins that fail to load add
+    nothing."""
+    reserved = set(core)
+    found: dict[str, tuple[str, str]] = {}
+    for kind in KINDS:
+        for name, entry in sorted(discover().get(kind, {}).items()):
+            try:
+                plugin = load(entry)
+            except PluginError:
+                continue
+            fn = _impl(plugin, hook)
+            if fn is None or _check(plugin) is not None:
+                continue
+            for key, what in dict(fn() or {}).items():
+                if key not in reserved and key not in found:
+                    found[str(key)] = (f"{kind}:{name}", str(what))
+    return found
 
 
 def plugin_points() -> dict[str, tuple[str, str]]:
@@ -279,21 +326,21 @@ def plugin_points() -> dict[str, tuple[str, str]]:
     if _points_cache is None:
         from kvmsim.points import PLACEMENTS, POINTS
 
-        found: dict[str, tuple[str, str]] = {}
-        for kind in KINDS:
-            for name, entry in sorted(discover().get(kind, {}).items()):
-                try:
-                    plugin = load(entry)
-                except PluginError:
-                    continue
-                fn = _impl(plugin, "yield_points")
-                if fn is None or _check(plugin) is not None:
-                    continue
-                for point, where in dict(fn() or {}).items():
-                    if point not in POINTS and point not in PLACEMENTS and point not in found:
-                        found[str(point)] = (f"{kind}:{name}", str(where))
-        _points_cache = found
+        _points_cache = _declared("yield_points", (*POINTS, *PLACEMENTS))
     return _points_cache
+
+
+def plugin_outcomes() -> dict[str, tuple[str, str]]:
+    """The step outcomes plugins declare (``outcomes`` hooks), as
+    :func:`plugin_points` gives points: name → ``(plugin, description)``,
+    core outcomes (and the other words a step report uses) skipped.  Read
+    once per process."""
+    global _outcomes_cache
+    if _outcomes_cache is None:
+        from kvmsim.scenario.model import KNOWN_STEP_OUTCOMES
+
+        _outcomes_cache = _declared("outcomes", KNOWN_STEP_OUTCOMES)
+    return _outcomes_cache
 
 
 def describe_all() -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from attrs import define, field
 
-from kvmsim import dirtylog
+from kvmsim import dirtylog, uffdsteps
 from kvmsim.checks import CheckContext, Finding, run_checks
 from kvmsim.checks.incremental import StepChecks
 from kvmsim.cmodel import KernelOops
@@ -64,6 +64,8 @@ class StepReport:
     page_size: int | None = None
     value: int | None = None
     faults: int | None = None  # stage-2 faults the access took
+    young: bool | None = None  # an age step's answer
+    uffd_faults: int | None = None  # userfaultfd messages read by the step's end
     verdicts: list[str] = field(factory=list)
     expect_failures: list[str] = field(factory=list)
     detail: str = ""
@@ -77,6 +79,7 @@ class StepReport:
             "writable": self.writable,
             "page_size": self.page_size,
             "value": self.value,
+            "young": self.young,
             "verdicts": list(self.verdicts),
             "expect_failures": list(self.expect_failures),
         }
@@ -162,6 +165,7 @@ class Simulation:
         self.phys = PhysMem(self.arch_info.page_shift)
         self.mm = Mm(self.phys, self.tracer)
         self.mm.current = HOST_TASK
+        self.mm.linux = self.strategy_info.linux_for(arch)
         self.kvm = Kvm(
             mm=self.mm,
             phys=self.phys,
@@ -226,6 +230,12 @@ class Simulation:
         if why is not None:
             bad = next((m.index for m in sc.memslots if m.readonly), 0)
             raise self._err(why, f"memslot[{bad}].readonly")
+        why = uffdsteps.unsupported_mode(sc, self.mm.linux)
+        if why is not None:
+            # a userfaultfd mode this kernel does not have
+            key = f"uffd[{next(u.index for u in sc.uffd if u.mode == 'minor')}].mode"
+            raise self._err(why, key)
+        uffdsteps.setup(self)
         for ms in sc.memslots:
             key = f"memslot[{ms.index}]"
             for what, val in (("gpa", ms.gpa), ("offset", ms.offset), ("size", ms.size)):
@@ -290,10 +300,12 @@ class Simulation:
         ea = cast(int, params.get("ea", gpa))
         value = cast(int, params.get("value", 0))
         width = cast(int, params.get("width", 8))
+        self.kvm.access_params[step.vcpu] = params
         try:
             r = guest_access(self.kvm, step.vcpu, gpa, ea, step.op or "read", value, width)
         finally:
             mm.current = HOST_TASK
+            del self.kvm.access_params[step.vcpu]
         report.outcome = r.outcome
         report.detail = r.detail
         report.value = r.value
@@ -353,7 +365,9 @@ class Simulation:
                     report.outcome = res.outcome if res is not None and res.outcome else "done"
                     if res is not None:
                         report.detail = res.detail or report.detail
+                        report.value = res.value
                         report.expect_failures.extend(res.expect_failures)
+                        report.young = res.young
             except KernelOops as exc:
                 report.outcome = "oops"
                 report.detail = str(exc)
@@ -366,6 +380,7 @@ class Simulation:
                 dead = True
                 if tr.enabled:
                     tr.emit("deadlock", detail=str(exc))
+            report.uffd_faults = uffdsteps.faults_read(self.mm)
             self._check(step, report, verdicts)
             self._expect(step, report, unexpected)
         return RunReport(sc.name, self.arch, self.strategy, steps, verdicts, tr.events, unexpected)
@@ -418,6 +433,10 @@ class Simulation:
         if exp.value is not None and report.value != exp.value:
             got = None if report.value is None else hex(report.value)
             fails.append(f"value: expected {exp.value:#x}, got {got}")
+        if exp.young is not None and report.young != exp.young:
+            fails.append(f"young: expected {exp.young}, got {report.young}")
+        if exp.uffd_faults is not None and report.uffd_faults != exp.uffd_faults:
+            fails.append(f"uffd_faults: expected {exp.uffd_faults}, got {report.uffd_faults}")
         if exp.verdicts is not None:
             missing = sorted(set(exp.verdicts) - set(report.verdicts))
             if missing:

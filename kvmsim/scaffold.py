@@ -319,6 +319,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),  # or the arch names it applies to
         handlers={},  # per arch, the fault-handler version around it ("*" = default)
         kernel="",
+        linux={},  # per arch, the host mm release ("v5.13"; none: v4.16)
     )
 
 

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Mapping
     from kvmsim.kvm.core import Kvm
 
-TRACKED_STEPS = frozenset({"access", "munmap", "mprotect", "migrate", "split_thp", "host_write"})
+TRACKED_STEPS = frozenset(
+    {"access", "munmap", "mprotect", "migrate", "split_thp", "host_write", "host_read"}
+)
 """Step kinds whose every effect on the checkers' inputs is tracked; after
 any other (``poison`` changes page flags, plugin steps change anything) the
 next check judges every leaf."""

@@ -87,6 +87,7 @@ def _targets(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
 
 
 def _columns(args: argparse.Namespace, sc: Any) -> list[tuple[str, str]]:
+    from kvmsim.host.userfaultfd import scenario_min_linux
     from kvmsim.matrix import _columns as columns
     from kvmsim.registry import discover, info_of, load
 
@@ -100,6 +101,11 @@ def _columns(args: argparse.Namespace, sc: Any) -> list[tuple[str, str]]:
             and not info_of("arch", load(discover()["arch"][c.arch])).readonly_memslots
         ):
             continue
+        need = scenario_min_linux(sc)
+        if need is not None:
+            info = info_of("strategy", load(discover()["strategy"][c.strategy]))
+            if info.linux_for(c.arch) < need:
+                continue  # UFFDIO_REGISTER fails there: nothing to explore
         out.append((c.arch, c.strategy))
     return out
 

@@ -33,6 +33,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from kvmsim.cmodel import KernelOops
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.scenario.model import StepSpec, Switch
+from kvmsim.uffdsteps import faults_read
 
 if TYPE_CHECKING:
     from kvmsim.runner import RunReport, Simulation, StepReport
@@ -108,6 +109,7 @@ class Actor:
     spinning: bool = False
     spins: int = 0  # RESUMEs of the current access in a row
     arrivals: dict[str, int] = field(factory=dict)
+    task: str = ""  # mm.current when it was switched out (a kworker it runs, say)
 
 
 class _Stop(GreenletExit):
@@ -250,13 +252,14 @@ class Scheduler:
                         break
                     # nobody can run and somebody waits: the last to block dies
                     victim = cur if cur is not None and cur in waiting else waiting[0]
-                    mm.current = victim.name
+                    mm.current = victim.task or victim.name
                     self.current = victim
                     lock = victim.blocked_on
                     victim.blocked_on = None
                     msg = victim.glet.throw(
                         Deadlock(getattr(lock, "name", "lock"), victim.name, _holders(lock))
                     )
+                    victim.task = mm.current
                     cur = victim
                 else:
                     if decided is None:
@@ -268,9 +271,10 @@ class Scheduler:
                         sim.tracer.emit(
                             "schedule", point=point, to=name, by=None if cur is None else cur.name
                         )
-                    mm.current = name
+                    mm.current = nxt.task or name
                     self.current = nxt
                     msg = nxt.glet.switch()
+                    nxt.task = mm.current
                     if msg[0] != "spin":
                         self._progress()
                     cur = nxt
@@ -354,7 +358,9 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
                 report.outcome = res.outcome if res is not None and res.outcome else "done"
                 if res is not None:
                     report.detail = res.detail or report.detail
+                    report.value = res.value
                     report.expect_failures.extend(res.expect_failures)
+                    report.young = res.young
         except KernelOops as exc:
             report.outcome, report.detail, alive = "oops", str(exc), False
             if tr.enabled:
@@ -363,6 +369,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
             report.outcome, report.detail, alive = "deadlock", str(exc), False
             if tr.enabled:
                 tr.emit("deadlock", detail=str(exc))
+        report.uffd_faults = faults_read(sim.mm)
         finished.append(step)
         return alive
 

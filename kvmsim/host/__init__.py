@@ -13,7 +13,14 @@ from kvmsim.host.drivers import (
     vmf_insert_mixed,
     vmf_insert_pfn,
 )
-from kvmsim.host.events import host_write, memory_failure, migrate_page, split_thp, swap_out
+from kvmsim.host.events import (
+    host_read,
+    host_write,
+    memory_failure,
+    migrate_page,
+    split_thp,
+    swap_out,
+)
 from kvmsim.host.fault import handle_mm_fault
 from kvmsim.host.gup import (
     FollowPfnmapArgs,
@@ -67,6 +74,7 @@ __all__ = [
     "get_user_pages_locked",
     "get_user_pages_unlocked",
     "handle_mm_fault",
+    "host_read",
     "host_write",
     "is_cow_mapping",
     "map_backing",

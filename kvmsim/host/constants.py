@@ -98,6 +98,9 @@ PG_THP: Final = 0x40  # transparent huge page (PageTransHuge)
 # Added by the host mm model.
 PTE_SWAP: Final = 0x1000  # swap entry: the page was swapped out (needs I/O to fault back in)
 PG_ANON: Final = 0x80  # PageAnon: an anonymous page (not in a file's page cache)
+# !PageSwapBacked on an anonymous page: MADV_FREE made it lazily freeable
+# (reclaim discards it unless it was dirtied again)
+PG_LAZYFREE: Final = 0x100
 THP_SHIFT: Final = 21  # HPAGE_PMD_SHIFT of the model (x86 and ppc64 radix, 4K and 64K pages)
 TASK_SIZE: Final = 1 << 47  # user address space limit used by access_ok
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmsim.cmodel import EAGAIN, EBUSY, EINVAL
@@ -14,6 +15,7 @@ from kvmsim.host.constants import (
     PG_ANON,
     PG_DIRTY,
     PG_HUGE,
+    PG_LAZYFREE,
     PG_REFERENCED,
     PG_THP,
     PTE_DIRTY,
@@ -21,6 +23,7 @@ from kvmsim.host.constants import (
     PTE_MIGRATION,
     PTE_PFN_SHIFT,
     PTE_PRESENT,
+    PTE_READ,
     PTE_SPECIAL,
     PTE_WRITE,
     PTE_YOUNG,
@@ -33,7 +36,16 @@ from kvmsim.host.pte import PTE_BITS_MASK
 if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
 
-__all__ = ["ENXIO", "host_write", "memory_failure", "migrate_page", "split_thp", "swap_out"]
+__all__ = [
+    "ENXIO",
+    "DeviceIo",
+    "host_read",
+    "host_write",
+    "memory_failure",
+    "migrate_page",
+    "split_thp",
+    "swap_out",
+]
 
 ENXIO = 6
 
@@ -92,7 +104,7 @@ def _split_huge_page(mm: Mm, head: int) -> int:
         mm.notify_start(lo, lo + (1 << hs))
         mm.notify_end(lo, lo + (1 << hs))
     mapped = {e >> PTE_PFN_SHIFT for _, _, e in maps}
-    fl = phys.flags.get(head, 0) & (PG_ANON | PG_DIRTY | PG_REFERENCED)
+    fl = phys.flags.get(head, 0) & (PG_ANON | PG_DIRTY | PG_REFERENCED | PG_LAZYFREE)
     hrefs = phys.host_refs.get(head, 0)
     phys.order.pop(head)
     phys.flags[head] = fl
@@ -228,13 +240,24 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     return 0
 
 
-def host_write(mm: Mm, hva: int, value: int | None = None) -> int:
+#: ``io(pfn, offset, op, width, value)``: a load or store the CPU made on a
+#: frame without a ``struct page`` (I/O memory) reached the device behind it;
+#: returns what a load reads, None when no device answers.
+DeviceIo = Callable[[int, int, str, int, int], "int | None"]
+
+
+def host_write(
+    mm: Mm, hva: int, value: int | None = None, width: int = 8, io: DeviceIo | None = None
+) -> int:
     """QEMU writes to the page at ``hva``: nothing to do for a present
     writable entry (the CPU sets dirty/accessed); otherwise a user write
     fault (``handle_mm_fault`` with FAULT_FLAG_WRITE|USER, under
     ``mmap_sem`` for read), which COWs the zero page or a private page
-    (start, change_pte, end).  With *value*, the 8 bytes at ``hva`` then
-    hold it.  Returns the VM_FAULT_* bits (SIGSEGV with no vma)."""
+    (start, change_pte, end).  With *value*, the CPU then stores it
+    (*width* bytes) at ``hva``: into the frame's contents when the frame is
+    RAM, to the device through *io* when it has no ``struct page`` (a store
+    to a device page is the device's MMIO, whoever makes it).  Returns the
+    VM_FAULT_* bits (SIGSEGV with no vma)."""
     mm.mmap_sem.down_read(mm.current)
     try:
         vma = mm.find_vma(hva)
@@ -251,20 +274,76 @@ def host_write(mm: Mm, hva: int, value: int | None = None) -> int:
             if mm.tracer.enabled:
                 mm.tracer.emit("host_write", hva=hva, result=ret)
         if value is not None:
-            _store(mm, hva, value)
+            _store(mm, hva, value, width, io)
         return ret
     finally:
         mm.mmap_sem.up_read(mm.current)
 
 
-def _store(mm: Mm, hva: int, value: int) -> None:
-    """The CPU's store through the (now writable) host PTE at ``hva``."""
+def host_read(
+    mm: Mm, hva: int, width: int = 8, io: DeviceIo | None = None
+) -> tuple[int, int | None]:
+    """QEMU loads *width* bytes at ``hva`` through its own mapping: a
+    present readable entry needs nothing; otherwise a user read fault
+    (``handle_mm_fault`` with FAULT_FLAG_USER, under ``mmap_sem`` for
+    read), which maps the zero page on untouched private anonymous memory,
+    the page-cache page of a file or shmem, or runs a device vma's fault
+    handler.  The load then reads the frame: RAM gives what was stored there
+    (0 where nothing was), a frame without a ``struct page`` is the device's
+    MMIO through *io*, with the device's load side effects.
+
+    :returns: the VM_FAULT_* bits and the value read, None when the
+        process got a signal instead (no vma, SIGBUS from the fault) or no
+        device answered the load.
+    """
+    mm.mmap_sem.down_read(mm.current)
+    try:
+        vma = mm.find_vma(hva)
+        if vma is None or vma.start > hva:
+            return VM_FAULT_SIGSEGV, None
+        e, _shift = mm.pgtable.find_linux_pte(hva)
+        ret = 0
+        if e is None or not e & PTE_PRESENT or not e & PTE_READ:
+            ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_USER)
+            if mm.tracer.enabled:
+                mm.tracer.emit("host_read", hva=hva, result=ret)
+        return ret, _load(mm, hva, width, io)
+    finally:
+        mm.mmap_sem.up_read(mm.current)
+
+
+def _frame(mm: Mm, hva: int, write: bool) -> int | None:
+    """The frame the host PTE at ``hva`` lets the CPU reach for this access,
+    or None when it does not (the fault failed: the process got a signal)."""
     e, shift = mm.pgtable.find_linux_pte(hva)
-    if e is None or not e & PTE_PRESENT or not e & PTE_WRITE:
-        return  # the fault failed: the process got SIGSEGV/SIGBUS instead
+    if e is None or not e & PTE_PRESENT or not e & (PTE_WRITE if write else PTE_READ):
+        return None
     ps = mm.page_shift
-    pfn = (e >> PTE_PFN_SHIFT) + ((hva & ((1 << (shift or ps)) - 1)) >> ps)
-    mm.phys.write_word(pfn, hva & ((1 << ps) - 1), value)
+    return (e >> PTE_PFN_SHIFT) + ((hva & ((1 << (shift or ps)) - 1)) >> ps)
+
+
+def _store(mm: Mm, hva: int, value: int, width: int, io: DeviceIo | None) -> None:
+    """The CPU's store through the (now writable) host PTE at ``hva``."""
+    pfn = _frame(mm, hva, True)
+    if pfn is None:
+        return  # the fault failed: the process got SIGSEGV/SIGBUS instead
+    offset = hva & (mm.page_size - 1)
+    if mm.phys.pfn_valid(pfn):
+        mm.phys.write_word(pfn, offset, value, width)
+    elif io is not None:
+        io(pfn, offset, "write", width, value & ((1 << (8 * width)) - 1))
+
+
+def _load(mm: Mm, hva: int, width: int, io: DeviceIo | None) -> int | None:
+    """The CPU's load through the host PTE at ``hva`` (as a guest load of
+    the same frame reads it: :func:`kvmsim.kvm.vcpu.guest_access`)."""
+    pfn = _frame(mm, hva, False)
+    if pfn is None:
+        return None
+    offset = hva & (mm.page_size - 1)
+    if mm.phys.pfn_valid(pfn):
+        return mm.phys.read_word(pfn, offset)
+    return None if io is None else io(pfn, offset, "read", width, 0)
 
 
 def split_thp(mm: Mm, hva: int) -> bool:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from kvmsim.host.constants import (
     FAULT_FLAG_ALLOW_RETRY,
     FAULT_FLAG_RETRY_NOWAIT,
+    FAULT_FLAG_TRIED,
     FAULT_FLAG_WRITE,
     PG_ANON,
     PTE_DIRTY,
@@ -50,6 +51,7 @@ from kvmsim.host.constants import (
     VM_WRITE,
 )
 from kvmsim.host.pte import PTE_BITS_MASK
+from kvmsim.host.userfaultfd import VM_UFFD_MINOR, VM_UFFD_MISSING, handle_userfault
 from kvmsim.host.vma import VmFault
 
 if TYPE_CHECKING:
@@ -82,8 +84,10 @@ def lock_page_or_retry(mm: Mm, flags: int) -> bool:
     With FAULT_FLAG_ALLOW_RETRY it returns False (the fault must return
     VM_FAULT_RETRY), after dropping ``mmap_sem`` and waiting unless
     RETRY_NOWAIT is set.  Without it, it waits for the page and returns True.
+    From v5.7 a retried fault (FAULT_FLAG_TRIED) waits as without it
+    (``fault_flag_allow_retry_first``, kernel-notes §U.4).
     """
-    if flags & FAULT_FLAG_ALLOW_RETRY:
+    if flags & FAULT_FLAG_ALLOW_RETRY and not (flags & FAULT_FLAG_TRIED and mm.linux >= (5, 7)):
         if not flags & FAULT_FLAG_RETRY_NOWAIT:
             mm.mmap_sem.up_read(mm.current)
         return False
@@ -194,17 +198,24 @@ def vm_normal_page(mm: Mm, vma: Vma, pte: int) -> int | None:
 def do_anonymous_page(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     """``do_anonymous_page``: a read maps the zero page read-only as a special
     PTE (no reference); a write allocates a new page.  A shared vma without
-    vm_ops gets VM_FAULT_SIGBUS."""
+    vm_ops gets VM_FAULT_SIGBUS.  On a userfaultfd MISSING vma both go to
+    ``handle_userfault`` instead (a write after allocating, then freeing,
+    its page)."""
     if vma.flags & VM_SHARED:
         return VM_FAULT_SIGBUS
     phys = mm.phys
     vpn = address >> mm.page_shift
     if not flags & FAULT_FLAG_WRITE:
+        if vma.flags & VM_UFFD_MISSING:
+            return handle_userfault(mm, vma, address, flags, VM_UFFD_MISSING)
         mm.pgtable.ptes[vpn] = (phys.zero_pfn << PTE_PFN_SHIFT) | (
             (vma.page_prot | PTE_SPECIAL) & ~PTE_WRITE
         )
         return 0
     page = phys.alloc_pages(0, owner="anon", kind="anon")
+    if vma.flags & VM_UFFD_MISSING:
+        phys.host_put(page)
+        return handle_userfault(mm, vma, address, flags, VM_UFFD_MISSING)
     entry = (page << PTE_PFN_SHIFT) | vma.page_prot | _DY
     if vma.flags & VM_WRITE:
         entry |= PTE_WRITE
@@ -312,9 +323,15 @@ def _thp_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
         if not write:
             # do_huge_pmd_anonymous_page → set_huge_zero_page
             zero = phys.huge_zero_page(order)
+            if vma.flags & VM_UFFD_MISSING:
+                return handle_userfault(mm, vma, address, flags, VM_UFFD_MISSING)
             pgt.set_huge(haddr, THP_SHIFT, (zero << PTE_PFN_SHIFT) | (vma.page_prot & ~_W))
             return 0
         page = phys.alloc_pages(order, owner="anon", kind="thp")
+        if vma.flags & VM_UFFD_MISSING:
+            # __do_huge_pmd_anonymous_page: the new THP is put back first
+            phys.host_put(page)
+            return handle_userfault(mm, vma, address, flags, VM_UFFD_MISSING)
         entry = (page << PTE_PFN_SHIFT) | vma.page_prot | _DY | PTE_WRITE
         pgt.set_huge(haddr, THP_SHIFT, entry)
         return 0
@@ -393,12 +410,18 @@ def _hugetlb_no_page(mm: Mm, vma: Vma, haddr: int, flags: int) -> int:
         idx = ((haddr - vma.start) >> hs) + (vma.pgoff >> order)
         page = f.cache.get(idx)
         if page is None:
+            if vma.flags & VM_UFFD_MISSING:
+                return handle_userfault(mm, vma, haddr, flags, VM_UFFD_MISSING)
             page = phys.alloc_pages(order, owner=f"hugetlbfs:{f.name}", kind="hugetlb")
             f.cache[idx] = page
-        if phys.PageHWPoison(page):
+        elif phys.PageHWPoison(page):
             return VM_FAULT_HWPOISON_LARGE
+        elif vma.flags & VM_UFFD_MINOR:
+            return handle_userfault(mm, vma, haddr, flags, VM_UFFD_MINOR)
         phys.host_get(page)
     else:
+        if vma.flags & VM_UFFD_MISSING:
+            return handle_userfault(mm, vma, haddr, flags, VM_UFFD_MISSING)
         page = phys.alloc_pages(order, owner="anon", kind="hugetlb")
         phys.flags[page] |= PG_ANON
     entry = (page << PTE_PFN_SHIFT) | (vma.page_prot & ~PTE_WRITE)
@@ -525,5 +548,19 @@ def filemap_fault(vmf: VmFault) -> int:
 
 def shmem_fault(vmf: VmFault) -> int:
     """``shmem_fault``: like the page cache, tmpfs pages are created zeroed on
-    first touch and need no I/O unless marked."""
+    first touch and need no I/O unless marked.  ``shmem_getpage_gfp`` calls
+    ``handle_userfault`` for an index inside the file that is neither cached
+    nor swapped out on a MISSING vma, and (v5.14) for one that is, on a
+    MINOR vma."""
+    vma = vmf.vma
+    if vma.flags & (VM_UFFD_MISSING | VM_UFFD_MINOR):
+        f = vma.file
+        mm = vma.mm
+        assert f is not None and mm is not None
+        if vmf.pgoff < (f.size + mm.page_size - 1) // mm.page_size:
+            cached = vmf.pgoff in f.cache or vmf.pgoff in f.needs_io
+            if not cached and vma.flags & VM_UFFD_MISSING:
+                return handle_userfault(mm, vma, vmf.address, vmf.flags, VM_UFFD_MISSING)
+            if cached and vma.flags & VM_UFFD_MINOR:
+                return handle_userfault(mm, vma, vmf.address, vmf.flags, VM_UFFD_MINOR)
     return filemap_fault(vmf)

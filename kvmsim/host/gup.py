@@ -87,6 +87,8 @@ __all__ = [
 ]
 
 FOLL_NUMA = 0x200  # internal: do not follow protnone (NUMA hinting) PTEs
+GUP_MULTI_RETRY = (5, 7)  # 4426e945df58: gup retries keep FAULT_FLAG_ALLOW_RETRY
+HUGETLB_NOWAIT_LOCKED = (5, 0)  # follow_hugetlb_page keeps *locked under RETRY_NOWAIT (§U.4)
 FOLL_COW = 0x4000  # internal: a COW was broken for a FOLL_FORCE write
 
 _FAST_BAD = PTE_PROTNONE | PTE_SPECIAL
@@ -237,7 +239,10 @@ def _get_user_pages_locked(
     locked: list[bool] | None,
     notify_drop: bool,
 ) -> int:
-    """``__get_user_pages_locked``."""
+    """``__get_user_pages_locked``.  After a VM_FAULT_RETRY the page is
+    retried with FOLL_TRIED: once, without FAULT_FLAG_ALLOW_RETRY, before
+    v5.7; from v5.7 (4426e945df58) with ``locked`` passed on, so the retry
+    may wait again, until it no longer drops ``mmap_sem`` (kernel-notes §U.4)."""
     if locked is not None:
         BUG_ON(not locked[0], "__get_user_pages_locked: *locked == 0 on entry")
     if pages is not None:
@@ -260,12 +265,18 @@ def _get_user_pages_locked(
             break
         # VM_FAULT_RETRY: the fault handler dropped mmap_sem.
         start += ret << ps
-        locked[0] = True
         lock_dropped = True
-        mm.mmap_sem.down_read(mm.current)
-        if mm.tracer.enabled:
-            mm.tracer.emit("gup_retry", address=start)
-        ret = __get_user_pages(mm, start, 1, flags | FOLL_TRIED, pages, None)
+        multi = mm.linux >= GUP_MULTI_RETRY
+        while True:
+            locked[0] = True
+            mm.mmap_sem.down_read(mm.current)
+            if mm.tracer.enabled:
+                mm.tracer.emit("gup_retry", address=start)
+            again = locked if multi else None
+            ret = __get_user_pages(mm, start, 1, flags | FOLL_TRIED, pages, again)
+            if locked[0]:
+                break
+            # v5.7+: the retry dropped mmap_sem again: retry until it does not
         if ret != 1:
             BUG_ON(ret > 1, "__get_user_pages returned more than asked")
             if not pages_done:
@@ -559,7 +570,10 @@ def follow_hugetlb_page(
                 remainder = 0
                 break
             if ret & VM_FAULT_RETRY:
-                if nonblocking is not None:
+                # v4.16 clears *nonblocking even when RETRY_NOWAIT kept mmap_sem
+                if nonblocking is not None and not (
+                    fault_flags & FAULT_FLAG_RETRY_NOWAIT and mm.linux >= HUGETLB_NOWAIT_LOCKED
+                ):
                     nonblocking[0] = False
                 return i, 0, vaddr
             continue

@@ -13,6 +13,7 @@ import attrs
 
 from kvmsim.cmodel import EINVAL, ENOMEM
 from kvmsim.host.constants import (
+    PG_LAZYFREE,
     PTE_CACHE_BITS,
     PTE_DIRTY,
     PTE_EXEC,
@@ -124,6 +125,8 @@ class Mm:
         self.held_ends: list[tuple[int, int]] = []
         self._holding = False
         self._next = MMAP_BASE
+        self.uffd: Any = None  # the process's userfaultfd (kvmsim.host.userfaultfd), if any
+        self.linux: tuple[int, int] = (4, 16)  # host mm release where behaviour differs
         self.swapcache: set[int] = set()
         self.swap_slots: dict[int, dict[int, int]] = {}
         """what each swapped-out page held, by vpn (its swap slot)"""
@@ -252,7 +255,10 @@ class Mm:
                 flags &= ~(VM_MAYWRITE | VM_SHARED)
         if huge_shift:
             flags |= VM_HUGETLB | VM_DONTEXPAND
-            if shared and file is None:
+            if file is None:
+                # a private mapping of a hugetlbfs file is still a file
+                # mapping (its fd can punch holes in it); its pages stay
+                # anonymous (hugetlb_no_page)
                 file = File(name=name or "hugetlbfs", size=size, hugetlbfs=True)
         elif file is None and shared:
             file = File(name=name or "dev/zero", size=size, shmem=True)
@@ -569,18 +575,43 @@ class Mm:
     def mark_swapped(self, hva: int) -> None:
         """Swap out the anonymous page at ``hva`` (reclaim): the PTE becomes a
         swap entry, so the next fault needs I/O.  Unmapping a mapped page
-        fires a start/end pair, as ``try_to_unmap_one`` does."""
+        fires a start/end pair, as ``try_to_unmap_one`` does; a page MADV_FREE
+        made lazy is discarded or kept instead (:meth:`_reclaim_lazyfree`)."""
         ps = self.page_size
         hva &= ~(ps - 1)
         pte = self.pgtable.get_pte(hva)
         if pte is not None and pte & PTE_PRESENT and not pte & PTE_SPECIAL:
             self.notify_start(hva, hva + ps)
+            pfn = _pfn(pte)
+            if self.phys.flags.get(self.phys.compound_head(pfn), 0) & PG_LAZYFREE:
+                self._reclaim_lazyfree(hva, pte, pfn)
+                self.notify_end(hva, hva + ps)
+                return
             self.pgtable.set_pte(hva, PTE_SWAP)
             self.swap_slots[hva >> self.page_shift] = self.phys.page_contents(_pfn(pte))
             self.phys.host_put(_pfn(pte))
             self.notify_end(hva, hva + ps)
         else:
             self.pgtable.set_pte(hva, PTE_SWAP)
+
+    def _reclaim_lazyfree(self, hva: int, pte: int, pfn: int) -> None:
+        """``try_to_unmap_one`` on a page MADV_FREE made lazy (kernel-notes §M.2):
+        clean (neither the PTE nor the page dirty) it is discarded, the PTE
+        left empty, so the next touch gets a fresh page; dirtied since, it
+        is mapped back and becomes swap-backed again (not swapped this time)."""
+        phys = self.phys
+        if pte & PTE_DIRTY:
+            phys.SetPageDirty(pfn)
+        head = phys.compound_head(pfn)
+        if not phys.PageDirty(pfn):
+            self.pgtable.clear_pte(hva)
+            phys.host_put(pfn)
+            if self.tracer.enabled:
+                self.tracer.emit("lazyfree_discard", hva=hva, pfn=pfn)
+            return
+        phys.flags[head] = phys.flags.get(head, 0) & ~PG_LAZYFREE  # SetPageSwapBacked
+        if self.tracer.enabled:
+            self.tracer.emit("lazyfree_redirtied", hva=hva, pfn=pfn)
 
     def mark_needs_io(self, hva: int) -> None:
         """Make the page at ``hva`` need I/O on its next fault (reclaim):

@@ -26,6 +26,8 @@ class MmuNotifier(Protocol):
 
     def clear_young(self, mm: Mm, start: int, end: int) -> bool: ...
 
+    def test_young(self, mm: Mm, address: int) -> bool: ...
+
     def release(self, mm: Mm) -> None: ...
 
 
@@ -67,6 +69,14 @@ class MmuNotifierChain:
             young |= bool(sub.clear_young(mm, start, end))
         return young
 
+    def test_young(self, mm: Mm, address: int) -> bool:
+        """``mmu_notifier_test_young``: one address; the first subscriber
+        that says young ends the walk (nothing is cleared)."""
+        for sub in self.subscribers:
+            if sub.test_young(mm, address):
+                return True
+        return False
+
     def release(self, mm: Mm) -> None:
         """``mmu_notifier_release`` (process exit)."""
         for sub in self.subscribers:
@@ -90,6 +100,10 @@ class RecordingNotifier:
 
     def clear_young(self, mm: Mm, start: int, end: int) -> bool:
         self.calls.append(("clear_young", start, end))
+        return False
+
+    def test_young(self, mm: Mm, address: int) -> bool:
+        self.calls.append(("test_young", address))
         return False
 
     def release(self, mm: Mm) -> None:

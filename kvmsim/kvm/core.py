@@ -7,6 +7,7 @@ The core names no arch and no strategy: it reaches them through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from kvmsim.cmodel import KernelOops
@@ -115,6 +116,10 @@ class Kvm:
         self.arch: Any = None
         self.dirty = DirtyLog()  # dirty logging: bitmaps, rings, the stores' ground truth
         self.devices: dict[str, Any] = {}
+        # per vcpu, the keys of the access step it is executing (width,
+        # value, ea and any key a plugin added to the access step, e.g. the
+        # arm64 example's isv), for the arch's translate and fault handler
+        self.access_params: dict[int, Mapping[str, object]] = {}
         self.nr_vcpus = 1
         self.notifier = KvmMmuNotifier(self)
         mm.notifiers.register(self.notifier)
@@ -244,6 +249,17 @@ def track_range(kvm: Kvm, start: int, end: int) -> None:
             kvm.mmu_invalidate_range_end = max(kvm.mmu_invalidate_range_end, hi)
 
 
+def _age_gfn_ranges(kvm: Kvm, start: int, end: int, *, test: bool) -> bool:
+    """``kvm_handle_hva_range`` for the young callbacks: each memslot the hva
+    range overlaps, with the gfns it touches, goes to the arch's
+    ``notifier_age_gfn``; the answers are ORed (every slot is visited)."""
+    young = False
+    for slot, lo, hi in kvm.memslots.hva_to_gfns(start, end):
+        answers = kvm.hooks.hook.notifier_age_gfn(kvm=kvm, slot=slot, start=lo, end=hi, test=test)
+        young |= any(answers)
+    return young
+
+
 class KvmMmuNotifier:
     """KVM's MMU-notifier callbacks (``kvm_mmu_notifier_ops``, kernel-notes §A.10)."""
 
@@ -300,19 +316,38 @@ class KvmMmuNotifier:
         kvm.mmu_lock.unlock(task)
 
     def clear_young(self, mm: Any, start: int, end: int) -> bool:
-        """``kvm_mmu_notifier_clear_young``: under ``mmu_lock``, ask the arch
-        to age the range (``kvm_age_hva``); no TLB flush, as in v4.16."""
+        """``kvm_mmu_notifier_clear_young``: under ``mmu_lock``, age the
+        range in every memslot it overlaps (``kvm_age_hva`` /
+        ``kvm_age_gfn``); no TLB flush, in v4.16 as in v6.13.  True if
+        anything was young before it was cleared."""
         kvm = self.kvm
         task = mm.current
         kvm.mmu_lock.lock(task)
         try:
-            young = any(kvm.hooks.hook.notifier_age(kvm=kvm, start=start, end=end))
+            young = _age_gfn_ranges(kvm, start, end, test=False)
+            # a plugin written against the hva-range hook (hookspecs.notifier_age)
+            young |= any(kvm.hooks.hook.notifier_age(kvm=kvm, start=start, end=end))
         finally:
             kvm.mmu_lock.unlock(task)
         if kvm.tracer.enabled:
             kvm.tracer.emit(
                 "kvm_mmu_notifier_clear_young", start=hex(start), end=hex(end), young=young
             )
+        return young
+
+    def test_young(self, mm: Any, address: int) -> bool:
+        """``kvm_mmu_notifier_test_young``: under ``mmu_lock``, is the page
+        at ``address`` young in the memslot(s) mapping it (``kvm_test_age_hva``
+        / ``kvm_test_age_gfn`` on the one gfn)?  Changes nothing."""
+        kvm = self.kvm
+        task = mm.current
+        kvm.mmu_lock.lock(task)
+        try:
+            young = _age_gfn_ranges(kvm, address, address + 1, test=True)
+        finally:
+            kvm.mmu_lock.unlock(task)
+        if kvm.tracer.enabled:
+            kvm.tracer.emit("kvm_mmu_notifier_test_young", address=hex(address), young=young)
         return young
 
     def release(self, mm: Any) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from attrs import frozen
 
-from kvmsim.hooktypes import MMIO, RESUME, FaultResult, Translation
+from kvmsim.hooktypes import MMIO, RESUME, FaultResult, MmioResult, Translation
 from kvmsim.kvm.dirty import ring_full_exit
 
 if TYPE_CHECKING:
@@ -46,6 +46,32 @@ class AccessResult:
     value: int | None = None
 
 
+def device_mmio(
+    kvm: Kvm, vcpu: int, pfn: int, offset: int, op: str, size: int, value: int
+) -> MmioResult | None:
+    """A load or store reached a frame with no ``struct page``: the device
+    owning it performs it (the ``mmio_access`` hook), or nobody answers
+    (None).  A guest access through its stage-2 entry and a host task's
+    through its own mapping (``vcpu`` = :data:`~kvmsim.hooktypes.HOST_VCPU`,
+    a ``host_write`` / ``host_read`` step) both come here: on the machine
+    both are the same bus access to the same device page, so the model has
+    one path for them."""
+    r = kvm.hooks.hook.mmio_access(
+        kvm=kvm, vcpu=vcpu, pfn=pfn, offset=offset, op=op, size=size, value=value
+    )
+    tr = kvm.tracer
+    if tr.enabled:
+        tr.emit(
+            "device_mmio",
+            pfn=hex(pfn),
+            offset=hex(offset),
+            op=op,
+            vcpu=vcpu,
+            claimed=r is not None,
+        )
+    return r  # type: ignore[no-any-return]
+
+
 def guest_access(
     kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str, value: int = 0, size: int = 8
 ) -> AccessResult:
@@ -65,17 +91,7 @@ def guest_access(
             assert pfn is not None
             if not 0 <= pfn < ram_pages:  # pfn_valid, inline (PhysMem.pfn_valid)
                 offset = gpa & ((1 << kvm.page_shift) - 1)
-                r = hooks.hook.mmio_access(
-                    kvm=kvm, vcpu=vcpu, pfn=pfn, offset=offset, op=op, size=size, value=value
-                )
-                if tr.enabled:
-                    tr.emit(
-                        "device_mmio",
-                        pfn=hex(pfn),
-                        offset=hex(offset),
-                        op=op,
-                        claimed=r is not None,
-                    )
+                r = device_mmio(kvm, vcpu, pfn, offset, op, size, value)
                 # a frame with no struct page is I/O: the access is MMIO
                 # performed by the device through the stage-2 mapping
                 return AccessResult(MMIO, t, n, value=None if r is None else r.value)

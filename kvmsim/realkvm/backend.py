@@ -37,6 +37,7 @@ RUN_TIMEOUT: Final = 2.0
 MAX_MMIO_EXITS: Final = 4
 _PROT = {"r": k.PROT_READ, "w": k.PROT_WRITE, "x": k.PROT_EXEC}
 _UNMAPPED = 0xFF  # page state: nothing mapped (else the PROT_* bits)
+_ADVICE: Final = {"dontneed": k.MADV_DONTNEED, "free": k.MADV_FREE, "remove": k.MADV_REMOVE}
 
 
 def prot_bits(prot: str) -> int:
@@ -416,11 +417,46 @@ class RealVm:
             k.mprotect(addr, n * PAGE, bits)
             m.pages[first : first + n] = bytes([bits]) * n
             return Obs("done")
-        # host_write: only where the store cannot kill this process
+        if s.do in ("madvise", "punch_hole"):
+            return self._discard(s, m, addr, first, n)
+        # host_write / host_read: only where the access cannot kill this process
+        width = int(s.params.get("width", 8))  # type: ignore[call-overload]
+        if s.do == "host_read":
+            if m.pages[first] == _UNMAPPED or not m.pages[first] & k.PROT_READ:
+                return None
+            value = k.peek(addr, width)
+            return Obs("done", value=value, frame=self._frame(s.index, addr))
         if m.pages[first] == _UNMAPPED or not m.pages[first] & k.PROT_WRITE:
             return None
-        k.poke64(addr, int(s.params.get("value", HOST_WRITE_VALUE)))  # type: ignore[call-overload]
+        k.poke(addr, int(s.params.get("value", HOST_WRITE_VALUE)), width)  # type: ignore[call-overload]
         return Obs("done", frame=self._frame(s.index, addr))
+
+    def _discard(self, s: StepSpec, m: _Mapping, addr: int, first: int, n: int) -> Obs | None:
+        """``madvise`` (ctypes libc) or ``fallocate(PUNCH_HOLE|KEEP_SIZE)`` on
+        the vma's memfd.  Frames the step freed are forgotten by the
+        labeller: the allocator may hand one out again for the refault,
+        which is a new page, as the model says."""
+        if any(p == _UNMAPPED for p in m.pages[first : first + n]):
+            return None  # the model refuses it (ENOMEM / a hole): nothing comparable
+        before = {i: self.frames.at(addr + i * PAGE) for i in range(n)}
+        if s.do == "punch_hole":
+            if m.fd is None:
+                return None
+            offset = m.spec.pgoff * PAGE + s.offset
+            k.fallocate(m.fd, k.FALLOC_FL_PUNCH_HOLE | k.FALLOC_FL_KEEP_SIZE, offset, n * PAGE)
+        else:
+            advice = str(s.params["advice"])
+            k.madvise(addr, n * PAGE, _ADVICE[advice])
+        # MADV_DONTNEED on a file mapping leaves the page in the page cache
+        keeps_cache = s.do == "madvise" and s.params["advice"] == "dontneed"
+        if not (keeps_cache and m.spec.backing != "anon"):
+            for i, f in before.items():
+                if f is None:
+                    continue
+                now = self.frames.at(addr + i * PAGE)
+                if now is None or now.pfn != f.pfn:
+                    self.labeller.forget(f.pfn)
+        return Obs("done")
 
     def _dirty_log(self, s: StepSpec) -> Obs:
         slot = int(s.params["slot"])  # type: ignore[call-overload]

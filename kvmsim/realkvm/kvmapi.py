@@ -101,6 +101,8 @@ MAP_NORESERVE: Final = 0x4000
 MAP_POPULATE: Final = 0x8000
 MAP_HUGETLB: Final = 0x40000
 MADV_DONTNEED: Final = 4
+MADV_FREE: Final = 8
+MADV_REMOVE: Final = 9
 MADV_HUGEPAGE: Final = 14
 MADV_NOHUGEPAGE: Final = 15
 FALLOC_FL_KEEP_SIZE: Final = 1
@@ -186,3 +188,16 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 def poke64(addr: int, value: int) -> None:
     """Store 8 bytes at *addr* of this process (the caller knows it is mapped writable)."""
     ctypes.c_uint64.from_address(addr).value = value & (2**64 - 1)
+
+
+_UINTS: Final = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
+
+
+def poke(addr: int, value: int, width: int) -> None:
+    """Store *width* bytes at *addr* of this process (mapped writable)."""
+    _UINTS[width].from_address(addr).value = value & ((1 << (8 * width)) - 1)
+
+
+def peek(addr: int, width: int) -> int:
+    """Load *width* bytes at *addr* of this process (mapped readable)."""
+    return int(_UINTS[width].from_address(addr).value)

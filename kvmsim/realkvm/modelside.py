@@ -45,10 +45,10 @@ class ObservedSimulation(Simulation):
                 leaf=report.page_size if mapped and report.faults else None,
                 faulted=bool(report.faults),
             )
-        if step.do == "host_write":
+        if step.do in ("host_write", "host_read"):
             vma = self.vma(step.vma or "")
             pfn = CheckContext(self.kvm).host_frame(vma.start + step.offset)[0]
-            return Obs(report.outcome, frame=self._label(step.index, pfn))
+            return Obs(report.outcome, value=report.value, frame=self._label(step.index, pfn))
         if step.do == "dirty_log" and step.params.get("action") == "get":
             reports = self.kvm.dirty.reports
             mine = [gpas for i, _, gpas in reports if i == step.index]

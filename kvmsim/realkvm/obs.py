@@ -79,6 +79,11 @@ class FrameLabeller:
         first = self.seen.setdefault(pfn, step)
         return f"{size} new" if first == step else f"{size} same@{first}"
 
+    def forget(self, pfn: int) -> None:
+        """The host freed the frame: if the allocator hands it out again it is
+        a new page (the model never reuses a frame, so it would say new)."""
+        self.seen.pop(pfn, None)
+
 
 def bitmap_gpas(bitmap: bytes, base_gpa: int, page: int = 4096) -> tuple[int, ...]:
     """The gpas of the set bits of a ``KVM_GET_DIRTY_LOG`` bitmap (little-endian longs)."""

@@ -28,7 +28,7 @@ DEFAULT_MEM_LIMIT: Final = 1 << 30
 
 #: what each step kind does on the real host, or why it cannot
 ACCESS, HOST, DIRTY_LOG = "access", "host", "dirty_log"
-HOST_STEPS: Final = ("munmap", "mprotect", "host_write")
+HOST_STEPS: Final = ("munmap", "mprotect", "host_write", "host_read", "madvise", "punch_hole")
 _NO_SYSCALL: Final = {
     "poison": "poison: MADV_HWPOISON would poison a real frame of this host "
     "(CAP_SYS_ADMIN, CONFIG_MEMORY_FAILURE); not taken",
@@ -142,7 +142,9 @@ def _step_refusal(s: StepSpec, host: HostInfo, slots: dict[int, object]) -> tupl
                 "not_comparable",
                 (f"age: EPT accessed bits; {host.module} is a shadow MMU, which has none"),
             )
-        return "", "unsupported", "age: reclaim's clear_young cannot be triggered on one range"
+        test = s.params.get("young") == "test"
+        what = "khugepaged's test_young" if test else "reclaim's clear_young"
+        return "", "unsupported", f"age: {what} cannot be triggered on one range"
     if s.do in _NO_SYSCALL:
         return "", "unsupported", _NO_SYSCALL[s.do]
     return "", "unsupported", f"{s.do}: no real-kernel translation for this step kind"
@@ -161,6 +163,9 @@ def plan(
     if scenario.dirty != DirtySpec():
         # the backend logs with KVM_GET_DIRTY_LOG only (the host's PML choice is its own)
         return _refuse(scenario, "[dirty]: manual protect, rings and modes are not in the backend")
+    if scenario.uffd:
+        # without the registration the real guest would map what the model's handler resolves
+        return _refuse(scenario, "[[uffd]]: userfaultfd is not in the /dev/kvm backend yet")
     for i, v in enumerate(scenario.vmas):
         why = _vma_refusal(v, i, host)
         if why:
@@ -188,8 +193,16 @@ def plan(
     slots: dict[int, object] = {m.index: m for m in scenario.memslots}
     out: list[StepPlan] = []
     broken: int | None = None  # first unsupported host event
+    backings = {v.name: v.backing for v in scenario.vmas}
     for s in steps:
         action, status, reason = _step_refusal(s, host, slots)
+        if s.do == "punch_hole" and backings.get(s.vma or "") == "hugetlbfs":
+            action, status, reason = (
+                "",
+                "unsupported",
+                "punch_hole on hugetlbfs: the backend maps it MAP_ANONYMOUS|MAP_HUGETLB, "
+                "which has no fd to fallocate",
+            )
         if action and broken is not None:
             out.append(
                 StepPlan(

@@ -42,7 +42,10 @@ from typing import Final, NoReturn
 
 from kvmsim.dirtylog import DIRTY_KEYS, DIRTY_LOG_STEP, dirty_spec, step_problem
 from kvmsim.errors import PluginError, ScenarioError
+from kvmsim.scenario import discard
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     EXPECT_KEYS,
@@ -55,7 +58,9 @@ from kvmsim.scenario.model import (
     PFN_KINDS,
     PROTS,
     RACE_POINTS,
+    UFFD_MODES,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     Devices,
     DeviceSpec,
@@ -68,6 +73,7 @@ from kvmsim.scenario.model import (
     StepKind,
     StepSpec,
     Switch,
+    UffdSpec,
     VmaSpec,
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
@@ -76,6 +82,7 @@ __all__ = ["CORE_STEP_KINDS", "load_scenario", "parse_scenario"]
 
 
 _RANGE: Final[Mapping[str, FieldType]] = {"vma": str, "offset": int, "size": (int, str)}
+_UFFD_EXPECT: Final = ("verdicts", "uffd_faults")
 
 #: The step kinds every scenario may use.
 CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
@@ -97,13 +104,35 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             StepKind("poison", _RANGE, required=("vma",), default_size=PAGE_SIZE),
             StepKind("migrate", _RANGE, required=("vma",)),
             StepKind("split_thp", _RANGE, required=("vma",)),
-            # value: the 8 bytes stored at the range's first address
+            # young: clear_young (default) or test_young over the range; the
+            # answer is the step's expect.young
+            StepKind(
+                "age",
+                {**_RANGE, "young": str},
+                required=("vma",),
+                expect=("verdicts", "young"),
+            ),
+            # advice: dontneed | remove | free (MADV_*); punch_hole:
+            # fallocate(PUNCH_HOLE|KEEP_SIZE) on the vma's file
+            StepKind("madvise", {**_RANGE, "advice": str}, required=("vma", "advice")),
+            StepKind("punch_hole", _RANGE, required=("vma",)),
+            # value: what the VMM stores at vma + offset, width bytes
             # (default HOST_WRITE_VALUE, a marker a guest load recognises)
             StepKind(
                 "host_write",
-                {**_RANGE, "value": int},
+                {**_RANGE, "value": int, "width": int},
                 required=("vma",),
                 default_size=PAGE_SIZE,
+                byte_offset=True,
+            ),
+            # the VMM loads width bytes at vma + offset; expect.value checks it
+            StepKind(
+                "host_read",
+                {"vma": str, "offset": int, "width": int},
+                required=("vma",),
+                expect=("value", "verdicts"),
+                default_size=PAGE_SIZE,
+                byte_offset=True,
             ),
             # Device-specific keys (source = 3, ...) are not known here.
             StepKind(
@@ -114,9 +143,51 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
             ),
             # slot, action, expect_dirty, first/num, pml: kvmsim.dirtylog
             DIRTY_LOG_STEP,
+            # The userfaultfd handler's ioctls, on a range a [[uffd]]
+            # registers (default: one page of the vma); value: the first 8
+            # bytes of each page UFFDIO_COPY installs.
+            StepKind(
+                "uffd_copy",
+                {**_RANGE, "value": int},
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_zeropage",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_continue",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            StepKind(
+                "uffd_wake",
+                _RANGE,
+                required=("vma",),
+                expect=_UFFD_EXPECT,
+                default_size=PAGE_SIZE,
+            ),
+            # write(2) of value into the file behind a shmem or file vma, at
+            # the vma's offset: the page cache gets the page, the vma no PTE
+            StepKind(
+                "pwrite",
+                {"vma": str, "offset": int, "value": int},
+                required=("vma",),
+                default_size=PAGE_SIZE,
+            ),
         )
     }
 )
+
+#: Step kinds that are the userfaultfd handler's ioctls (need a [[uffd]] range).
+UFFD_STEP_KINDS: Final = ("uffd_copy", "uffd_zeropage", "uffd_continue", "uffd_wake")
 
 _TOP_KEYS: Final = (
     "name",
@@ -127,10 +198,12 @@ _TOP_KEYS: Final = (
     "memslot",
     "device",
     "dirty",
+    "uffd",
     "step",
     "schedule",
     "known",
 )
+_UFFD_KEYS: Final = ("vma", "offset", "size", "mode")
 _SWITCH_KEYS: Final = ("actor", "at", "run", "nth")
 #: Schedule-only points: where a choice is free (see kvmsim.explore.runtime).
 SCHEDULE_POINTS: Final = ("start", "step_end", "blocked", "guest_retry")
@@ -238,8 +311,13 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 class _Reader:
     """Validation helpers bound to one file; each failure raises ScenarioError."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, plugin_outcomes: Iterable[str] = ()) -> None:
         self.source = source
+        # what expect.outcome and known.outcomes may name: the core's words
+        # and the plugins' (``outcomes`` hook)
+        extra = tuple(o for o in plugin_outcomes if o not in KNOWN_STEP_OUTCOMES)
+        self.outcomes = (*OUTCOMES, *extra)
+        self.step_outcomes = (*KNOWN_STEP_OUTCOMES, *extra)
 
     def fail(
         self, key: str | None, message: str, expected: str | None = None, got: object = None
@@ -348,6 +426,7 @@ def load_scenario(
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
     points: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> Scenario:
     """Read and validate the scenario file at *path*.
 
@@ -358,6 +437,9 @@ def load_scenario(
     :param arches: the arch names available; when given, ``arch`` must be one.
     :param points: yield points plugins declare (valid ``at`` values beside
         the core's); by default those of every installed plugin.
+    :param outcomes: step outcomes plugins declare (valid in
+        ``expect.outcome`` and ``known.outcomes`` beside the core's); by
+        default those of every installed plugin.
     :raises ScenarioError: the file cannot be read or is not a valid scenario.
     """
     source = str(path)
@@ -373,7 +455,13 @@ def load_scenario(
             f"not UTF-8 text (bad byte at offset {exc.start})", file=source
         ) from None
     return parse_scenario(
-        text, source, devices=devices, step_kinds=step_kinds, arches=arches, points=points
+        text,
+        source,
+        devices=devices,
+        step_kinds=step_kinds,
+        arches=arches,
+        points=points,
+        outcomes=outcomes,
     )
 
 
@@ -385,6 +473,7 @@ def parse_scenario(
     step_kinds: Mapping[str, StepKind] | None = None,
     arches: Collection[str] | None = None,
     points: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> Scenario:
     """Validate scenario TOML *text*; *source* is the file name errors show.
 
@@ -400,7 +489,11 @@ def parse_scenario(
 
         points = plugin_points()
     at_points = (*RACE_POINTS, *sorted(p for p in points if p not in RACE_POINTS))
-    r = _Reader(source)
+    if outcomes is None:
+        from kvmsim.registry import plugin_outcomes
+
+        outcomes = plugin_outcomes()
+    r = _Reader(source, sorted(outcomes))
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -424,6 +517,7 @@ def parse_scenario(
     device_specs = _devices(r, r.tables(doc, "device"), devices)
     vmas = _vmas(r, r.tables(doc, "vma"), devices, {d.kind for d in device_specs})
     memslots = _memslots(r, r.tables(doc, "memslot"), vmas)
+    uffd = _uffds(r, r.tables(doc, "uffd"), vmas)
     steps = _steps(
         r,
         r.tables(doc, "step"),
@@ -443,6 +537,7 @@ def parse_scenario(
         table = r.table("dirty", doc["dirty"])
         r.check_keys(table, "dirty", DIRTY_KEYS)
         dirty = dirty_spec(table, r.fail)
+    _uffd_steps(r, steps, uffd, vmas)
     known = _known(r, r.tables(doc, "known"), arch, steps)
     concurrent = r.bool_("concurrent", doc.get("concurrent", False))
     schedule = _schedule(r, r.tables(doc, "schedule"), concurrent, steps, kinds, at_points)
@@ -459,7 +554,120 @@ def parse_scenario(
         concurrent=concurrent,
         schedule=schedule,
         dirty=dirty,
+        uffd=uffd,
     )
+
+
+def _uffds(
+    r: _Reader, tables: list[Mapping[str, object]], vmas: Mapping[str, VmaSpec]
+) -> tuple[UffdSpec, ...]:
+    """The ``[[uffd]]`` registrations: a range of a vma that can userfault
+    (anonymous, shmem, hugetlbfs: ``vma_can_userfault``), MISSING or MINOR
+    (MINOR on shmem and hugetlbfs only), huge page aligned on hugetlbfs."""
+    out: list[UffdSpec] = []
+    for i, t in enumerate(tables):
+        path = f"uffd[{i}]"
+        r.check_keys(t, path, _UFFD_KEYS, required=("vma",))
+        vma = _vma_ref(r, f"{path}.vma", t["vma"], vmas)
+        offset, size = _range(r, path, t, vma, None)
+        mode = r.enum(f"{path}.mode", t.get("mode", "missing"), UFFD_MODES, "mode")
+        shmem = vma.backing == "shmem" or (vma.backing == "anon" and vma.shared)
+        if vma.backing not in ("anon", "shmem", "hugetlbfs"):
+            r.fail(
+                f"{path}.vma",
+                f"UFFDIO_REGISTER fails with -EINVAL on backing {vma.backing!r} "
+                "(vma_can_userfault: anonymous, shmem or hugetlbfs memory only)",
+                "a vma backed by anon, shmem or hugetlbfs",
+                vma.name,
+            )
+        if mode == "minor" and not (shmem or vma.backing == "hugetlbfs"):
+            r.fail(
+                f"{path}.mode",
+                "MINOR faults exist only where a page cache can hold the page "
+                "(shmem, hugetlbfs): UFFDIO_REGISTER fails with -EINVAL",
+                "mode = 'missing' on private anonymous memory",
+                mode,
+            )
+        if vma.huge and vma.backing == "hugetlbfs":
+            for key, val in (("offset", offset), ("size", size)):
+                if val % vma.huge:
+                    r.fail(
+                        f"{path}.{key}",
+                        f"not aligned to the vma's {format_size(vma.huge)} huge pages "
+                        "(UFFDIO_REGISTER fails with -EINVAL)",
+                        f"a multiple of {hex(vma.huge)}",
+                        _Shown(hex(val)),
+                    )
+        out.append(UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode))
+    return tuple(out)
+
+
+def _uffd_steps(
+    r: _Reader,
+    steps: tuple[StepSpec, ...],
+    uffd: tuple[UffdSpec, ...],
+    vmas: Mapping[str, VmaSpec],
+) -> None:
+    """A userfaultfd ioctl step needs a [[uffd]] registration covering its
+    range (the ioctl would fail with -ENOENT); UFFDIO_CONTINUE a MINOR one,
+    UFFDIO_ZEROPAGE no hugetlbfs; a hugetlbfs range is whole huge pages.  A
+    ``pwrite`` needs a file behind its vma."""
+    for s in steps:
+        path = f"step[{s.index}]"
+        if s.do in ("uffd_copy", "pwrite") and "value" in s.params:
+            value = r.int_(f"{path}.value", s.params["value"])
+            if value > MAX_VALUE:
+                r.fail(f"{path}.value", "wider than 8 bytes", "an integer below 2**64", value)
+        if s.do == "pwrite":
+            v = vmas[s.vma or ""]
+            if not (v.backing in ("shmem", "file") or (v.backing == "anon" and v.shared)):
+                r.fail(
+                    f"{path}.vma",
+                    f"pwrite needs a file behind the vma (shmem, memfd or a file), "
+                    f"not backing {v.backing!r}",
+                    "a vma backed by shmem, file, or shared anon",
+                    v.name,
+                )
+            continue
+        if s.do not in UFFD_STEP_KINDS:
+            continue
+        v = vmas[s.vma or ""]
+        size = s.size or PAGE_SIZE
+        end = s.offset + size
+        covering = [
+            u for u in uffd if u.vma == v.name and u.offset <= s.offset and end <= u.offset + u.size
+        ]
+        if not covering:
+            r.fail(
+                f"{path}.vma",
+                f"no [[uffd]] registers {v.name} + {hex(s.offset)}..{hex(end)}: "
+                f"a {s.do} there fails with -ENOENT",
+                "a [[uffd]] table registering a range of this vma that covers the step's range",
+                v.name,
+            )
+        if s.do == "uffd_continue" and not any(u.mode == "minor" for u in covering):
+            r.fail(
+                f"{path}.vma",
+                "UFFDIO_CONTINUE resolves MINOR faults: the range is not registered MINOR",
+                "a [[uffd]] with mode = 'minor' covering the range",
+                v.name,
+            )
+        if v.backing == "hugetlbfs":
+            if s.do == "uffd_zeropage":
+                r.fail(
+                    f"{path}.do",
+                    "UFFDIO_ZEROPAGE fails with -EINVAL on hugetlbfs",
+                    "uffd_copy or uffd_continue on a hugetlbfs vma",
+                    s.do,
+                )
+            for key, val in (("offset", s.offset), ("size", size)):
+                if val % v.huge:
+                    r.fail(
+                        f"{path}.{key}",
+                        f"not aligned to the vma's {format_size(v.huge)} huge pages (-EINVAL)",
+                        f"a multiple of {hex(v.huge)}",
+                        _Shown(hex(val)),
+                    )
 
 
 def _schedule(
@@ -560,7 +768,7 @@ def _known(
                         r.enum(
                             f"{path}.outcomes.{_keyname(key)}",
                             value,
-                            KNOWN_STEP_OUTCOMES,
+                            r.step_outcomes,
                             "outcome",
                         ),
                     )
@@ -614,9 +822,13 @@ def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
         extra = scenario_schema()[0]
     if not extra:
         return CORE_STEP_KINDS
+    merged: dict[str, StepKind] = {}
     for name, kind in extra.items():
         if not isinstance(kind, StepKind):
             raise PluginError(f"step kind {name!r} is not a StepKind: {kind!r}")
+        if name == "access" and kind.name == name:
+            merged[name] = _extend_access(kind)
+            continue
         if name in CORE_STEP_KINDS:
             raise PluginError(f"step kind {name!r} is a core step kind and cannot be redefined")
         if kind.name != name:
@@ -627,7 +839,29 @@ def _step_kinds(extra: Mapping[str, StepKind] | None) -> Mapping[str, StepKind]:
         missing = set(kind.required) - set(kind.fields)
         if missing:
             raise PluginError(f"step kind {name!r}: required keys not in fields: {sorted(missing)}")
-    return {**CORE_STEP_KINDS, **extra}
+        merged[name] = kind
+    return {**CORE_STEP_KINDS, **merged}
+
+
+def _extend_access(more: StepKind) -> StepKind:
+    """The core ``access`` kind with the keys plugins add to it (a
+    ``step_kinds`` entry named ``access``: its ``fields`` only)."""
+    core = CORE_STEP_KINDS["access"]
+    if not more.fields or more != StepKind(core.name, more.fields):
+        raise PluginError(
+            "a plugin extends the core 'access' step with StepKind('access', fields) "
+            "and nothing else (its keys are optional), not by redefining it"
+        )
+    taken = sorted(set(more.fields) & {*core.fields, *_ALL_STEP_KEYS})
+    if taken:
+        raise PluginError(f"the access step already has key(s) {taken}: a plugin cannot add them")
+    return StepKind(
+        core.name,
+        {**core.fields, **more.fields},
+        required=core.required,
+        faults=core.faults,
+        expect=core.expect,
+    )
 
 
 def _devices(
@@ -854,9 +1088,13 @@ def _range(
     t: Mapping[str, object],
     vma: VmaSpec,
     default_size: int | None,
+    byte_offset: bool = False,
 ) -> tuple[int, int]:
-    """Resolve and check ``offset`` and ``size`` of a range inside *vma*."""
-    offset = r.int_(f"{path}.offset", t.get("offset", 0), align=PAGE_SIZE)
+    """Resolve and check ``offset`` and ``size`` of a range inside *vma*;
+    with *byte_offset* the offset is an address in the vma and the range
+    starts at the page holding it."""
+    offset = r.int_(f"{path}.offset", t.get("offset", 0), align=1 if byte_offset else PAGE_SIZE)
+    base = offset - offset % PAGE_SIZE
     if offset >= vma.size:
         r.fail(
             f"{path}.offset",
@@ -867,12 +1105,12 @@ def _range(
     if "size" in t:
         size = r.size(f"{path}.size", t["size"])
     else:
-        size = default_size if default_size is not None else vma.size - offset
-    if offset + size > vma.size:
+        size = default_size if default_size is not None else vma.size - base
+    if base + size > vma.size:
         key = f"{path}.size" if "size" in t else f"{path}.offset"
         r.fail(
             key,
-            f"range {hex(offset)}+{format_size(size)} runs past the end of vma "
+            f"range {hex(base)}+{format_size(size)} runs past the end of vma "
             f"{vma.name!r} ({format_size(vma.size)})",
             f"offset + size <= {hex(vma.size)}",
         )
@@ -998,7 +1236,7 @@ def _step(
     if "vma" in t:
         vma = _vma_ref(r, k("vma"), t["vma"], vmas)
         vma_name = vma.name
-        offset, size = _range(r, path, t, vma, kind.default_size)
+        offset, size = _range(r, path, t, vma, kind.default_size, kind.byte_offset)
     else:
         # A plugin kind may take offset/size without a vma.
         if "offset" in t:
@@ -1026,13 +1264,32 @@ def _step(
         _reset_params(r, path, params, device_kinds)
     elif do == "access":
         _access_params(r, path, params)
+    elif do == "age" and "young" in params:
+        r.enum(_join(path, "young"), params["young"], YOUNG_MODES, "young mode")
+    elif do in ("madvise", "punch_hole") and vma_name is not None:
+        _discard_params(r, path, do, params, vmas[vma_name])
+    elif do in ("host_read", "host_write"):
+        _host_access_params(r, path, params, offset)
 
     expect = None
     if "expect" in t:
         expect = _expect(r, k("expect"), t["expect"], do, expect_keys)
+        if expect.young is not None and at is not None:
+            r.fail(
+                f"{path}.expect.young",
+                "an event placed with 'at' fires inside a later fault, where its "
+                "answer is not checked",
+                "no expect.young on a step with 'at'",
+            )
+        if expect.value is not None and at is not None:
+            r.fail(
+                f"{path}.expect.value",
+                "an event armed with 'at' runs inside a later fault and reports no value",
+                "expect.value only on a step that runs in its place (no 'at')",
+            )
         if expect.value is not None and op is not None and op != "read":
             r.fail(
-                k("expect.value"),
+                f"{path}.expect.value",
                 f"a {op} returns no value: only a load sees one",
                 "expect.value only with op = 'read'",
             )
@@ -1078,6 +1335,56 @@ def _access_params(r: _Reader, path: str, params: Mapping[str, object]) -> None:
         r.int_(_join(path, "ea"), params["ea"])
 
 
+def _host_access_params(r: _Reader, path: str, params: Mapping[str, object], offset: int) -> None:
+    """A host load's or store's ``width`` (one of :data:`ACCESS_WIDTHS`),
+    its ``offset`` naturally aligned to it (one access, inside one page),
+    and the ``value`` a store writes (fits in ``width`` bytes)."""
+    width = params.get("width", 8)
+    if width not in ACCESS_WIDTHS:
+        r.fail(
+            _join(path, "width"),
+            "not an access size",
+            f"one of {', '.join(map(str, ACCESS_WIDTHS))} (bytes)",
+            width,
+        )
+    assert isinstance(width, int)
+    if offset % width:
+        r.fail(
+            _join(path, "offset"),
+            f"a {width}-byte access must be aligned to {width} bytes",
+            f"a multiple of {width}",
+            _Shown(hex(offset)),
+        )
+    value = params.get("value")
+    if isinstance(value, int) and not 0 <= value < 1 << (8 * width):
+        r.fail(
+            _join(path, "value"),
+            f"does not fit in {width} byte(s)",
+            f"an integer from 0 to {hex((1 << (8 * width)) - 1)}",
+            value,
+        )
+
+
+def _discard_params(
+    r: _Reader, path: str, do: str, params: Mapping[str, object], vma: VmaSpec
+) -> None:
+    """A ``madvise`` step's ``advice``, and what the kernel refuses on the
+    step's vma whatever ran before (kvmsim.scenario.discard)."""
+    advice = None
+    if do == "madvise":
+        advice = r.enum(_join(path, "advice"), params["advice"], ADVICES, "advice")
+    refused = discard.refusal(do, advice, vma.backing, vma.shared, vma.prot)
+    if refused is not None:
+        errno, why = refused
+        call = f"madvise(MADV_{str(advice).upper()})" if advice else "fallocate(PUNCH_HOLE)"
+        verdict = "is not modelled" if errno == discard.NOT_MODELLED else f"fails with {errno}"
+        r.fail(
+            _join(path, "advice" if advice else "vma"),
+            f"{call} on vma {vma.name!r} ({'shared ' if vma.shared else ''}{vma.backing}) "
+            f"{verdict}: {why}",
+        )
+
+
 def _reset_params(
     r: _Reader, path: str, params: Mapping[str, object], device_kinds: Mapping[str, DeviceKind]
 ) -> None:
@@ -1115,14 +1422,11 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
                 _one_of(EXPECT_KEYS),
             )
         if key not in allowed:
-            r.fail(
-                f"{path}.{key}",
-                f"{_a(do)} cannot expect {key!r}: it is not a guest access",
-                _one_of(allowed),
-            )
+            why = ": it is not a guest access" if key in ACCESS_EXPECT_KEYS else ""
+            r.fail(f"{path}.{key}", f"{_a(do)} cannot expect {key!r}{why}", _one_of(allowed))
 
     outcome = (
-        r.enum(f"{path}.outcome", t["outcome"], OUTCOMES, "outcome") if "outcome" in t else None
+        r.enum(f"{path}.outcome", t["outcome"], r.outcomes, "outcome") if "outcome" in t else None
     )
     writable = r.bool_(f"{path}.writable", t["writable"]) if "writable" in t else None
     frame: str | int | None = None
@@ -1135,11 +1439,13 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
         else:
             r.fail(f"{path}.frame", "wrong type", "'host', 'none' or a pfn (integer)", raw)
     page_size = r.size(f"{path}.page_size", t["page_size"]) if "page_size" in t else None
+    young = r.bool_(f"{path}.young", t["young"]) if "young" in t else None
     value = None
     if "value" in t:
         value = r.int_(f"{path}.value", t["value"])
         if value > MAX_VALUE:
             r.fail(f"{path}.value", "wider than a load", "an integer below 2**64", value)
+    uffd_faults = r.int_(f"{path}.uffd_faults", t["uffd_faults"]) if "uffd_faults" in t else None
     verdicts = None
     if "verdicts" in t:
         raw_list = t["verdicts"]
@@ -1186,4 +1492,4 @@ def _expect(r: _Reader, path: str, value: object, do: str, allowed: tuple[str, .
             "'host' or a pfn with outcome 'mapped'",
             frame,
         )
-    return Expect(outcome, writable, frame, page_size, verdicts, value)
+    return Expect(outcome, writable, frame, page_size, verdicts, value, young, uffd_faults)

@@ -87,6 +87,8 @@ PFN_KINDS: Final = ("mmio", "ram", "ram_unrefcounted")
 #: Dirty-logging mechanisms (``[dirty] mode``): write protection, Intel PML,
 #: hardware dirty (change) bits harvested at ``get``, the dirty ring.
 DIRTY_MODES: Final = ("wp", "pml", "dirty_bit", "ring")
+#: ``madvise`` steps' ``advice``: MADV_DONTNEED, MADV_REMOVE, MADV_FREE.
+ADVICES: Final = ("dontneed", "remove", "free")
 
 #: Guest access kinds (``op``).
 OPS: Final = ("read", "write", "exec")
@@ -94,8 +96,25 @@ OPS: Final = ("read", "write", "exec")
 #: ``expect.frame`` words; an ``int`` there is an exact pfn.
 FRAME_WORDS: Final = ("host", "none")
 
-#: The keys of an ``expect`` table.
-EXPECT_KEYS: Final = ("outcome", "writable", "frame", "page_size", "verdicts", "value")
+#: The ``expect`` keys of a guest access (a step kind that faults).
+ACCESS_EXPECT_KEYS: Final = (
+    "outcome",
+    "writable",
+    "frame",
+    "page_size",
+    "verdicts",
+    "value",
+    "uffd_faults",
+)
+
+#: The keys of an ``expect`` table (``young``: an ``age`` step's answer).
+EXPECT_KEYS: Final = (*ACCESS_EXPECT_KEYS, "young")
+
+#: An ``age`` step's ``young``: ``clear_young`` or ``test_young``.
+YOUNG_MODES: Final = ("clear", "test")
+
+#: ``[[uffd]]`` ``mode`` values (UFFDIO_REGISTER_MODE_MISSING / _MINOR).
+UFFD_MODES: Final = ("missing", "minor")
 
 #: The largest ``expect.value`` (a load is at most 8 bytes wide).
 MAX_VALUE: Final = 2**64 - 1
@@ -227,6 +246,19 @@ class Expect:
     page_size: int | None = None  # stage-2 mapping size, bytes
     verdicts: tuple[str, ...] | None = None  # VERDICTS expected to fire
     value: int | None = None  # what a load returns (page contents or a device's reply)
+    young: bool | None = None  # an age step: was anything in the range young
+    uffd_faults: int | None = None  # userfaultfd messages the handler read so far
+
+
+@frozen
+class UffdSpec:
+    """One userfaultfd registration (``[[uffd]]``): a vma range, MISSING or MINOR."""
+
+    index: int  # position in the file
+    vma: str
+    offset: int  # bytes into the vma
+    size: int  # bytes, resolved (default: the rest of the vma)
+    mode: str = "missing"  # one of UFFD_MODES
 
 
 @frozen
@@ -332,6 +364,7 @@ class Scenario:
     concurrent: bool = False  # steps run as actors (kvmsim explore)
     schedule: tuple[Switch, ...] = ()  # the switches kvmsim run follows (concurrent only)
     dirty: DirtySpec = DirtySpec()  # dirty-logging set-up ([dirty])
+    uffd: tuple[UffdSpec, ...] = ()  # userfaultfd registrations, [[uffd]]
 
     def known_for(self, strategy: str, arch: str) -> tuple[KnownDefect, ...]:
         """The recorded defects of *strategy* on *arch* (most specific first)."""
@@ -377,13 +410,17 @@ class StepKind:
     :param faults: the step is a guest access that goes through the fault
         path: it may not have ``at``, and pending ``at`` host events fire
         inside it.
-    :param expect: the ``expect`` keys the step may have; ``None`` means all
-        of them when *faults*, else only ``verdicts``; ``()`` forbids
-        ``expect``.
+    :param expect: the ``expect`` keys the step may have; ``None`` means
+        those of a guest access (:data:`ACCESS_EXPECT_KEYS`) when *faults*,
+        else only ``verdicts``; ``()`` forbids ``expect``.
     :param extra: the type(s) allowed for keys *not* in *fields* (they go to
         ``params``); ``None`` makes such keys errors.
     :param default_size: the size of a vma range step without ``size``;
         ``None`` means the rest of the vma from ``offset``.
+    :param byte_offset: ``offset`` is the address of a load or store in the
+        vma (any alignment; the kind checks it against the access width),
+        not the page-aligned start of a range; the range (``size``) starts
+        at the page holding it.
     """
 
     name: str
@@ -393,12 +430,13 @@ class StepKind:
     expect: tuple[str, ...] | None = None
     extra: FieldType | None = None
     default_size: int | None = None
+    byte_offset: bool = False
 
     def expect_keys(self) -> tuple[str, ...]:
         """The ``expect`` keys this kind accepts."""
         if self.expect is not None:
             return self.expect
-        return EXPECT_KEYS if self.faults else ("verdicts",)
+        return ACCESS_EXPECT_KEYS if self.faults else ("verdicts",)
 
 
 @frozen

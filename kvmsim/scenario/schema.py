@@ -30,6 +30,8 @@ import attrs
 from kvmsim.dirtylog import DIRTY_KEYS
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
+    ACCESS_EXPECT_KEYS,
+    ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
     DIRTY_MODES,
@@ -41,7 +43,9 @@ from kvmsim.scenario.model import (
     PFN_KINDS,
     PROTS,
     RACE_POINTS,
+    UFFD_MODES,
     VERDICTS,
+    YOUNG_MODES,
     DeviceKind,
     FieldType,
     StepKind,
@@ -76,6 +80,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "dirty": (
             "the arch version's default",
             "how the VM tracks dirty pages for dirty_log steps ([dirty] table)",
+        ),
+        "uffd": (
+            "[]",
+            "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the guest runs",
         ),
         "step": ("[]", "what happens, in order ([[step]] tables)"),
         "schedule": (
@@ -133,6 +141,16 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         ),
         "ring_size": ("4096", "mode ring: entries per vcpu ring (a power of two)"),
     },
+    "uffd": {
+        "vma": (None, "the vma whose range is registered (anon, shmem or hugetlbfs backing)"),
+        "offset": ("0", "byte offset into the vma (page aligned; huge page aligned on hugetlbfs)"),
+        "size": ("the rest of the vma", "length of the registered range (a size)"),
+        "mode": (
+            '"missing"',
+            "missing (UFFDIO_REGISTER_MODE_MISSING: faults on absent pages) or minor "
+            "(MODE_MINOR: faults on pages only in the page cache; shmem v5.14+, hugetlbfs v5.13+)",
+        ),
+    },
     "step": {
         "do": (None, "the step kind (see Step kinds)"),
         "vcpu": ("0", "the vcpu that acts"),
@@ -142,6 +160,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "offset": ("0", "byte offset into the vma (page aligned)"),
         "size": ("the rest of the vma", "length of the range (a size)"),
         "prot": (None, "mprotect: the new protection"),
+        "advice": (
+            None,
+            "madvise: dontneed (MADV_DONTNEED), free (MADV_FREE) or remove (MADV_REMOVE)",
+        ),
         "device": (None, "device_reset: the [[device]] kind the event is for"),
         "at": (
             "now",
@@ -154,7 +176,8 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "expect": ("nothing checked", "what a correct kernel does (see expect)"),
         "value": (
             "the host marker",
-            "host_write: the 8-byte value QEMU stores (a load reads it back)",
+            "host_write: the value QEMU stores, width bytes (a load reads it back); uffd_copy, "
+            "pwrite: the first 8 bytes of each page copied or written (default 0)",
         ),
         "slot": (None, "dirty_log: the memslot (its index in file order); none for reap"),
         "action": (None, "dirty_log: enable, get, clear, disable or reap"),
@@ -168,6 +191,12 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "to the slot's end",
             "dirty_log clear: pages in the range (a multiple of 64, or up to the slot's end)",
         ),
+        "young": (
+            '"clear"',
+            "age: clear (clear_young: clear the accessed bits, say if any was set) "
+            "or test (test_young: only say)",
+        ),
+        "width": ("8", "host_write, host_read: access size in bytes"),
     },
     "access": {
         "ea": ("gpa", "the guest effective address, for MMUs that translate it (HPT)"),
@@ -186,7 +215,20 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             None,
             "exactly the checker verdicts that fire at this step ([] = none may fire)",
         ),
-        "value": (None, "a load: the value the guest reads (page contents, a device's reply)"),
+        "value": (
+            None,
+            "a load: the value the guest (or a host_read, QEMU) reads "
+            "(page contents, a device's reply)",
+        ),
+        "young": (
+            None,
+            "an age step: whether any stage-2 entry in the range was young (before clearing)",
+        ),
+        "uffd_faults": (
+            None,
+            "userfaultfd fault messages the handler has read by the end of this step, "
+            "in the whole run (the kernel selftests' uffd_faults counter)",
+        ),
     },
     "schedule": {
         "actor": (None, "the actor that reaches the point (none with at = 'start')"),
@@ -207,6 +249,18 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         ),
     },
 }
+
+#: Core step keys that are strings of a fixed set (their loader checks them).
+_CORE_ENUMS: Final[Mapping[str, tuple[str, ...]]] = {"young": YOUNG_MODES, "advice": ADVICES}
+
+#: A key a plugin added to the core access step (``step_kinds``).
+_PLUGIN_ACCESS_KEY: Final = "a key an installed plugin adds to the access step"
+
+#: ``offset`` of a step kind with ``byte_offset`` (host_write, host_read).
+_BYTE_OFFSET_DOC: Final = (
+    "byte offset into the vma of the load or store, aligned to width "
+    "(not to a page: a device page's register)"
+)
 
 _SIZE_PATTERN: Final = "^[0-9]+[KMGkmg]?$"
 _NAME_PATTERN: Final = "^" + loader._NAME_RE.pattern + "$"
@@ -252,17 +306,31 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     props: dict[str, Any] = {"do": {"const": kind.name, **_doc("step", "do")}}
     for key, types in kind.fields.items():
         base = _core_step_key(key) if key in CORE_STEP_KEYS else _type(types)
-        props[key] = {**base, **(_doc(table, key) or _doc("step", key))}
+        doc = _doc(table, key) or _doc("step", key)
+        if kind.name in loader.CORE_STEP_KINDS and key in _CORE_ENUMS:
+            base = {"enum": list(_CORE_ENUMS[key])}
+        if not doc and kind.name in loader.CORE_STEP_KINDS:
+            doc = {"description": _PLUGIN_ACCESS_KEY}
+        if key == "offset" and kind.byte_offset:
+            # an access's address in the vma, aligned to its width (the loader checks)
+            base = {"type": "integer", "minimum": 0}
+            doc = {"description": _BYTE_OFFSET_DOC}
+        props[key] = {**base, **doc}
     if not kind.faults:
         props["at"] = {"enum": list(RACE_POINTS), **_doc("step", "at")}
         props["actor"] = {"type": "string", "pattern": _NAME_PATTERN, **_doc("step", "actor")}
     expect_keys = kind.expect_keys()
     if expect_keys:
-        props["expect"] = (
-            {"$ref": "#/$defs/expect", **_doc("step", "expect")}
-            if set(expect_keys) == set(EXPECT_KEYS)
-            else {**_expect_schema(expect_keys), **_doc("step", "expect")}
-        )
+        if set(expect_keys) == set(EXPECT_KEYS):
+            props["expect"] = {"$ref": "#/$defs/expect", **_doc("step", "expect")}
+        elif set(expect_keys) == set(ACCESS_EXPECT_KEYS):
+            props["expect"] = {
+                "$ref": "#/$defs/expect",
+                "propertyNames": {"enum": list(ACCESS_EXPECT_KEYS)},
+                **_doc("step", "expect"),
+            }
+        else:
+            props["expect"] = {**_expect_schema(expect_keys), **_doc("step", "expect")}
     if kind.default_size is not None and "size" in props:
         props["size"]["default"] = format_size(kind.default_size)
     out: dict[str, Any] = {
@@ -293,14 +361,18 @@ def _step_schema(kind: StepKind, device_kinds: Mapping[str, DeviceKind]) -> dict
     return out
 
 
-def _expect_schema(keys: Iterable[str] = EXPECT_KEYS) -> dict[str, Any]:
+def _expect_schema(
+    keys: Iterable[str] = EXPECT_KEYS, outcomes: Iterable[str] = ()
+) -> dict[str, Any]:
     every: dict[str, dict[str, Any]] = {
-        "outcome": {"enum": list(OUTCOMES)},
+        "outcome": {"enum": [*OUTCOMES, *outcomes]},
         "writable": {"type": "boolean"},
         "frame": {"anyOf": [{"enum": list(FRAME_WORDS)}, {"type": "integer", "minimum": 0}]},
         "page_size": {"$ref": "#/$defs/size"},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}, "uniqueItems": True},
         "value": {"type": "integer", "minimum": 0},
+        "young": {"type": "boolean"},
+        "uffd_faults": {"type": "integer", "minimum": 0},
     }
     return {
         "type": "object",
@@ -400,6 +472,21 @@ def _dirty_schema() -> dict[str, Any]:
     }
 
 
+def _uffd_schema() -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {
+        "vma": {"type": "string"},
+        "offset": {"type": "integer", "minimum": 0, "multipleOf": PAGE_SIZE, "default": 0},
+        "size": {"$ref": "#/$defs/size"},
+        "mode": {"enum": list(UFFD_MODES), "default": "missing"},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**kinds[k], **_doc("uffd", k)} for k in loader._UFFD_KEYS},
+        "required": ["vma"],
+        "additionalProperties": False,
+    }
+
+
 def _schedule_schema() -> dict[str, Any]:
     points = [*RACE_POINTS, *loader.SCHEDULE_POINTS]
     props: dict[str, dict[str, Any]] = {
@@ -416,14 +503,14 @@ def _schedule_schema() -> dict[str, Any]:
     }
 
 
-def _known_schema() -> dict[str, Any]:
+def _known_schema(outcomes: Iterable[str] = ()) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "strategy": {"type": "string", "pattern": _NAME_PATTERN},
         "arch": {"type": "string", "pattern": _NAME_PATTERN},
         "verdicts": {"type": "array", "items": {"enum": list(VERDICTS)}},
         "outcomes": {
             "type": "object",
-            "patternProperties": {"^[0-9]+$": {"enum": list(KNOWN_STEP_OUTCOMES)}},
+            "patternProperties": {"^[0-9]+$": {"enum": [*KNOWN_STEP_OUTCOMES, *outcomes]}},
             "additionalProperties": False,
         },
         "failures": {
@@ -447,6 +534,7 @@ def json_schema(
     step_kinds: Mapping[str, StepKind] | None = None,
     device_kinds: Mapping[str, DeviceKind | str] | None = None,
     arches: Collection[str] | None = None,
+    outcomes: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The scenario format as a JSON Schema (draft 2020-12).
 
@@ -455,6 +543,8 @@ def json_schema(
     :param device_kinds: device kinds by name; by default the installed ones.
     :param arches: arch names for ``arch``'s ``enum``; by default the
         installed arch plugins (``()`` for any string).
+    :param outcomes: step outcomes plugins add (``outcomes`` hook); by
+        default those of the installed plugins.
     """
     if step_kinds is None or device_kinds is None or arches is None:
         from kvmsim.registry import discover, scenario_schema
@@ -463,8 +553,14 @@ def json_schema(
         step_kinds = steps if step_kinds is None else step_kinds
         device_kinds = devices if device_kinds is None else device_kinds
         arches = sorted(discover().get("arch", {})) if arches is None else arches
+    if outcomes is None:
+        from kvmsim.registry import plugin_outcomes
+
+        outcomes = plugin_outcomes()
+    extra_outcomes = sorted(set(outcomes) - set(KNOWN_STEP_OUTCOMES))
     described = {k: v for k, v in device_kinds.items() if isinstance(v, DeviceKind)}
-    kinds = {**loader.CORE_STEP_KINDS, **step_kinds}
+    # the core kinds, with what plugins add to the access step
+    kinds = dict(loader._step_kinds(step_kinds))
     arch: dict[str, Any] = {"type": "string", **_doc("top", "arch")}
     if arches:
         arch["enum"] = sorted(arches)
@@ -481,6 +577,7 @@ def json_schema(
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
         "dirty": {"$ref": "#/$defs/dirty", **_doc("top", "dirty")},
+        "uffd": array("uffd", "uffd"),
         "step": array("step", "step"),
         "schedule": array("schedule", "schedule"),
         "known": array("known", "known"),
@@ -508,6 +605,7 @@ def json_schema(
             "memslot": _memslot_schema(),
             "dirty": _dirty_schema(),
             "device": _device_schema(described),
+            "uffd": _uffd_schema(),
             "step": {
                 "type": "object",
                 "required": ["do"],
@@ -515,9 +613,9 @@ def json_schema(
                 "oneOf": [{"$ref": f"#/$defs/step_{name}"} for name in sorted(kinds)],
             },
             **{f"step_{name}": _step_schema(k, described) for name, k in sorted(kinds.items())},
-            "expect": _expect_schema(),
+            "expect": _expect_schema(outcomes=extra_outcomes),
             "schedule": _schedule_schema(),
-            "known": _known_schema(),
+            "known": _known_schema(extra_outcomes),
         },
     }
 
@@ -559,7 +657,9 @@ def _rows(
     required = set(schema.get("required", ()))
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, s in schema["properties"].items():
-        default, meaning = docs.get(key, (None, s.get("description", "")))
+        default, meaning = docs.get(key, (None, ""))
+        # the schema's own sentence wins (a kind may say more than the table)
+        meaning = s.get("description") or meaning
         if not meaning:
             meaning = extra
         if "default" in s:
@@ -605,6 +705,11 @@ def builtin_schema() -> dict[str, Any]:
         step_kinds={n: k for n, k in steps.items() if n not in foreign_steps},
         device_kinds={n: d for n, d in devices.items() if builtin("device", n)},
         arches=[n for n in found.get("arch", {}) if builtin("arch", n)],
+        outcomes=[
+            o
+            for o, (plugin, _) in registry.plugin_outcomes().items()
+            if builtin(*plugin.split(":", 1))
+        ],
     )
 
 
@@ -620,6 +725,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
         ("memslot", "[[memslot]]"),
         ("dirty", "[dirty]"),
         ("device", "[[device]]"),
+        ("uffd", "[[uffd]]"),
         ("expect", "expect"),
         ("schedule", "[[schedule]]"),
         ("known", "[[known]]"),
@@ -638,12 +744,14 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
                 for c in resets:
                     lines.append(f'A `device_reset` of `"{kind}"` takes: {_keys(c, defs)}.')
     lines += ["", "### Step kinds", ""]
-    step_docs = {**KEY_DOCS["step"], **KEY_DOCS["access"]}
+    # an access's own sentences win on its table, the common ones elsewhere
+    access_docs = {**KEY_DOCS["step"], **KEY_DOCS["access"]}
+    step_docs = {**KEY_DOCS["access"], **KEY_DOCS["step"]}
     plugin_key = "a plugin's key: see [Arch plugins' step kinds](#arch-plugins-step-kinds)"
     for name in defs["step"]["properties"]["do"]["enum"]:
         s = defs[f"step_{name}"]
         lines += ["", f'#### `do = "{name}"`', ""]
-        lines += _rows(step_docs, s, defs, plugin_key)
+        lines += _rows(access_docs if name == "access" else step_docs, s, defs, plugin_key)
         if s.get("additionalProperties") not in (False, None):
             lines += ["", "Other keys are the device's: see [[device]] above."]
     lines += ["", REF_END]

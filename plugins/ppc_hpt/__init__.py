@@ -15,7 +15,9 @@ Scenario steps for this arch (``arch = "ppc_hpt"``):
 - ``call``: ``"H_ENTER"`` or ``"H_REMOVE"``.
 - ``ea``: the effective address of the guest page (required).
 - ``gpa``: H_ENTER: the guest real address the page maps (required for H_ENTER).
-- ``psize``: H_ENTER: ``"64K"`` (default) or ``"16M"``.
+- ``psize``: H_ENTER: ``"64K"`` (default), ``"16M"`` or ``"4K"`` (a 4K
+  base-page segment: the entry maps one 4K piece of a 64K host page, the
+  piece the guest real address names).
 - ``wimg``: H_ENTER: the WIMG letters, ``"M"`` (default: cacheable), ``"I"``,
   ``"IG"``, ``"WIMG"``...
 - ``pp``: H_ENTER: ``"rw"`` (default, supervisor read/write) or ``"r"``
@@ -263,10 +265,10 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookimpl
-def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_age_hva_hv``: clear R through the rmap chains."""
+def notifier_age_gfn(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """``kvm_age_rmapp`` / ``kvm_test_age_rmapp`` through the rmap chains."""
     st: HptState | None = kvm.arch
-    return st is not None and st.age_hva_range(kvm, start, end)
+    return st is not None and st.age_gfn_range(kvm, start, end, test)
 
 
 @hookimpl
@@ -321,7 +323,7 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
                 raise ScenarioError(
                     "unsupported HPTE page size",
                     key=f"{key}.psize",
-                    expected="64K or 16M",
+                    expected="4K, 64K or 16M",
                     got=p.get("psize"),
                 )
             try:

@@ -58,6 +58,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     hpte_write_permission,
     wimg_name,
 )
+from kvmsim_plugins.ppc_hpt.mmio_cache import MmioCache, MmioCacheEntry
 
 from kvmsim.cmodel import EAGAIN, EFAULT
 from kvmsim.hooktypes import EFAULT as A_EFAULT
@@ -86,21 +87,34 @@ def hpte_hv_fault(kvm: Kvm, vcpu: int, addr: int, slb_v: int, status: int, data:
     """``kvmppc_hpte_hv_fault``: 0 retries the access, -1 goes to the
     virtual-mode handler (-2 too, after loading the instruction word, for
     emulated MMIO), anything else is a DSISR (SRR1) image for a DSI (ISI)
-    delivered to the guest.  The MMIO HPTE cache is not modelled (it only
-    saves a search); the storage-key check needs a non-zero AMR, and the
+    delivered to the guest.  A no-HPTE fault first looks in the vcpu's
+    emulated-MMIO cache (:mod:`.mmio_cache`), whose hit replaces the search
+    and the HPTE read; the storage-key check needs a non-zero AMR, and the
     modelled guest keeps AMR at 0."""
     st: HptState = kvm.arch
+    tr = kvm.tracer
     task = kvm.mm.current
     valid = HPTE_V_VALID
+    cache = st.mmio_cache.get(vcpu)
+    entry: MmioCacheEntry | None = None
+    mmio_update = 0
     if status & DSISR_NOHPTE:
         valid |= HPTE_V_ABSENT
-    index = st.find_lock_hpte(addr, slb_v, valid, task)
-    if index < 0:
-        return status if status & DSISR_NOHPTE else 0
-    v = st.v[index] & ~HPTE_V_HVLOCK
-    r = st.r.get(index, 0)
-    gr = st.guest_rpte.get(index, 0)
-    st.unlock_hpte(index, v)
+        mmio_update = st.mmio_update
+        if cache is not None:
+            entry = cache.search(addr, slb_v, mmio_update)
+    if entry is not None:
+        index, v, r, gr = entry.pte_index, entry.hpte_v, entry.hpte_r, entry.rpte
+        if tr.enabled:
+            tr.emit("mmio_cache_hit", ea=hex(addr), index=hex(index), mmio_update=mmio_update)
+    else:
+        index = st.find_lock_hpte(addr, slb_v, valid, task)
+        if index < 0:
+            return status if status & DSISR_NOHPTE else 0
+        v = st.v[index] & ~HPTE_V_HVLOCK
+        r = st.r.get(index, 0)
+        gr = st.guest_rpte.get(index, 0)
+        st.unlock_hpte(index, v)
     if status & DSISR_NOHPTE and v & HPTE_V_VALID:
         return 0  # made valid since the hardware looked: retry
     pp = gr & (HPTE_R_PP0 | HPTE_R_PP)
@@ -116,9 +130,14 @@ def hpte_hv_fault(kvm: Kvm, vcpu: int, addr: int, slb_v: int, status: int, data:
             return status | DSISR_PROTFAULT
     elif not hpte_read_permission(pp, key):
         return status | DSISR_PROTFAULT
-    st.pgfault[vcpu] = PgFault(addr, index, v, r)
-    if (r & HPTE_R_KEY) == HPTE_R_KEY and data:
-        return -2  # emulated MMIO with MSR_IR on: load the instruction word too
+    st.pgfault[vcpu] = PgFault(addr, index, v, r, entry)
+    if (r & HPTE_R_KEY) == HPTE_R_KEY:
+        if entry is None:
+            if cache is None:
+                cache = st.mmio_cache[vcpu] = MmioCache()
+            cache.fill(MmioCacheEntry(addr, slb_v, index, v, r, gr, mmio_update))
+        if data:
+            return -2  # emulated MMIO with MSR_IR on: load the instruction word too
     return -1
 
 
@@ -163,6 +182,14 @@ def hv_page_fault(kvm: Kvm, vcpu: int, ea: int, dsisr: int) -> FaultResult:
     pf = st.pgfault.get(vcpu)
     if pf is None or ea != pf.addr:
         return _ret(RESUME_GUEST, "ea is not the one real mode saw")
+    if pf.cache is not None and pf.cache.mmio_update == st.mmio_update:
+        # a current emulated-MMIO entry: no HPTE lock, no memslot lookup
+        r = pf.cache.rpte
+        psize = actual_pgsz(pf.v, r)
+        gpa = (r & HPTE_R_RPN & ~(psize - 1)) | (ea & (psize - 1))
+        if tr.enabled:
+            tr.emit("kvmppc_hv_emulate_mmio", gpa=hex(gpa), store=bool(dsisr & DSISR_ISSTORE))
+        return FaultResult(action=MMIO, ret=RESUME_GUEST, detail="KVM_EXIT_MMIO (MMIO cache)")
     index = pf.index
     st.lock_hpte(index, kvm.mm.current)
     hpte0 = st.v[index] & ~HPTE_V_HVLOCK

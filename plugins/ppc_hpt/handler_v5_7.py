@@ -4,13 +4,19 @@ kernel-notes §C.2): gup-fast for a writable page, else the generic
 ``__gfn_to_pfn_memslot`` (the strategy's ``hva_to_pfn``), then the host PTE
 for the size, address and cache attribute.
 
-Kept as merged: ``page = pfn_valid && !PageReserved ? pfn : NULL`` (so a
-zero-page reference taken by the slow gup is never dropped, kernel-notes §L.1), and no
-``pte_present`` check on the host PTE (the 2020 "Handle non-present PTEs"
-follow-up added it).
+As released: ``page = pfn_valid && !PageReserved ? pfn : NULL`` (so a
+zero-page reference taken by the slow gup is never dropped, kernel-notes
+§L.1), and the host PTE read with ``__find_linux_pte`` under
+``local_irq_disable`` (no ``mmu_lock``, no sequence check), a missing or
+non-present one putting the page and resuming the guest: ae49dedaa92b
+("Handle non-present PTEs in page fault functions", the fix of
+cd758a9b57ee's regression, kvm-ppc-fixes-5.7-1, merged before v5.7).
 
-Read from: commit cd758a9b57ee as merged for v5.7 (torvalds/linux),
-arch/powerpc/kvm/book3s_64_mmu_hv.c (kernel-notes §C.2).
+Read from: Linux 5.7.14 stable (GitHub a5221985/linux-5.7.14, Makefile
+5.7.14) arch/powerpc/kvm/book3s_64_mmu_hv.c ``kvmppc_book3s_hv_page_fault``;
+commit cd758a9b57ee (v5.7) and the ae49dedaa92b mail and its
+kvm-ppc-fixes-5.7-1 pull (2020-04-21) for what v5.7.0 carried
+(kernel-notes §C.2).
 """
 
 from __future__ import annotations
@@ -73,8 +79,8 @@ def host_pte_tail(
     (``set_page_dirty_lock``) and puts ``page`` — the only reference dropped.
 
     v5.7 (``kvm_host_pte`` false): ``__find_linux_pte`` without ``mmu_lock``;
-    no entry → put the page, ``RESUME_GUEST``; an entry is used whether
-    present or not.  v6.13 (``kvm_host_pte`` true): under ``mmu_lock``,
+    a missing or non-present entry → put the page, ``RESUME_GUEST``
+    (ae49dedaa92b, in v5.7 as released).  v6.13 (``kvm_host_pte`` true): under ``mmu_lock``,
     ``find_kvm_host_pte(kvm, mmu_seq, hva, &shift)``, which finds nothing
     when an invalidation ran or runs since ``mmu_seq``; a missing or
     non-present entry → put the page, ``RESUME_GUEST``."""
@@ -88,12 +94,11 @@ def host_pte_tail(
         pte, shift = find_kvm_host_pte(kvm, ctx.mmu_seq, hva)
     else:
         pte, shift = kvm.mm.pgtable.find_linux_pte(hva)
-    if pte is None or (kvm_host_pte and not pte & PTE_PRESENT):
+    if pte is None or not pte & PTE_PRESENT:
         if page is not None:
             phys.put_page(page)
         if tr.enabled:
-            why = "host PTE not present" if kvm_host_pte else "__find_linux_pte found nothing"
-            tr.emit("resume_guest", why=why)
+            tr.emit("resume_guest", why="host PTE missing or not present")
         return _ret(RESUME_GUEST, "host PTE gone: retry")
     hpa = (pte >> PTE_PFN_SHIFT) << ps
     pte_size = 1 << shift if shift else 1 << ps

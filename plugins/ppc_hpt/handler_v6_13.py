@@ -16,13 +16,15 @@ dirtied and put the derived page now dirty and put ``page`` (E step 9), so
 the handler releases exactly ``HvaToPfnResult.page`` and never derives a
 page from the pfn.
 
-Read from: commit 0865ba14b4ee of the v6.13 "Stop grabbing references to
-PFNMAP'd pages" series (v13, kvm list 2024-10-10) on the v6.12 handler;
-the host-PTE read (``find_kvm_host_pte(kvm, mmu_seq, hva, &shift)``
-under ``mmu_lock``, non-present → put the page, ``RESUME_GUEST``: the
-2020 follow-ups that v5.7's body predates) corrected in this round from
-the v6.13 arch/powerpc/kvm/book3s_64_mmu_hv.c as the issue-20 review
-read it.  No v6.13 release tree was reachable here.
+Read from: Linux 6.13.7 (GitHub ChenRuiwei/linux-6.13.7, Makefile
+6.13.7, the kvm files as imported in its initial commit)
+arch/powerpc/kvm/book3s_64_mmu_hv.c ``kvmppc_book3s_hv_page_fault``
+(``__kvm_faultin_pfn``, ``find_kvm_host_pte(kvm, mmu_seq, hva, &shift)``
+under ``mmu_lock``, non-present → ``put_page``, ``RESUME_GUEST``; the
+size and WIMG checks, the HPTE install, ``set_page_dirty_lock`` and
+``put_page``) read alike the model; first built from commit 0865ba14b4ee
+of the v6.13 "Stop grabbing references to PFNMAP'd pages" series (v13,
+kvm list 2024-10-10) on the v6.12 handler.
 """
 
 from __future__ import annotations

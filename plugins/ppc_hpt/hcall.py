@@ -297,7 +297,7 @@ def guest_h_remove(kvm: Kvm, ea: int) -> int:
     """The guest removes the translation it entered for ``ea``'s page:
     H_REMOVE with H_AVPN at the slot it recorded."""
     st: HptState = kvm.arch
-    for pshift in (16, 24):
+    for pshift in (12, 16, 24):
         index = st.entered.get(ea >> pshift << pshift)
         if index is None:
             continue

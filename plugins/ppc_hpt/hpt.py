@@ -61,6 +61,7 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     hpte_write_permission,
     slb_pgsize_encoding,
 )
+from kvmsim_plugins.ppc_hpt.mmio_cache import MmioCache, MmioCacheEntry
 
 from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
 from kvmsim.host.constants import PTE_DIRTY, PTE_PRESENT, PTE_WRITE, PTE_YOUNG
@@ -80,13 +81,16 @@ class PgFault:
     """What real mode saved for the virtual-mode handler
     (``vcpu->arch.pgfault_addr/index/hpte[]``)."""
 
-    __slots__ = ("addr", "index", "r", "v")
+    __slots__ = ("addr", "cache", "index", "r", "v")
 
-    def __init__(self, addr: int, index: int, v: int, r: int) -> None:
+    def __init__(
+        self, addr: int, index: int, v: int, r: int, cache: MmioCacheEntry | None = None
+    ) -> None:
         self.addr = addr
         self.index = index
         self.v = v
         self.r = r
+        self.cache = cache  # vcpu->arch.pgfault_cache
 
 
 class Install:
@@ -117,6 +121,7 @@ class HptState:
         "guest_rpte",
         "hpte_locks",
         "mask",
+        "mmio_cache",
         "mmio_update",
         "mmu_ready",
         "npte",
@@ -160,6 +165,7 @@ class HptState:
         self.pending: Install | None = None
         self.mmu_ready = True  # HPT resizing is not modelled
         self.mmio_update = 0
+        self.mmio_cache: dict[int, MmioCache] = {}  # vcpu → its emulated-MMIO HPTE cache
         self.dsi_queued = 0
 
     # ------------------------------------------------------------ guest SLB
@@ -408,9 +414,13 @@ class HptState:
         return npages
 
     def age_rmapp(self, kvm: Kvm, gfn: int) -> bool:
-        """``kvm_age_rmapp``: clear R in every valid HPTE of ``gfn``'s chain
-        (``kvmppc_clear_ref_hpte``), remembering it in ``guest_rpte``; true
-        if the rmap or any entry was referenced."""
+        """``kvm_age_rmapp``: young if the rmap remembers a reference
+        (``KVMPPC_RMAP_REFERENCED``, harvested when an HPTE of the gfn was
+        removed or made absent), which is cleared; then every HPTE of the
+        chain whose R is set is locked and, if still valid and referenced,
+        loses R (``kvmppc_clear_ref_hpte``: the byte holding R rewritten,
+        then a tlbie; the model keeps no TLB), the guest's view keeping it
+        (``guest_rpte``)."""
         task = kvm.mm.current
         self.lock_rmap(gfn, task)
         rm = self.rmap.get(gfn, 0)
@@ -425,9 +435,11 @@ class HptState:
                 if self.r.get(i, 0) & HPTE_R_R:
                     self.lock_hpte(i, task)
                     if self.v[i] & HPTE_V_VALID and self.r[i] & HPTE_R_R:
-                        self.r[i] &= ~HPTE_R_R  # kvmppc_clear_ref_hpte, then tlbie
+                        self.r[i] &= ~HPTE_R_R
                         self.guest_rpte[i] = self.guest_rpte.get(i, 0) | HPTE_R_R
                         young = True
+                        if kvm.tracer.enabled:
+                            kvm.tracer.emit("kvmppc_clear_ref_hpte", index=hex(i), gfn=hex(gfn))
                     self.unlock_hpte(i, self.v[i])
                 i = j
                 if i == head:
@@ -435,12 +447,46 @@ class HptState:
         self.unlock_rmap(gfn)
         return young
 
-    def age_hva_range(self, kvm: Kvm, start: int, end: int) -> bool:
-        """``kvm_age_hva_hv`` → ``kvm_handle_hva_range`` with ``kvm_age_rmapp``."""
+    def test_age_rmapp(self, kvm: Kvm, gfn: int) -> bool:
+        """``kvm_test_age_rmapp``: young if the rmap remembers a reference
+        (checked once unlocked, again under the rmap lock) or any HPTE of
+        the chain has R, valid or not; nothing changes."""
+        if self.rmap.get(gfn, 0) & KVMPPC_RMAP_REFERENCED:
+            return True
+        self.lock_rmap(gfn, kvm.mm.current)
+        try:
+            rm = self.rmap.get(gfn, 0)
+            if rm & KVMPPC_RMAP_REFERENCED:
+                return True
+            if rm & KVMPPC_RMAP_PRESENT:
+                i = head = rm & KVMPPC_RMAP_INDEX
+                while True:
+                    if self.r.get(i, 0) & HPTE_R_R:
+                        return True
+                    i = self.forw[i]
+                    if i == head:
+                        break
+            return False
+        finally:
+            self.unlock_rmap(gfn)
+
+    def age_gfn_range(self, kvm: Kvm, start: int, end: int, test: bool) -> bool:
+        """``kvm_age_hva_hv`` → ``kvm_handle_hva_range`` with ``kvm_age_rmapp``
+        on every gfn of the range (v4.15, v5.7; v6.13: ``kvm_age_gfn_hv``,
+        the same loop), or ``kvm_test_age_rmapp`` on the one gfn
+        ``kvm_test_age_hva_hv`` / ``kvm_test_age_gfn_hv`` look at.  Only
+        gfns with an rmap word can answer; the others are skipped.
+
+        Read from: Linux 4.15.1 and 4.16.13 arch/powerpc/kvm/book3s_64_mmu_hv.c
+        and book3s_hv_rm_mmu.c (``kvmppc_clear_ref_hpte``); the 2021 "Fix
+        conversion to gfn-based MMU notifier callbacks" patch for the v5.13+
+        ``kvm_age_gfn_hv`` / ``kvm_test_age_gfn_hv`` (kernel-notes §L.8)."""
+        age = self.test_age_rmapp if test else self.age_rmapp
         young = False
-        for _slot, lo, hi in kvm.memslots.hva_to_gfns(start, end):
-            for gfn in sorted(g for g in self.rmap if lo <= g < hi):
-                young |= self.age_rmapp(kvm, gfn)
+        for gfn in sorted(g for g in self.rmap if start <= g < end):
+            young |= age(kvm, gfn)
+            if young and test:
+                break
         return young
 
     # ------------------------------------------------------------ hardware
@@ -525,9 +571,11 @@ class HptState:
         gr = self.guest_rpte.get(index, 0)
         psize = actual_pgsz(v, gr)
         ps = self.page_shift
+        # a 4K entry is judged as the base page that holds it: the checkers'
+        # unit is the host page (the 4K piece is the guest's choice in gpa)
         return Stage2Mapping(
             gpa=hpte_rpn(gr, psize, ps) << ps,
-            size=psize,
+            size=max(psize, 1 << ps),
             pfn=hpte_rpn(r, psize, ps),
             writable=hpte_is_writable(r),
             noncached=bool(r & HPTE_R_I),

@@ -103,8 +103,10 @@ PPC_MAX_HPT_ORDER: Final = 46
 HPTES_PER_GROUP: Final = 8
 
 
-PAGE_SIZES = (1 << 16, 1 << 24)
-"""The HPTE page sizes the model enters: 64K (the base page) and 16M."""
+PAGE_SIZES = (1 << 12, 1 << 16, 1 << 24)
+"""The HPTE page sizes the model enters: 4K (a quarter-sixteenth of a host
+page: the entry maps that 4K piece of the 64K frame), 64K (the base page)
+and 16M."""
 
 
 def hpte_page_shifts(v: int, r: int) -> int:

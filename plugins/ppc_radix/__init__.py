@@ -106,8 +106,8 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookimpl
-def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
-    return mmu.age_hva_range(kvm, start, end)
+def notifier_age_gfn(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    return mmu.age_gfn_range(kvm, start, end, test)
 
 
 @hookimpl

@@ -10,12 +10,15 @@ is ``*refcounted_page``, the only page this handler may release.  None
 releases nothing, whatever the pfn; the zero page is released like any
 other page.  The page is never derived from the pfn any more.
 
-Read from: the v6.13 "Stop grabbing references to PFNMAP'd pages" series
-(v13, kvm list 2024-10-10, patch 61/85 for Book3S radix) on top of the
-2018-2020 follow-ups of kernel-notes §C.2; the release (``set_page_dirty_lock`` +
-``put_page``, not ``kvm_release_faultin_page``) corrected in this round
-from the v6.13 arch/powerpc/kvm/book3s_64_mmu_radix.c as the issue-20
-review read it.  No v6.13 release tree was reachable here.
+Read from: Linux 6.13.7 (GitHub ChenRuiwei/linux-6.13.7, Makefile
+6.13.7, the kvm files as imported in its initial commit)
+arch/powerpc/kvm/book3s_64_mmu_radix.c: ``kvmppc_book3s_radix_page_fault``
+and ``kvmppc_book3s_instantiate_page`` (mmu_seq, ``__kvm_faultin_pfn``,
+``find_kvm_host_pte`` under ``mmu_lock``, non-present → ``put_page``,
+``RESUME_GUEST``; the level tests; ``set_page_dirty_lock`` + ``put_page``)
+read alike the model; first built from the v6.13 "Stop grabbing
+references to PFNMAP'd pages" series (v13, kvm list 2024-10-10, patch
+61/85) on the 2018-2020 follow-ups of kernel-notes §C.2.
 """
 
 from __future__ import annotations

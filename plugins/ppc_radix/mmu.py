@@ -360,22 +360,29 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
             gpa = (gpa & ~(step - 1)) + step
 
 
-def age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_age_hva_hv`` → ``kvm_age_radix`` for every gfn of every memslot
-    overlapping ``[start, end)``: clear R (_PAGE_ACCESSED) on every present
-    young leaf; true if any was young.  v4.15.1, v4.16.13 and v4.17 agree
-    (and none flushes the TLB: "XXX need to flush tlb here?").  The guest's
-    next access to such a leaf takes a SET_RC fault."""
-    return _walk_age(kvm, start, end, clear=True)
+def age_gfn_range(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """``kvm_age_radix`` (or with ``test`` ``kvm_test_age_radix``) for every
+    gfn in ``[start, end)`` of one memslot, under ``mmu_lock`` (the
+    caller's): a present leaf with R (_PAGE_ACCESSED) is young; ageing
+    clears R through ``kvmppc_radix_update_pte`` with no TLB flush ("XXX
+    need to flush tlb here?") and no change to the host PTE.  The guest's
+    next access to an aged leaf takes a SET_RC fault (the handler sets R
+    again: kernel-notes §L.2), since POWER9 does not set R in a
+    partition-scoped entry itself.
 
+    Every modelled version agrees: v4.15.1, v4.16.13 (``kvm_age_hva_hv`` →
+    ``kvm_handle_hva_range`` per gfn; ``kvm_test_age_hva_hv`` on the one
+    gfn at the address) and the v5.13+ ``kvm_age_gfn_hv`` /
+    ``kvm_test_age_gfn_hv`` (the same per-gfn loop; test on
+    ``range->start``).  Not modelled: v4.15/v4.16's POWER9 DD1 work-around
+    in ``kvmppc_radix_update_pte`` (invalidate and tlbie first; DD2 parts
+    take the plain update), and later kernels' secure-guest early return
+    and nested-guest rmap update.
 
-def test_age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_test_age_hva_hv`` → ``kvm_test_age_radix``: is any present leaf
-    over the range young?  Changes nothing."""
-    return _walk_age(kvm, start, end, clear=False)
-
-
-def _walk_age(kvm: Kvm, start: int, end: int, *, clear: bool) -> bool:
+    Read from: Linux 4.15.1 and 4.16.13 arch/powerpc/kvm/book3s_64_mmu_radix.c
+    and book3s_64_mmu_hv.c; the v5.13-era book3s_64_mmu_radix.c of
+    torvalds/linux; the 2021 "Fix conversion to gfn-based MMU notifier
+    callbacks" patch for ``kvm_age_gfn_hv`` (kernel-notes §L.8)."""
     st: RadixState = kvm.arch
     if st is None:
         return False
@@ -383,28 +390,27 @@ def _walk_age(kvm: Kvm, start: int, end: int, *, clear: bool) -> bool:
     ps = tree.page_shift
     tr = kvm.tracer
     young = False
-    for _slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
-        gpa = gfn_lo << ps
-        gpa_end = gfn_hi << ps
-        while gpa < gpa_end:
-            table, idx, shift = tree.find_pte(gpa)
-            step = 1 << (shift or ps)
-            if table is None:
-                gpa = _next_populated(tree, gpa)
-                continue
-            v = table.get(idx, 0)
-            if isinstance(v, int) and v & PTE_PRESENT and v & PTE_YOUNG:
-                young = True
-                if clear:
-                    tree.hits.pop(v, None)
-                    table[idx] = v & ~PTE_YOUNG
-                    if tr.enabled:
-                        tr.emit("kvm_age_radix", gpa=hex(gpa & ~(step - 1)), size=step)
-                elif tr.enabled:
-                    tr.emit("kvm_test_age_radix", gpa=hex(gpa & ~(step - 1)), young=True)
-            # the kernel visits every gfn; after a large leaf the next gfns
-            # find the same leaf, already old, so skipping them changes nothing
-            gpa = (gpa & ~(step - 1)) + step
+    gpa = start << ps
+    gpa_end = end << ps
+    while gpa < gpa_end:
+        table, idx, shift = tree.find_pte(gpa)
+        step = 1 << (shift or ps)
+        if table is None:
+            gpa = _next_populated(tree, gpa)
+            continue
+        v = table.get(idx, 0)
+        if isinstance(v, int) and v & PTE_PRESENT and v & PTE_YOUNG:
+            young = True
+            if not test:
+                tree.hits.pop(v, None)
+                table[idx] = v & ~PTE_YOUNG
+                if tr.enabled:
+                    tr.emit("kvm_age_radix", gpa=hex(gpa & ~(step - 1)), size=step)
+            elif tr.enabled:
+                tr.emit("kvm_test_age_radix", gpa=hex(gpa & ~(step - 1)), young=True)
+        # the kernel visits every gfn; after a large leaf the next gfns
+        # find the same leaf, already old, so skipping them changes nothing
+        gpa = (gpa & ~(step - 1)) + step
     return young
 
 

@@ -49,6 +49,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k"),
         handlers={"ppc_radix": "v4.15"},
         kernel="v4.15 + RFC 20180208160303.19016-1-clg@kaod.org",
+        linux={"*": "v4.15"},
         source=read_from(__doc__),
     )
 

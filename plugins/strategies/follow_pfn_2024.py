@@ -33,10 +33,15 @@ such version (``"*"``: v4.16) pairs the 2024 code with an older release rule;
 the trace event ``follow_pfn_release_contract`` flags every result whose
 release such a handler gets wrong.
 
-Read from: virt/kvm/kvm_main.c after the v6.13 "Stop grabbing references to
-PFNMAP'd pages" series (merge 5cb1659f4120, 2024-10-25) and
-6da8e9634bb7 / 5731aacd54a8 (v6.12 ``follow_pfnmap_start/end``;
-kernel-notes §E, §L.7).
+Read from: Linux 6.13.7 (GitHub ChenRuiwei/linux-6.13.7, Makefile
+6.13.7, the kvm files as imported in its initial commit)
+virt/kvm/kvm_main.c (``__kvm_faultin_pfn``, ``kvm_follow_pfn``,
+``hva_to_pfn``, ``hva_to_pfn_fast``, ``hva_to_pfn_slow``,
+``hva_to_pfn_remapped``, ``kvm_resolve_pfn``, ``vma_is_valid``) and
+mm/memory.c ``follow_pfnmap_start``, which read alike the model; first
+built from the v6.13 "Stop grabbing references to PFNMAP'd pages" series
+(merge 5cb1659f4120, 2024-10-25) and 6da8e9634bb7 / 5731aacd54a8 (v6.12
+``follow_pfnmap_start/end``; kernel-notes §E, §L.7).
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers=HANDLERS,
         kernel="v6.13 (kvm-no-struct-page, merge 5cb1659f4120)",
+        linux={"*": "v6.13"},
         source=read_from(__doc__),
     )
 

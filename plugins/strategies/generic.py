@@ -66,10 +66,14 @@ def hva_to_pfn_fast(
     write_fault: bool,
     writable: OutParam,
     pfn: OutParam,
+    *,
+    any_caller: bool = False,
 ) -> bool:
     """``hva_to_pfn_fast`` (kernel-notes §A.4): only for atomic or async callers; always
-    asks gup-fast for a writable page."""
-    if not (async_ or atomic):
+    asks gup-fast for a writable page.  ``any_caller``: from v4.19 ("KVM:
+    try __get_user_pages_fast even if not in atomic context") any caller
+    that wants or allows a write tries it first."""
+    if not (async_ or atomic or any_caller):
         return False
     if not (write_fault or writable):
         return False
@@ -179,18 +183,22 @@ def hva_to_pfn(
     *,
     remapped_writable: bool = True,
     remapped: RemappedFn | None = None,
+    fast_any_caller: bool = False,
 ) -> int:
     """``hva_to_pfn`` (kernel-notes §A.3, v4.16): fast (atomic/async only), slow, then the
     vma walk under mmap_sem: hwpoison, remapped VM_IO|VM_PFNMAP, async.
 
-    ``remapped`` replaces :func:`hva_to_pfn_remapped` (later kernels changed
-    only that helper on this path)."""
+    ``remapped`` replaces :func:`hva_to_pfn_remapped`; ``fast_any_caller``
+    is v4.19's fast-path rule (:func:`hva_to_pfn_fast`): later kernels up to
+    v5.13 changed only these on this path."""
     if remapped is None:
         remapped = hva_to_pfn_remapped
     BUG_ON(bool(atomic and async_), "BUG_ON(atomic && async)")
     tr = kvm.tracer
     pfn = OutParam("pfn", 0)
-    if hva_to_pfn_fast(kvm, addr, atomic, async_, write_fault, writable, pfn):
+    if hva_to_pfn_fast(
+        kvm, addr, atomic, async_, write_fault, writable, pfn, any_caller=fast_any_caller
+    ):
         return pfn.get()  # type: ignore[return-value]
     if atomic:
         return KVM_PFN_ERR_FAULT
@@ -256,6 +264,7 @@ def generic_request(
     *,
     remapped_writable: bool = True,
     remapped: RemappedFn | None = None,
+    fast_any_caller: bool = False,
 ) -> HvaToPfnResult:
     """Run :func:`hva_to_pfn` for a request and package its outputs.
 
@@ -273,6 +282,7 @@ def generic_request(
         writable,
         remapped_writable=remapped_writable,
         remapped=remapped,
+        fast_any_caller=fast_any_caller,
     )
     return package_result(kvm, request, pfn, async_, writable)
 

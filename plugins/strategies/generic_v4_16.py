@@ -34,6 +34,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
         kernel="v4.16",
+        linux={"*": "v4.16"},
         source=read_from(__doc__),
     )
 

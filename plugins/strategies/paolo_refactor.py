@@ -97,6 +97,7 @@ def strategy_info() -> StrategyInfo:
         arches=("*",),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7", "*": "v4.16"},
         kernel="sketch on kvm_main.c b4414842b023 (2018-02-12)",
+        linux={"*": "v4.16"},  # the 4.16 merge window's kvm tree
         source=read_from(__doc__),
     )
 

@@ -48,6 +48,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.15", "ppc_hpt": "v4.15"},
         kernel="v4.15 (radix blob 58618f644c56)",
+        linux={"*": "v4.15"},
         source=read_from(__doc__),
     )
 

@@ -10,8 +10,13 @@
   a valid non-reserved page whose count is 0 (``get_page_unless_zero`` fails,
   on the page itself, not its head) gives ``r = -EFAULT`` → ``KVM_PFN_ERR_FAULT``.
 
-Everything else on the path is modelled as v4.16's generic code (fast path
-only for atomic/async callers, slow gup, write upgrade, hwpoison check).
+- "KVM: try __get_user_pages_fast even if not in atomic context" (Paolo
+  Bonzini, v4.19): ``hva_to_pfn_fast`` runs for any caller that wants or
+  allows a write, not only for atomic or async ones, so a writable present
+  PTE is pinned by gup-fast without ``mmap_sem``.
+
+Everything else on the path is modelled as v4.16's generic code (slow gup,
+write upgrade, hwpoison check, the vma walk), which 5.13 keeps.
 Deliberate simplification: ``kvm_is_reserved_pfn`` is v4.16's, so the zero
 page counts as reserved (v5.6's 7df003c85218 excluded it); no PFNMAP vma maps
 the zero page, so the remapped path's decisions are unaffected.  Handlers:
@@ -20,9 +25,13 @@ ways this model does not express on this path), x86 v5.13 (whose release
 helpers carry v5.6's zero-page fix), arm64 v5.13 when the out-of-tree example
 is installed (likewise), others v4.16.
 
-Read from: commits bd2fae8da794 (v5.12) and f8be156be163 (v5.13,
-CVE-2021-22543) on virt/kvm/kvm_main.c (torvalds/linux; kernel-notes
-§D, kernel-notes §L.3).
+Read from: virt/kvm/kvm_main.c of Linux 5.14.2 (GitHub
+Kingdo777/linux-5.14.2-faascale-host @ 21101b620, f8be156be163 applied)
+and 5.12.9 (zhangyinjun/linux-5.12.9 @ d2af43753, bd2fae8da794 without
+f8be156be163): ``hva_to_pfn``, ``hva_to_pfn_fast``, ``hva_to_pfn_slow``,
+``hva_to_pfn_remapped``, ``kvm_try_get_pfn``; 5.13 lies between them
+(f8be156be163 entered in 5.13-rc7); commits bd2fae8da794 and
+f8be156be163 (kernel-notes §D, §L.3).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ def strategy_info() -> StrategyInfo:
             "*": "v4.16",
         },
         kernel="5.13 (f8be156be163 on bd2fae8da794)",
+        linux={"*": "v5.13"},
         source=read_from(__doc__),
     )
 
@@ -112,4 +122,4 @@ def hva_to_pfn_remapped(
 
 @hookimpl
 def hva_to_pfn(kvm: Kvm, request: HvaToPfnRequest) -> HvaToPfnResult:
-    return generic_request(kvm, request, remapped=hva_to_pfn_remapped)
+    return generic_request(kvm, request, remapped=hva_to_pfn_remapped, fast_any_caller=True)

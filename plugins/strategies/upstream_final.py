@@ -17,13 +17,18 @@ host PTE, dirtying is ``set_page_dirty_lock``, release is ``put_page`` on
 HPT converted later than radix: Paul Mackerras's "Use __gfn_to_pfn_memslot in
 HPT page fault handler", merged as cd758a9b57ee in v5.7 (v5.6 still has the
 ``vm_pgoff`` code), so on ``ppc_hpt`` this strategy selects the v5.7 handler.
-The generic ``hva_to_pfn`` it reaches is modelled as v4.17's: the decisions
-this model can express did not change on that path before bd2fae8da794 (v5.12;
-see ``refcount_guarded``); the v5.6 zero-page fix of ``kvm_is_reserved_pfn``
-does not matter to PPC, which tests ``PageReserved`` itself (kernel-notes §L.1).
+The generic ``hva_to_pfn`` it reaches is modelled as v4.17's: on that path
+v5.7 differs only by v4.19's gup-fast attempt for synchronous callers
+("KVM: try __get_user_pages_fast even if not in atomic context"), which
+repeats, for the v5.7 HPT handler, the gup-fast attempt the handler itself
+made just before (not modelled: the same page table gives the same
+answer), until bd2fae8da794 (v5.12; see ``refcount_guarded``); the v5.6
+zero-page fix of ``kvm_is_reserved_pfn`` does not matter to PPC, which
+tests ``PageReserved`` itself (kernel-notes §L.1).
 
 Read from: commit 31c8b0d0694a (Linux 4.17.0 release tree) for radix and
-cd758a9b57ee (v5.7) for HPT; virt/kvm/kvm_main.c of Linux 4.16.13 for
+cd758a9b57ee with ae49dedaa92b as Linux 5.7.14 has them
+(a5221985/linux-5.7.14) for HPT; virt/kvm/kvm_main.c of Linux 4.16.13 for
 the generic resolution (kernel-notes §C).
 """
 
@@ -49,6 +54,7 @@ def strategy_info() -> StrategyInfo:
         arches=("ppc_radix", "ppc_radix_4k", "ppc_hpt"),
         handlers={"ppc_radix": "v4.17", "ppc_hpt": "v5.7"},
         kernel="v4.17 (31c8b0d0694a); HPT v5.7 (cd758a9b57ee)",
+        linux={"ppc_hpt": "v5.7", "*": "v4.17"},
         source=read_from(__doc__),
     )
 

@@ -6,8 +6,9 @@ the strategies of those eras (see :mod:`.handler`).
 
 See :mod:`.ept` (tables, SPTE bits, the hardware walk), :mod:`.handler`
 (the fault path), :mod:`.apf` (async page faults), :mod:`.steps` (scenario
-steps: ``swap_out``, ``async_pf``, ``apf_complete``, ``age``), :mod:`.dirty`
-(the core ``dirty_log`` step's x86 side: write protection, PML, the ring).
+steps: ``swap_out``, ``async_pf``, ``apf_complete``, ``nx_huge_pages``; the
+core ``age`` step reaches :func:`.ept.age_gfn_range`), :mod:`.dirty` (the core
+``dirty_log`` step's x86 side: write protection, PML, the ring).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
 @hookimpl
 def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
     ept.unmap_hva_range(kvm, start, end)
+
+
+@hookimpl
+def notifier_age_gfn(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    return ept.age_gfn_range(kvm, start, end, test)
 
 
 @hookimpl

@@ -38,6 +38,7 @@ from kvmsim_plugins.x86_ept.ept import (
     EptState,
     Table,
     drop_spte,
+    is_large_pte,
     is_last_spte,
     is_mmio_spte,
     is_shadow_present_pte,
@@ -202,11 +203,19 @@ def is_access_allowed(error_code: int, spte: int) -> bool:
     return bool(spte & EPT_R)
 
 
+def _dirty_tracked(kvm: Kvm, gpa: int) -> bool:
+    """``kvm_slot_dirty_track_enabled(fault->slot)``: the gfn's slot logs
+    dirty pages."""
+    slot = kvm.memslots.gfn_to_memslot(gpa >> 12)
+    return slot is not None and slot.id in kvm.arch.dirty_bitmaps
+
+
 def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) -> bool:
     """``fast_page_fault`` (kernel-notes §L.5): without ``mmu_lock``, fix a present 4K SPTE
     that was write-protected for dirty logging (``pt_protect == false``):
     make it writable again and mark its gfn dirty.  A large SPTE is left to
-    the slow path (only its first gfn could be logged).  With EPT A/D on,
+    the slow path (only its first gfn could be logged); v6.13 leaves it
+    only while its slot logs dirty pages.  With EPT A/D on,
     SPTEs are never access-tracked, so nothing else is fixed here."""
     if not page_fault_can_be_fast(error_code):
         return False
@@ -243,8 +252,10 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
         new = spte
         if error_code & PFERR_WRITE_MASK and spte_can_locklessly_be_made_writable(spte):
             new |= EPT_W
-            if lvl > PT_PAGE_TABLE_LEVEL:
-                new = spte  # do not fix a large SPTE: break to the slow path
+            if lvl > PT_PAGE_TABLE_LEVEL and (st.version != "v6.13" or _dirty_tracked(kvm, gpa)):
+                # do not fix a large SPTE (v6.13: while its slot logs dirty
+                # pages): break to the slow path
+                new = spte
         if new != spte and is_access_allowed(error_code, new):
             # fast_pf_fix_direct_spte: cmpxchg, then mark the gfn dirty
             table[idx] = new
@@ -387,35 +398,121 @@ def direct_map(
     pfn: int,
     prefault: bool,
     mmu_seq: int,
+    *,
+    fault_gfn: int | None = None,
+    huge_page_disallowed: bool = False,
 ) -> int:
-    """``__direct_map``: walk from the root, dropping a large SPTE in the way
-    (``drop_large_spte``) and linking new tables, down to ``level``; there
-    ``mmu_set_spte``, then (legacy MMU: v4.16, v5.13) ``direct_pte_prefetch``."""
+    """``__direct_map`` (v4.16, v5.13) / ``kvm_tdp_mmu_map`` (v6.13): walk
+    from the root down to ``level`` (``gfn`` is the leaf's base gfn), then
+    ``mmu_set_spte``, then (legacy MMU: v4.16, v5.13) ``direct_pte_prefetch``
+    unless v5.13 found the SPTE already as it would make it (RET_PF_SPURIOUS).
+
+    On the way down, a large SPTE in the way is dropped (``drop_large_spte``)
+    and a table linked; v6.13's TDP MMU splits it instead
+    (``tdp_mmu_split_huge_page``, :func:`split_huge_spte`).  ``fault_gfn``
+    (v5.13, v6.13 callers) enables the NX huge-page workaround's
+    ``disallowed_hugepage_adjust`` while ``kvm.nx_huge_pages`` is on: at the
+    goal level, a present table (v6.13: one linked by a fault that was
+    ``huge_page_disallowed``) sends the map one level down, the pfn patched
+    with the fault's gfn bits.  A v6.13 table linked for a
+    ``huge_page_disallowed`` fault is remembered as such
+    (``sp->nx_huge_page_disallowed``)."""
     st: EptState = kvm.arch
-    gpa = gfn << 12
+    v6 = st.version == "v6.13"
+    nx = fault_gfn is not None and st.nx_huge_pages
+    g = gfn if fault_gfn is None else fault_gfn
+    gpa = g << 12
     table = st.root
     lvl = PT64_ROOT_LEVEL
-    while lvl > level:
+    while True:
         idx = (gpa >> LEVEL_SHIFT[lvl]) & 511
         e = table.get(idx)
+        base = gpa & ~((1 << LEVEL_SHIFT[lvl]) - 1)
+        if (
+            nx
+            and lvl == level > PT_PAGE_TABLE_LEVEL
+            and e.__class__ is dict
+            and (not v6 or st.nx_children.get((lvl, base)) is e)
+        ):
+            # disallowed_hugepage_adjust: a small SPTE's table is there
+            pfn |= g & (pages_per_hpage(lvl) - pages_per_hpage(lvl - 1))
+            level -= 1
+            if kvm.tracer.enabled:
+                kvm.tracer.emit("disallowed_hugepage_adjust", gfn=hex(g), level=level)
+        if lvl == level:
+            break
+        linked = False
         if isinstance(e, int):
-            # drop_large_spte (a large leaf, present or write-protected) or
-            # a stale non-present value: the slot becomes a table
-            if e and not is_mmio_spte(e):
-                drop_spte(kvm, table, idx, gpa & ~((1 << LEVEL_SHIFT[lvl]) - 1), lvl)
-            e = None
+            if v6 and is_shadow_present_pte(e) and is_large_pte(e):
+                e = split_huge_spte(kvm, table, idx, base, lvl, e)
+                linked = True
+            else:
+                # drop_large_spte (a large leaf, present or write-protected)
+                # or a stale non-present value: the slot becomes a table
+                if e and not is_mmio_spte(e):
+                    drop_spte(kvm, table, idx, base, lvl)
+                e = None
         if e is None:
             e = {}
             table[idx] = e
-        table = e
+            linked = True
+        if v6 and linked:
+            # sp->nx_huge_page_disallowed = fault->huge_page_disallowed
+            if huge_page_disallowed:
+                st.nx_children[(lvl, base)] = e  # type: ignore[assignment]
+            else:
+                st.nx_children.pop((lvl, base), None)
+        table = e  # type: ignore[assignment]
         lvl -= 1
+    gfn = g & ~(pages_per_hpage(level) - 1)
     idx = (gpa >> LEVEL_SHIFT[level]) & 511
+    old = table.get(idx)
     ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
+    if st.version == "v5.13" and ret == RET_PF_RETRY and isinstance(old, int) and old:
+        if is_shadow_present_pte(old) and table.get(idx) == old:
+            # set_spte found the SPTE it would make: RET_PF_SPURIOUS, which
+            # __direct_map returns before prefetching or counting
+            return ret
     if st.version != "v6.13" and level == PT_PAGE_TABLE_LEVEL and st.ad_enabled:
         # the v6.13 TDP MMU (kvm_tdp_mmu_map) prefetches nothing
         direct_pte_prefetch(kvm, table, idx, gfn, mmu_seq)
     st.pf_fixed += 1
     return ret
+
+
+def split_huge_spte(kvm: Kvm, table: Table, idx: int, gpa: int, level: int, huge: int) -> Table:
+    """``tdp_mmu_split_huge_page`` (v6.13): a table of 512 SPTEs for the
+    parts of the huge SPTE at ``level`` (``make_small_spte``: the huge
+    SPTE's bits with the part's pfn; at 4K without the large bit and, with
+    ``kvm.nx_huge_pages``, executable again), linked in its place.  The
+    frames stay mapped: no accessed/dirty hand-back, no reference; each
+    part keeps the huge leaf's ``mmu_seq``."""
+    st: EptState = kvm.arch
+    child_level = level - 1
+    step = pages_per_hpage(child_level)
+    base = huge
+    if child_level == PT_PAGE_TABLE_LEVEL:
+        base &= ~EPT_LARGE
+        if st.nx_huge_pages:
+            base |= EPT_X  # make_spte_executable (ACC_ALL has exec)
+    child: Table = {i: base + ((i * step) << SPTE_PFN_SHIFT) for i in range(512)}
+    table[idx] = child
+    st.hits.pop(huge, None)
+    seq = st.seqs.pop(gpa, None)
+    size = 1 << LEVEL_SHIFT[child_level]
+    for i in range(512):
+        if seq is not None:
+            st.seqs[gpa + i * size] = seq
+        kvm.stage2_changed(gpa + i * size)
+    if level - 1 == PT_PAGE_TABLE_LEVEL:
+        st.lpages -= 1
+    else:
+        st.lpages += 511
+    if kvm.tracer.enabled:
+        kvm.tracer.emit(
+            "kvm_mmu_split_huge_page", gfn=hex(gpa >> 12), spte=hex(huge), level=level, ret=0
+        )
+    return child
 
 
 PTE_PREFETCH_NUM: Final = 8

@@ -26,8 +26,12 @@ write-protects only the large SPTEs at enable (4K pages are reported dirty
 anyway and protected by the first clear); from v5.14 (the v6.13 handler)
 enable protects nothing and each clear first write-protects the large SPTEs
 around its range, the one holding its first page and, when the range
-crosses a 2M boundary, the one holding its last (``kvm_arch_mmu_enable_log_dirty_pt_masked``;
-eager page splitting is taken as off).
+crosses a 2M boundary, the one holding its last (``kvm_arch_mmu_enable_log_dirty_pt_masked``).
+v6.13 splits huge leaves eagerly (``eager_page_split``, on by default):
+enabling without initially-set first splits every huge leaf of the slot in
+place down to 4K (``kvm_mmu_slot_try_split_huge_pages``); with it, each
+clear first splits those meeting its range (``kvm_mmu_try_split_huge_pages``,
+before the write protection above).
 
 Read from: Linux 4.16.13 (mirror lizuobin/linux-4.16.13_tiny4412:
 arch/x86/kvm/mmu.c ``kvm_mmu_slot_remove_write_access``,
@@ -39,7 +43,10 @@ CompressionDuck/linux-5.11, for the v5.13 handler: no 5.13 tree was
 reachable, and the dirty-logging code is unchanged between them); the
 2021 patch "KVM: x86: Not wr-protect huge page with init_all_set dirty log"
 (Keqian Zhu, queued for v5.14, kvm@vger 2021-05-24) and a current mmu.c
-for v6.13's ``kvm_arch_mmu_enable_log_dirty_pt_masked``.
+for v6.13's ``kvm_arch_mmu_enable_log_dirty_pt_masked``; Linux 6.13.7
+(GitHub ChenRuiwei/linux-6.13.7: x86.c ``kvm_mmu_slot_apply_flags``,
+mmu/mmu.c ``kvm_arch_mmu_enable_log_dirty_pt_masked``,
+``kvm_mmu_slot_try_split_huge_pages``) for the eager split.
 """
 
 from __future__ import annotations
@@ -47,11 +54,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kvmsim_plugins.x86_ept.common import split_huge_spte
 from kvmsim_plugins.x86_ept.ept import (
     EPT_D,
     EPT_W,
     EptState,
     drop_spte,
+    is_large_pte,
     is_shadow_present_pte,
     spte_to_pfn,
 )
@@ -127,6 +136,8 @@ def enable(kvm: Kvm, slot: Memslot, on: bool) -> bool:
     if st.version == "v6.13" and init_set:
         # reported dirty already: the clears write-protect, large leaves included
         return True
+    if st.version == "v6.13":
+        _eager_split(kvm, slot)
     n = 0
     if pml:
         # vmx_slot_enable_log_dirty (v5.11: not the 4K D bits when initially set)
@@ -159,6 +170,8 @@ def protect(kvm: Kvm, slot: Memslot, gfn_offset: int, mask: int) -> bool:
         end = slot.base_gfn + rels[-1]
         # kvm_mmu_slot_gfn_write_protect(start, PG_LEVEL_2M), and for end
         # when ALIGN(start, 2M) != ALIGN(end, 2M)
+        # eager_page_split: kvm_mmu_try_split_huge_pages(start, end + 1, 4K)
+        _split_huge(kvm, start << 12, (end + 1) << 12)
         huge = {start}
         if -(-(start << 12) // (1 << 21)) != -(-(end << 12) // (1 << 21)):
             huge.add(end)
@@ -198,6 +211,37 @@ def vmx_flush_pml_buffer(kvm: Kvm, vcpu: int) -> int:
     if logged and kvm.tracer.enabled:
         kvm.tracer.emit("vmx_flush_pml_buffer", vcpu=vcpu, entries=len(logged))
     return len(logged)
+
+
+def _eager_split(kvm: Kvm, slot: Memslot) -> None:
+    """v6.13 ``kvm_mmu_slot_try_split_huge_pages(kvm, slot, PG_LEVEL_4K)``
+    (``eager_page_split``, on by default), before the write protection:
+    every huge leaf of the slot is split in place down to 4K
+    (``tdp_mmu_split_huge_page``), its frames still mapped."""
+    task = kvm.mm.current
+    kvm.mmu_lock.lock(task)
+    try:
+        _split_huge(kvm, slot.base_gfn << 12, (slot.base_gfn + slot.npages) << 12)
+    finally:
+        kvm.mmu_lock.unlock(task)
+
+
+def _split_huge(kvm: Kvm, start: int, end: int) -> None:
+    """``kvm_tdp_mmu_try_split_huge_pages`` to 4K over the gpas [start, end),
+    ``mmu_lock`` held by the caller: every huge leaf meeting the range is
+    split in place (:func:`~kvmsim_plugins.x86_ept.common.split_huge_spte`),
+    1G leaves down through 2M."""
+    st: EptState = kvm.arch
+    while True:
+        huge = [
+            (table, idx, level, gpa)
+            for table, idx, level, gpa in st.leaves_in(start, end)
+            if level > 1 and is_shadow_present_pte(v := table[idx]) and is_large_pte(v)  # type: ignore[arg-type]
+        ]
+        if not huge:
+            break
+        for table, idx, level, gpa in huge:
+            split_huge_spte(kvm, table, idx, gpa, level, table[idx])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- SPTE walks

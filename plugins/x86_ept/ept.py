@@ -161,13 +161,13 @@ class EptState:
         "hits",
         "hwpoison_signals",
         "lpages",
+        "nx_children",
         "nx_huge_pages",
         "pf_fixed",
         "pml",
         "root",
         "seqs",
         "version",
-        "young_reports",
     )
 
     def __init__(self, version: str) -> None:
@@ -178,14 +178,18 @@ class EptState:
         self.dirty_bitmaps: Mapping[int, object] = {}
         """The core's bitmaps (``kvm.dirty.bitmaps``): a slot is a key exactly
         while it logs."""
-        self.young_reports: list[tuple[int, int]] = []
-        """(step, young sptes) per ageing step."""
         self.hwpoison_signals: list[tuple[int, int]] = []
         """(vcpu, si_addr) per SIGBUS ``kvm_send_hwpoison_signal`` sent."""
         self.apf: dict[int, ApfVcpu] = {}
         self.pf_fixed = 0
         self.lpages = 0
         self.nx_huge_pages = False
+        """``kvm.nx_huge_pages`` (v5.4+; the iTLB multihit workaround)."""
+        self.nx_children: dict[tuple[int, int], Table] = {}
+        """v6.13: the tables a ``huge_page_disallowed`` fault linked
+        (``sp->nx_huge_page_disallowed``), by (level of the entry pointing
+        at them, its base gpa); a table is one of them only while it is the
+        very object recorded."""
         self.pml: dict[int, list[int]] | None = None
         """Each vcpu's page-modification log (gpas the CPU logged on setting
         a D bit) while PML is enabled (``enable_pml``); None: no PML."""
@@ -506,23 +510,43 @@ def _mapping(st: EptState, gpa: int, level: int, spte: int) -> Stage2Mapping:
     )
 
 
-def age_hva_range(kvm: Kvm, start: int, end: int) -> int:
-    """``kvm_age_hva`` → ``kvm_handle_hva_range(kvm_age_rmapp)`` under
-    ``mmu_lock``: clear the accessed bit of every SPTE mapping the range
-    (``mmu_spte_age`` with EPT A/D) and count those that had it."""
+def age_gfn_range(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """``kvm_age_gfn`` / ``kvm_test_age_gfn`` over gfns ``[start, end)`` of
+    one memslot, under ``mmu_lock`` (the caller's).  v4.16 and v5.13 (rmap
+    MMU): ``kvm_age_rmapp`` → ``mmu_spte_age`` on every leaf SPTE, at every
+    level, whose gfn range meets the range; v6.13 (TDP MMU):
+    ``age_gfn_range`` / ``test_age_gfn`` on every leaf the walk meets.
+    Every version, with EPT A/D: an accessed SPTE (``is_accessed_spte``:
+    the A bit) has A cleared and counts as young; nothing is flushed and no
+    struct page is marked accessed.  ``test`` only asks (the test variants
+    stop at the first accessed SPTE).
+
+    The model always enables EPT A/D (``EptState.ad_enabled``), so the
+    versions' other branch, access tracking (``mark_spte_for_access_track``,
+    v4.10+, which takes R/W/X away instead of an A bit), is never reached;
+    none of the modelled versions zaps the SPTE to age it (that was before
+    v4.10).
+
+    Read from: Linux 4.16.13 arch/x86/kvm/mmu.c (``kvm_age_hva``,
+    ``kvm_test_age_hva``, ``kvm_age_rmapp``, ``kvm_test_age_rmapp``,
+    ``mmu_spte_age``); the v5.13-era arch/x86/kvm/mmu/tdp_mmu.c
+    ``age_gfn_range`` / ``test_age_gfn`` (torvalds/linux) and the 2023-2024
+    tdp_mmu.c patches on the kvm list that rework them without changing
+    the A/D path (kernel-notes §L.8).
+    """
     st: EptState = kvm.arch
-    young = 0
-    task = kvm.mm.current
-    kvm.mmu_lock.lock(task)
-    try:
-        for _slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
-            for table, idx, _level, _gpa in st.leaves_in(gfn_lo << 12, gfn_hi << 12):
-                v = table[idx]
-                assert isinstance(v, int)
-                if is_shadow_present_pte(v) and v & EPT_A:
-                    st.hits.pop(v, None)
-                    table[idx] = v & ~EPT_A
-                    young += 1
-    finally:
-        kvm.mmu_lock.unlock(task)
+    tr = kvm.tracer
+    young = False
+    for table, idx, level, gpa in st.leaves_in(start << 12, end << 12):
+        v = table[idx]
+        assert isinstance(v, int)
+        if not is_shadow_present_pte(v) or not v & EPT_A:
+            continue
+        young = True
+        if test:
+            break
+        st.hits.pop(v, None)
+        table[idx] = v & ~EPT_A
+        if tr.enabled:
+            tr.emit("kvm_age_page", gfn=hex(gpa >> 12), level=level, young=True)
     return young

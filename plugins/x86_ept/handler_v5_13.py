@@ -19,15 +19,28 @@ behind a slot that allows only 2M maps whole (:func:`kvm_mmu_hugepage_adjust`),
 and ``set_spte`` no longer has v4.16's ``lpage_disallowed`` check (dropped
 in v5.6 when the level moved under ``mmu_lock``) to stop it.  With
 ``kvm.nx_huge_pages`` (the ``nx_huge_pages`` step) huge leaves are
-non-executable and a fetch is mapped 4K; ``__direct_map`` ends with
-``direct_pte_prefetch``, skipped while an invalidation is in progress.
+non-executable, a fetch is mapped 4K, and ``__direct_map``'s
+``disallowed_hugepage_adjust`` sends any fault one level down where a
+table sits at its goal level.  ``__direct_map`` ends with
+``direct_pte_prefetch``, skipped while an invalidation is in progress,
+and returns before it when ``set_spte`` found the SPTE it would make
+(RET_PF_SPURIOUS).
 
-Read from: the 5.13-era arch/x86/kvm/mmu/mmu.c as kernel-notes §D and
-L summarize it; the level rule checked in this round against
-ec607a564f70's post-fix text of ``kvm_mmu_max_mapping_level`` /
-``kvm_mmu_hugepage_adjust`` / ``host_pfn_mapping_level`` (a v5.16-era
-copy) and the v5.6 patch that retired ``set_spte``'s lpage check; no
-5.13 release tree was reachable here.
+Not modelled: ``page_fault_handle_page_track`` (no write-tracked gfn),
+``make_mmu_pages_available`` (always room), the TDP MMU (off by default:
+``tdp_mmu_enabled = false``), ZONE_DEVICE pages in ``kvm_is_reserved_pfn``
+and ``host_pfn_mapping_level``, the NX recovery thread.
+
+Read from: Linux 5.12.9 (GitHub zhangyinjun/linux-5.12.9 @ d2af43753,
+Makefile 5.12.9) and 5.14.2 (Kingdo777/linux-5.14.2-faascale-host @
+21101b620, its unmodified "Source Code" import) arch/x86/kvm/mmu/mmu.c,
+tdp_mmu.c, include/linux/kvm_host.h and virt/kvm/kvm_main.c: their
+``direct_page_fault``, ``try_async_pf``, ``fast_page_fault``,
+``__direct_map``, ``disallowed_hugepage_adjust``, ``mmu_set_spte``,
+``set_spte``, ``kvm_mmu_hugepage_adjust``, ``kvm_mmu_max_mapping_level``
+(the host level unclamped in both), ``host_pfn_mapping_level``,
+``mmu_notifier_retry_hva`` and ``__kvm_handle_hva_range`` read alike, so
+5.13 (between them) reads so too; no 5.13 release tree was reachable.
 """
 
 from __future__ import annotations
@@ -65,6 +78,7 @@ from kvmsim_plugins.x86_ept.ept import (
 )
 
 from kvmsim.cmodel import EAGAIN
+from kvmsim.host.pte import pte_present
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import (
     gfn_to_hva_memslot,
@@ -190,6 +204,8 @@ def adjust_and_map(
         pfn,
         bool(flags & REQ_PREFAULT),
         mmu_seq,
+        fault_gfn=gfn,
+        huge_page_disallowed=nx,
     )
 
 
@@ -218,6 +234,11 @@ def host_pfn_mapping_level(
     hva = slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
     e, shift = kvm.mm.pgtable.find_linux_pte(hva)
     if e is None:
+        return PT_PAGE_TABLE_LEVEL
+    if not compound and not pte_present(e):
+        # v6.13 stops at a PUD or PMD that is not present (a migration or
+        # hwpoison entry): 4K; 5.13's lookup_address_in_mm returns such an
+        # entry with its level
         return PT_PAGE_TABLE_LEVEL
     if shift >= level_shift(PT_PDPE_LEVEL):
         return PT_PDPE_LEVEL

@@ -14,23 +14,43 @@ under ``mmu_lock``:
   the slot's ``disallow_lpage`` (ec607a564f70, v5.15), the host level read
   from the host page tables for any pfn (no compound-page or reserved-pfn
   test since a8ac499bb6ab, v6.0), then the leaf;
+- ``kvm_tdp_mmu_map``: with ``kvm.nx_huge_pages``, a fetch is mapped 4K
+  and ``disallowed_hugepage_adjust`` sends a fault one level down only
+  where the table at its goal level was linked by such a fetch
+  (``sp->nx_huge_page_disallowed``); a present huge SPTE in the way of a
+  smaller goal is split in place (``tdp_mmu_split_huge_page``: 512 SPTEs
+  on its frames, executable again at 4K under the workaround), not
+  dropped; no ``direct_pte_prefetch``;
 
-and after the unlock ``kvm_mmu_finish_page_fault`` →
-``kvm_release_faultin_page`` of exactly ``*refcounted_page``
-(kernel-notes §E.9), unused when the fault is retried.
+and, at ``out_unlock`` still under ``mmu_lock`` (the model releases right
+after ``create_pte`` dropped it: nothing runs in between),
+``kvm_mmu_finish_page_fault`` → ``kvm_release_faultin_page`` of exactly
+``*refcounted_page`` (kernel-notes §E.9), unused when the fault is
+retried (RET_PF_RETRY).  The lockless
+``fast_page_fault`` also makes a write-protected huge SPTE writable
+unless its slot logs dirty pages; ``host_pfn_mapping_level`` stops at a
+PUD or PMD that is not present (4K).  Enabling dirty logging first splits
+the slot's huge leaves (``eager_page_split``, plugins/x86_ept/steps.py).
 
 Not modelled: ``kvm_mmu_faultin_pfn``'s early
 ``mmu_invalidate_retry_gfn_unsafe`` (v6.9), 5.14+'s skipping of the count
-and sequence for invalidations that overlap no memslot, the NX huge-page
-workaround, and the TDP MMU's own table layout (its SPTE decisions are the
-legacy MMU's here).
+and sequence for invalidations that overlap no memslot, the TDP MMU's
+own table layout (one root, its SPTE decisions are the legacy MMU's
+``mmu_set_spte`` here), ``kvm_mmu_recover_huge_pages`` when dirty logging
+is disabled (the legacy zap of collapsible SPTEs stands in), private
+memory, the NX recovery thread.
 
-Read from: the v6.13 "Stop grabbing references to PFNMAP'd pages" series
-(v13, kvm list 2024-10-10; kernel-notes §E.9) for the release; the
-level rule from ec607a564f70's and a8ac499bb6ab's post-fix text of
-``kvm_mmu_max_mapping_level`` / ``host_pfn_mapping_level`` /
-``kvm_mmu_hugepage_adjust`` (v5.16-era, read in this round) with 6.13's
-``is_page_fault_stale``; no v6.13 release tree was reachable here.
+Read from: Linux 6.13.7 (GitHub ChenRuiwei/linux-6.13.7, Makefile
+6.13.7, the kvm files as imported in its initial commit)
+arch/x86/kvm/mmu/mmu.c (``kvm_mmu_hugepage_adjust``,
+``__kvm_mmu_max_mapping_level``, ``host_pfn_mapping_level``,
+``disallowed_hugepage_adjust``, ``fast_page_fault``,
+``page_fault_can_be_fast``), tdp_mmu.c (``kvm_tdp_mmu_map``,
+``tdp_mmu_split_huge_page``), spte.c (``make_small_spte``), x86.c
+(``kvm_mmu_slot_apply_flags``) and include/linux/kvm_host.h
+(``kvm_release_faultin_page``); the release first from the "Stop
+grabbing references to PFNMAP'd pages" series (v13, kvm list
+2024-10-10; kernel-notes §E.9).
 """
 
 from __future__ import annotations

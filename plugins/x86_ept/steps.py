@@ -12,9 +12,10 @@
   work (``async_pf_execute``), then the vcpu's next entry processes the
   completions: the page is prefaulted and "page ready" is injected
   (``kvm_check_async_pf_completion``).
-- ``age`` (``vma``, ``offset``, ``size``): reclaim's ``clear_young`` over the
-  range: ``kvm_age_hva`` clears the EPT accessed bits (EPT A/D) and counts
-  the young SPTEs (``kvm.arch.young_reports``).
+- ``age`` and ``dirty_log`` are core steps now (kvmsim.hoststeps): the plugin
+  answers ``age`` with ``notifier_age_gfn``
+  (:func:`kvmsim_plugins.x86_ept.ept.age_gfn_range`) and ``dirty_log``
+  through the dirty-logging hooks (:mod:`kvmsim_plugins.x86_ept.dirty`).
 - ``nx_huge_pages`` (``enabled`` = true): the administrator writes the
   ``kvm.nx_huge_pages`` module parameter (the iTLB multihit workaround,
   v5.4; on by default on affected CPUs).  ``set_nx_huge_pages`` zaps every
@@ -31,7 +32,6 @@ from typing import TYPE_CHECKING, Final
 from kvmsim_plugins.x86_ept import apf
 from kvmsim_plugins.x86_ept.ept import (
     EptState,
-    age_hva_range,
     unmap_hva_range,
 )
 
@@ -50,7 +50,6 @@ STEP_KINDS: Final = (
     StepKind("swap_out", _RANGE, required=("vma",), default_size=PAGE_SIZE),
     StepKind("async_pf", {"vcpu": int, "enable": bool}),
     StepKind("apf_complete", {"vcpu": int}),
-    StepKind("age", _RANGE, required=("vma",)),
     StepKind("nx_huge_pages", {"enabled": bool}),
 )
 NAMES: Final = frozenset(k.name for k in STEP_KINDS)
@@ -68,9 +67,7 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
         return StepResult(outcome="done")
     if do == "apf_complete":
         return _apf_complete(kvm, vcpu)
-    if do == "nx_huge_pages":
-        return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
-    return _age(kvm, step)
+    return _nx_huge_pages(kvm, bool(step.params.get("enabled", True)))
 
 
 def _nx_huge_pages(kvm: Kvm, enabled: bool) -> StepResult:
@@ -128,12 +125,3 @@ def _apf_complete(kvm: Kvm, vcpu: int) -> StepResult:
     finally:
         mm.current = prev
     return StepResult(outcome="done", detail=f"{ran} work item(s) ran, {done} page(s) ready")
-
-
-def _age(kvm: Kvm, step: StepSpec) -> StepResult:
-    start, end = _range(kvm, step)
-    young = age_hva_range(kvm, start, end)
-    kvm.arch.young_reports.append((step.index, young))
-    if kvm.tracer.enabled:
-        kvm.tracer.emit("kvm_age_hva", start=hex(start), end=hex(end), young=young)
-    return StepResult(outcome="done", detail=f"{young} young SPTE(s)")

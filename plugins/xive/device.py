@@ -18,7 +18,7 @@ from kvmsim_plugins.xive import esb
 from kvmsim_plugins.xive.tima import TM_QW1_OS, TM_SPC_ACK_OS_REG, OsRing
 
 from kvmsim.errors import ScenarioError
-from kvmsim.hooktypes import MmioResult
+from kvmsim.hooktypes import HOST_VCPU, MmioResult
 from kvmsim.host.constants import (
     PTE_CACHE_BITS,
     PTE_NONCACHED,
@@ -191,14 +191,21 @@ class XiveDevice:
     def mmio(
         self, kvm: Kvm, vcpu: int, pfn: int, offset: int, op: str, size: int, value: int
     ) -> MmioResult | None:
-        """A guest access through stage 2 to one of the device's frames."""
+        """A load or store reaching one of the device's frames: a guest's
+        through stage 2, or QEMU's through its own mapping (``vcpu`` =
+        ``HOST_VCPU``).  Both are the same MMIO to the same ESB or TIMA page
+        (kernel-notes §G.4), so both take this path; only the TIMA, a
+        per-thread view, depends on who accesses it."""
         owned = self.frames.get(pfn)
         if owned is None:
             return None
         kind, irq, xd = owned
         load = op != "write"
         if xd is None:
+            if vcpu == HOST_VCPU:
+                return self._tima_host(offset, load)
             return self._tima(kvm, vcpu, offset, load, size, value)
+        who = "host" if vcpu == HOST_VCPU else "guest"
         if xd is not self.sources[irq].select():
             # the source switched pages (passthrough) and a stale stage-2
             # entry still reaches the old ones: they drive the old interrupt
@@ -210,7 +217,7 @@ class XiveDevice:
             self.trigger(kvm, irq, xd)
             return MmioResult(value=0, detail=f"trigger irq {irq}")
         if load:
-            v = self._mgmt_load(kvm, irq, xd, off, "guest")
+            v = self._mgmt_load(kvm, irq, xd, off, who)
             return MmioResult(value=v, detail=f"ESB load {off:#x} irq {irq}")
         if off < esb.XIVE_ESB_STORE_EOI:
             self.trigger(kvm, irq, xd)
@@ -224,9 +231,21 @@ class XiveDevice:
             old = xd.pq
             xd.pq = (off >> 8) & 0x3
             change = f"{esb.PQ_NAMES[old]}->{esb.PQ_NAMES[xd.pq]}"
-            self._note("esb_set_pq", irq, f"guest store: PQ {change}")
+            self._note("esb_set_pq", irq, f"{who} store: PQ {change}")
             return MmioResult(value=0, detail=f"ESB store {off:#x} irq {irq}")
         return MmioResult(value=0, detail=f"invalid ESB store at {off:#x}: ignored")
+
+    def _tima_host(self, offset: int, load: bool) -> MmioResult:
+        """QEMU's access to the TIMA OS page through its own mapping.  The
+        TIMA shows the thread context of the hardware thread that accesses
+        it, and a vcpu's OS context is in a thread only while that vcpu runs
+        there (``kvmppc_xive_push_vcpu`` at guest entry, ``_pull_vcpu`` at
+        exit): a QEMU thread in host user mode reaches no vcpu's ring, so no
+        vcpu's pending interrupt is accepted or CPPR changed.  What such a
+        load returns is not modelled (0)."""
+        off = offset & 0xFFF
+        self._note("tima_host", -1, f"{'load' if load else 'store'} at {off:#x}: no vcpu context")
+        return MmioResult(value=0, detail="TIMA access from a host thread: no vcpu context")
 
     def _tima(
         self, kvm: Kvm, vcpu: int, offset: int, load: bool, size: int, value: int

@@ -16,7 +16,7 @@ from kvmsim.scenario import parse_scenario
 ARCH = "ppc_radix"
 PAGE = 0x10000
 BACKINGS = ["anon", "shmem", "file", "hugetlbfs", "pfnmap_linear", "pfnmap_fault", "mixedmap"]
-HOST_STEPS = ["munmap", "mprotect", "poison", "migrate", "split_thp", "host_write"]
+HOST_STEPS = ["munmap", "mprotect", "poison", "migrate", "split_thp", "host_write", "age"]
 
 
 def _strategies() -> list[str]:

@@ -24,6 +24,8 @@ BASES = {
         "gen-race-migrate-before-create-pte",
     ],
     "gen-base-mprotect-write": ["gen-race-mprotect-before-create-pte"],
+    "gen-base-madvise-dontneed": ["gen-race-dontneed-after-hva-to-pfn"],
+    "gen-base-punch-hole-memfd": ["gen-race-punch-hole-before-create-pte"],
     "gen-base-munmap-pfnmap-retry": [
         "gen-race-munmap-mmap-sem-dropped",
         "gen-race-munmap-pfnmap-after-hva-to-pfn",

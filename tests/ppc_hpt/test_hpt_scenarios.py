@@ -192,3 +192,61 @@ def test_dirty_log_on_a_slot_not_logging_is_a_scenario_error() -> None:
     text = LIB["hpt-dirty-log"].read_text().replace('action = "enable"', 'action = "disable"')
     with pytest.raises(ScenarioError, match=r"step\[3\]\.slot: dirty logging is not enabled"):
         build_sim(text, strategy="generic_v4_16").run()
+
+
+def test_v5_7_resumes_on_a_non_present_host_pte(monkeypatch: pytest.MonkeyPatch) -> None:
+    # book3s_64_mmu_hv.c of 5.7.14 (ae49dedaa92b, in v5.7 as released): a
+    # host PTE found non-present after the page was looked up (a THP
+    # collapse or migration in flight) puts the page and resumes the guest,
+    # which faults again; before the fix it was taken for a cache-inhibited
+    # mapping
+    from kvmsim_plugins.ppc_hpt import handler_v5_7
+
+    from kvmsim.host.constants import PTE_PRESENT
+
+    text = """
+name = "np"
+description = "store, its host PTE non-present at the host-PTE read"
+arch = "ppc_hpt"
+[[vma]]
+name = "ram"
+size = "1M"
+backing = "anon"
+[[memslot]]
+gpa = 0
+vma = "ram"
+[[step]]
+do = "hcall"
+call = "H_ENTER"
+ea = 0x12340000
+gpa = 0x10000
+[[step]]
+do = "access"
+ea = 0x12340000
+gpa = 0x10000
+op = "write"
+"""
+    sim = build_sim(text, strategy="upstream_final")
+    tail = handler_v5_7.host_pte_tail
+    seen: list[int] = []
+
+    def non_present_once(kvm: Any, ctx: Any, *args: Any, **kw: Any) -> Any:
+        if not seen:
+            pte = kvm.mm.pgtable.get_pte(ctx.hva)
+            seen.append(pte)
+            kvm.mm.pgtable.set_pte(ctx.hva, pte & ~PTE_PRESENT)
+            try:
+                return tail(kvm, ctx, *args, **kw)
+            finally:
+                kvm.mm.pgtable.set_pte(ctx.hva, pte)
+        return tail(kvm, ctx, *args, **kw)
+
+    monkeypatch.setattr(handler_v5_7, "host_pte_tail", non_present_once)
+    report = sim.run()
+    assert seen
+    resumed = [e for e in report.events if e["event"] == "resume_guest"]
+    assert resumed and resumed[0]["why"] == "host PTE missing or not present"
+    # the retried fault maps the page; gup-fast's reference of the first
+    # attempt was put
+    assert report.steps[1].outcome == "mapped"
+    assert sim.phys.others_refs() == {}

@@ -1,4 +1,4 @@
-"""POWER9 radix dirty logging per handler version (kernel-notes §M.3): the
+"""POWER9 radix dirty logging per handler version (kernel-notes §N.3): the
 C bit set by SET_RC and harvested, and what a dirty large leaf unmapped while
 logging leaves in the bitmap."""
 

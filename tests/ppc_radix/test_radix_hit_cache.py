@@ -27,7 +27,7 @@ def test_a_cached_hit_never_outlives_its_leaf() -> None:
     assert second == first and second.pfn == 0x40 and second.writable
     # kvm_age_radix clears R: the next access takes SET_RC (L.2), not the cache
     start = sim.vma("ram").start
-    assert mmu.age_hva_range(kvm, start, start + PMD_SIZE)
+    assert sim.mm.notifiers.clear_young(sim.mm, start, start + PMD_SIZE)
     assert fault_code(sim, 0x10000, "read") == ("hdsi", DSISR_SET_RC)
     # v4.17 replaces the leaf with another frame: the walk sees the new pfn
     assert create(sim, 0x10000, pte(0x50), 0) == 0

@@ -31,8 +31,8 @@ pytestmark = [
 ]
 
 #: steps compared (agree or known) by the builtin crosscheck on a shadow-MMU
-#: host; 105 agree on kvm_pvm 6.18 (docs/crosscheck.md)
-COMPARED_FLOOR = 95
+#: host; 184 agree on kvm_pvm 6.18 (docs/crosscheck.md)
+COMPARED_FLOOR = 160
 
 
 def crosscheck_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -127,6 +127,33 @@ def test_a_guest_that_never_exits_is_reported_as_a_hang() -> None:
         obs = vm.run()
     assert obs[0] is not None and obs[0].outcome == "hang"
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("vma", "discard", "frame"),
+    [
+        # the page is gone: a load maps the zero page
+        ('backing = "anon"', 'do = "madvise"\nadvice = "dontneed"', "zero"),
+        # lazily freed but not reclaimed: the same page, same value
+        ('backing = "anon"', 'do = "madvise"\nadvice = "free"', "4k same@0"),
+        # a hole in the memfd: a new zero-filled page (even if the allocator
+        # hands the freed frame out again)
+        ('backing = "shmem"\nshared = true', 'do = "punch_hole"', "4k new"),
+        ('backing = "shmem"\nshared = true', 'do = "madvise"\nadvice = "remove"', "4k new"),
+    ],
+)
+def test_discards_on_the_real_host(vma: str, discard: str, frame: str) -> None:
+    steps = (
+        f'[[step]]\n{discard}\nvma = "ram"\noffset = 0x1000\nsize = "4K"\n'
+        '[[step]]\ndo = "access"\ngpa = 0x1000\nop = "read"\n'
+    )
+    p = plan(parse_scenario(one_slot(vma, steps), "<t>"), HOST)
+    with RealVm(p) as vm:
+        store, done, load = vm.run()
+    assert store is not None and store.outcome == "mapped"
+    assert done is not None and done.outcome == "done"
+    assert load is not None and load.outcome == "mapped" and load.frame == frame
+    assert load.value == (3 if "same" in frame else 0)
 
 
 def test_a_disagreement_exits_1_and_names_the_observable(

@@ -74,10 +74,41 @@ def test_supported_host_events_and_dirty_log_get_actions() -> None:
         STEP.format(do="munmap", extra='size = "4K"')
         + STEP.format(do="mprotect", extra='prot = "none"')
         + STEP.format(do="host_write", extra="")
+        + STEP.format(do="host_read", extra="width = 4")
         + '[[step]]\ndo = "dirty_log"\nslot = 0\naction = "enable"\n'
     )
     p = plan(sc(steps=steps), SHADOW)  # type: ignore[arg-type]
-    assert [s.action for s in p.steps] == ["access", "host", "host", "host", "dirty_log"]
+    assert [s.action for s in p.steps] == [
+        "access",
+        "host",
+        "host",
+        "host",
+        "host",
+        "dirty_log",
+    ]
+
+
+def test_discard_steps_get_actions() -> None:
+    steps = (
+        STEP.format(do="madvise", extra='advice = "dontneed"\nsize = "4K"')
+        + STEP.format(do="madvise", extra='advice = "free"\nsize = "4K"')
+        + LATER
+    )
+    p = plan(sc(steps=steps), SHADOW)  # type: ignore[arg-type]
+    assert [s.action for s in p.steps] == ["access", "host", "host", "access"]
+    shm = 'backing = "shmem"\nshared = true'
+    remove = STEP.format(do="madvise", extra='advice = "remove"\nsize = "4K"')
+    steps = remove + STEP.format(do="punch_hole", extra='size = "4K"')
+    p = plan(sc(shm, steps=steps), SHADOW)  # type: ignore[arg-type]
+    assert [s.action for s in p.steps] == ["access", "host", "host"]
+
+
+def test_a_hole_in_hugetlbfs_is_unsupported_for_want_of_an_fd() -> None:
+    huge = 'backing = "hugetlbfs"\nhuge = "2M"\nshared = true'
+    p = plan(sc(huge, steps=STEP.format(do="punch_hole", extra="") + LATER), EPT)  # type: ignore[arg-type]
+    assert p.runs
+    assert [s.action for s in p.steps] == ["access", None, None]
+    assert "no fd to fallocate" in p.steps[1].reason
 
 
 def test_ept_accessed_bits_are_not_comparable_on_a_shadow_mmu_only() -> None:

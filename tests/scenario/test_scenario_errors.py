@@ -664,7 +664,13 @@ def test_step_offset_past_the_vma() -> None:
 
 
 def test_step_offset_not_aligned() -> None:
-    bad(HEAD + RAM + table("step", do='"host_write"', vma='"ram"', offset="8"), "step[0].offset")
+    # a range step starts at a page; a host store is one access, aligned to its width
+    bad(HEAD + RAM + table("step", do='"poison"', vma='"ram"', offset="8"), "step[0].offset")
+    bad(
+        HEAD + RAM + table("step", do='"host_write"', vma='"ram"', offset="4"),
+        "step[0].offset",
+        says="aligned to 8 bytes",
+    )
 
 
 def test_expect_outcome_on_a_host_step() -> None:

@@ -187,6 +187,32 @@ def test_refcount_guarded_write_to_readonly_pfnmap_is_ro_fault(run_sim: Run) -> 
     assert events(rep, "hva_to_pfn")[-1]["status"] == "ro_fault"
 
 
+@pytest.mark.parametrize(
+    ("strategy", "fast"), [("generic_v4_16", False), ("refcount_guarded", True)]
+)
+def test_refcount_guarded_fast_path_for_sync_callers(strategy: str, fast: bool) -> None:
+    # virt/kvm/kvm_main.c of 5.12.9 / 5.14.2: hva_to_pfn_fast tries gup-fast
+    # for any caller that wants or allows a write ("KVM: try
+    # __get_user_pages_fast even if not in atomic context", v4.19); v4.16
+    # only for atomic or async callers, so a synchronous read of a populated
+    # writable page goes through the slow gup and its write upgrade
+    sim = build_sim(ANON.format(ro="false"), strategy=strategy, trace=True)
+    from kvmsim.host import events as host_events
+
+    sim.mm.current = "qemu"
+    host_events.host_write(sim.mm, sim.kvm.memslots.slots[0].userspace_addr + 0x10000)
+    req = _request(sim, 0x10000, write=False)
+    mod = __import__(f"kvmsim_plugins.strategies.{strategy}", fromlist=["hva_to_pfn"])
+    res = mod.hva_to_pfn(sim.kvm, req)
+    assert res.status == "ok" and res.writable
+    fast_evs = [e for e in sim.tracer.events if e["event"] == "hva_to_pfn_fast"]
+    slow = [e for e in sim.tracer.events if e["event"] == "get_user_pages_unlocked"]
+    assert bool(fast_evs and fast_evs[-1]["ret"] == 1) is fast
+    assert bool(slow) is not fast
+    sim.phys.put_page(res.pfn)
+    assert sim.phys.others_refs() == {}
+
+
 # ------------------------------------------------------------------ follow_pfn_2024
 
 

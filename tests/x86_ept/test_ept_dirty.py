@@ -1,4 +1,4 @@
-"""x86 dirty logging per handler version (kernel-notes §M.1, §M.2): manual
+"""x86 dirty logging per handler version (kernel-notes §N.1, §N.2): manual
 protect, INITIALLY_SET, the ring, PML's full log, and the concurrent bases."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_cached_hits_keep_setting_accessed_and_dirty(make_sim: Any) -> None:
     assert first.pfn is not None and first.writable and first.page_size == 4096
     # kvm_age_rmapp clears A: the next hit sets it again, cached or not
     start = sim.vma("ram").start
-    assert ept.age_hva_range(kvm, start, start + 0x2000) == 1
+    assert sim.mm.notifiers.clear_young(sim.mm, start, start + 0x2000) is True
     assert not table[idx] & ept.EPT_A
     assert ept.translate(kvm, 0x1000, "read") == first
     assert table[idx] & ept.EPT_A

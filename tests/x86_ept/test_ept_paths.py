@@ -185,9 +185,34 @@ def test_ageing_clears_accessed_bits(make_sim: Any) -> None:
         + '[[step]]\ndo = "age"\nvma = "ram"\nsize = "8M"\n'
     )
     sim = make_sim(text, strategy=STRATEGY)
+    report = sim.run()
+    # kvm_age_rmapp → mmu_spte_age: the two SPTEs the faults installed had A
+    # (the prefetched neighbours did not); cleared once, then old
+    assert [report.steps[i].young for i in (2, 3)] == [True, False]
+    assert [e["gfn"] for e in _events(report, "kvm_age_page", step=2)] == ["0x1", "0x2"]
+    assert not _events(report, "kvm_age_page", step=3)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "prefetched"), [("generic_v4_16", True), ("follow_pfn_2024", False)]
+)
+def test_a_prefetched_neighbour_is_old(make_sim: Any, strategy: str, prefetched: bool) -> None:
+    # direct_pte_prefetch (v4.16, v5.13) maps the seven SPTEs before the
+    # faulting one speculatively, without A; v6.13's TDP MMU prefetches nothing
+    text = HEAD.replace('backing = "anon"', 'backing = "anon"\npopulate = true') + _access(
+        0x17000, "write"
+    )
+    sim = make_sim(text, strategy=strategy)
     sim.run()
-    # kvm_age_rmapp → mmu_spte_age: young SPTEs are counted once, then old
-    assert [n for _, n in sim.kvm.arch.young_reports] == [2, 0]
+    st = sim.kvm.arch
+    table, idx, _level = st.find_spte(0x16000)
+    spte = table.get(idx, 0) if table is not None else 0
+    assert ept.is_shadow_present_pte(spte) is prefetched
+    assert not spte & ept.EPT_A
+    mm = sim.mm
+    base = sim.vma("ram").start
+    assert mm.notifiers.test_young(mm, base + 0x16000) is False
+    assert mm.notifiers.test_young(mm, base + 0x17000) is True
 
 
 def test_dirty_log_disable_zaps_collapsible_4k_sptes(make_sim: Any) -> None:

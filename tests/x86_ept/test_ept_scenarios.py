@@ -42,6 +42,7 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
+        "ept-madvise-free-reclaim",
         "ept-nx-huge-pages-exec",
         "ept-pfnmap-linear",
         "ept-readonly-pfnmap-store",
@@ -164,14 +165,14 @@ def test_dirty_log_reports_exactly_what_was_dirtied(make_sim: Any) -> None:
     assert report.passed, report.to_json()
     # L.5: each KVM_GET_DIRTY_LOG returns and clears the bitmap.
     reports = [gpas for _, _, gpas in sim.kvm.dirty.reports]
-    assert reports == [(0x201000, 0x205000), (0x201000, 0x202000), ()]
+    assert reports == [(0x201000, 0x405000), (0x201000, 0x202000), ()]
     # the re-write of 0x201000 after the first get was fixed by
     # fast_page_fault (write-protected 4K SPTE with HOST|MMU_WRITEABLE)
-    fast = _events(report, "fast_page_fault", step=5)
+    fast = _events(report, "fast_page_fault", step=6)
     assert fast and fast[0]["handled"] is True
     # the store to the write-protected 2M leaf went to the slow path at 4K
-    assert _events(report, "fast_page_fault", step=2)[0]["handled"] is False
-    assert _events(report, "tdp_page_fault", step=2)[0]["force_pt_level"] is True
+    assert _events(report, "fast_page_fault", step=3)[0]["handled"] is False
+    assert _events(report, "tdp_page_fault", step=3)[0]["force_pt_level"] is True
 
 
 def test_dirty_log_expect_dirty_mismatch_fails_the_step(make_sim: Any) -> None:
@@ -227,9 +228,23 @@ def test_partial_memslot_on_a_1g_page_maps_2m_and_exits_past_the_slot(make_sim: 
 def test_pml_logs_a_store_without_an_exit(make_sim: Any) -> None:
     sim, report = _run(make_sim, "ept-dirty-log-pml")
     assert report.passed, report.to_json()
-    # step 4 stores through a 4K SPTE whose D bit the get cleared: no fault
+    # step 5 stores through a 4K SPTE whose D bit the get cleared: no fault
     # (PML logs it), and the next get reports it from the flushed log
-    assert not _events(report, "kvm_page_fault", step=4)
+    assert not _events(report, "kvm_page_fault", step=5)
     assert sim.kvm.arch.pml is not None and not any(sim.kvm.arch.pml.values())
     # the write-protection variant would have faulted there (fast_page_fault)
-    assert _events(report, "vmx_slot_enable_log_dirty", step=1)
+    assert _events(report, "vmx_slot_enable_log_dirty", step=2)
+
+
+def test_madvise_free_then_reclaim_discards_only_the_clean_page(make_sim: Any) -> None:
+    sim, report = _run(make_sim, "ept-madvise-free-reclaim")
+    steps = report.steps
+    # kernel-notes §M.2: the page nobody dirtied after MADV_FREE is discarded
+    # by reclaim, the one the guest stored to is kept (mapped back)
+    assert _events(report, "lazyfree_discard", step=4)
+    assert _events(report, "lazyfree_redirtied", step=5)
+    assert (steps[6].outcome, steps[6].pfn, steps[6].value) == ("mapped", sim.phys.zero_pfn, 0)
+    assert (steps[7].outcome, steps[7].value, steps[7].pfn) == ("mapped", 0x23, steps[3].pfn)
+    # the only defect is v4.16's zero-page reference (kernel-notes §L.1)
+    assert [v.name for v in report.verdicts] == ["refcount_leak"]
+    assert not [s for s in steps if s.expect_failures]

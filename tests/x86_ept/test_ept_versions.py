@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from kvmsim_plugins.x86_ept import common, ept, handler_v5_13
 
+from kvmsim.host.constants import PTE_PRESENT
+from kvmsim.host.pte import pte_pfn
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import kvm_is_reserved_pfn
 from kvmsim.scenario import builtin_scenarios
@@ -142,19 +144,156 @@ def test_v6_13_sizes_leaves_from_the_host_page_tables(make_sim: Any) -> None:
     assert {m.size for m in ept.mappings(sim.kvm)} == {1 << 21}
 
 
-@pytest.mark.parametrize("strategy", ["refcount_guarded", "follow_pfn_2024"])
-def test_nx_huge_pages_maps_huge_leaves_nx_and_fetches_4k(make_sim: Any, strategy: str) -> None:
-    sim = make_sim(LIB["ept-nx-huge-pages-exec"], arch="x86_ept", strategy=strategy)
+def test_v5_13_nx_huge_pages_fetch_drops_the_2m_leaf(make_sim: Any) -> None:
+    sim = make_sim(LIB["ept-nx-huge-pages-exec"], arch="x86_ept", strategy="refcount_guarded")
     report = sim.run()
     assert report.passed, report.to_json()
+    # the 2M leaf the read installed gave way to a table for the fetch
+    # (__direct_map's drop_large_spte, x86 mmu.c of 5.12.9 = 5.13); the legacy
+    # MMU then prefetched the run before it in its group of 8
+    # (direct_pte_prefetch); the later load at 0x205000 wanted 2M, found the
+    # fetch's table and went down a level (disallowed_hugepage_adjust), and
+    # prefetched 0x204000 before it
     leaves = {(m.gpa, m.size) for m in ept.mappings(sim.kvm)}
-    # the 2M leaf the read installed gave way to a table for the fetch; the
-    # legacy MMU (v5.13) then prefetches the run before it in its group of 8
-    # (direct_pte_prefetch), the v6.13 TDP MMU does not
-    first = 0x20_0000 if strategy == "refcount_guarded" else 0x20_3000
-    assert leaves == {(gpa, 4096) for gpa in range(first, 0x20_4000, 0x1000)}
+    assert leaves == {(gpa, 4096) for gpa in range(0x20_0000, 0x20_6000, 0x1000)}
     adjust = [e for e in report.events if e["event"] == "kvm_mmu_hugepage_adjust"]
-    assert [e["level"] for e in adjust] == [2, 1]
+    assert [e["level"] for e in adjust] == [2, 1, 2]
+    (down,) = _events(report, "disallowed_hugepage_adjust")
+    assert (down["step"], down["level"]) == (4, 1)
+    # the second fetch hits the 4K leaf the first one left
+    assert not _events(report, "kvm_tdp_page_fault", step=5)
+
+
+def test_v6_13_nx_huge_pages_fetch_splits_the_2m_leaf(make_sim: Any) -> None:
+    sim = make_sim(LIB["ept-nx-huge-pages-exec"], arch="x86_ept", strategy="follow_pfn_2024")
+    report = sim.run()
+    assert report.passed, report.to_json()
+    # kvm_tdp_mmu_map (6.13.7 tdp_mmu.c): the present 2M leaf in the way of
+    # the fetch's 4K goal is split in place (tdp_mmu_split_huge_page): 512
+    # 4K leaves on the 2M page's frames, executable again (make_small_spte
+    # with the NX workaround on); the later load and fetch hit them
+    (split,) = _events(report, "kvm_mmu_split_huge_page")
+    assert (split["step"], split["level"]) == (3, 2)
+    maps = {m.gpa: m for m in ept.mappings(sim.kvm)}
+    assert sorted(maps) == list(range(0x20_0000, 0x40_0000, 0x1000))
+    assert all(m.size == 4096 and m.pfn == m.gpa >> 12 for m in maps.values())
+    table, idx, _lvl = sim.kvm.arch.find_spte(0x20_5000)
+    assert table is not None and table[idx] & ept.EPT_X
+    assert not _events(report, "kvm_tdp_page_fault", step=4)
+    assert not _events(report, "kvm_tdp_page_fault", step=5)
+
+
+def _nx_on_thp(make_sim: Any, strategy: str) -> Any:
+    """nx_huge_pages on, a 2M THP the host maps, nothing mapped in the EPT."""
+    text = (
+        HEAD.replace('backing = "anon"', 'backing = "anon"\nhuge = "2M"')
+        + '[[step]]\ndo = "host_write"\nvma = "ram"\noffset = 0x200000\n'
+        + '[[step]]\ndo = "nx_huge_pages"\nenabled = true\n'
+    )
+    sim = make_sim(text, strategy=strategy)
+    assert sim.run().passed
+    return sim
+
+
+@pytest.mark.parametrize(
+    ("strategy", "size"), [("refcount_guarded", 4096), ("follow_pfn_2024", 1 << 21)]
+)
+def test_disallowed_hugepage_adjust_needs_an_nx_table_in_v6_13(
+    make_sim: Any, strategy: str, size: int
+) -> None:
+    sim = _nx_on_thp(make_sim, strategy)
+    kvm = sim.kvm
+    e, _shift = kvm.mm.pgtable.find_linux_pte(
+        kvm.memslots.gfn_to_memslot(0x200).userspace_addr + 0x200000
+    )
+    head = pte_pfn(e)
+    # a 4K leaf linked by a fault that was not an NX-refused fetch (a load
+    # while the host still mapped 4K, say): its table is not
+    # nx_huge_page_disallowed
+    common.direct_map(
+        kvm, False, True, 1, 0x201, head + 1, False, kvm.mmu_notifier_seq, fault_gfn=0x201
+    )
+    # a load at 0x205000 wants 2M: v5.13's disallowed_hugepage_adjust goes
+    # down for any table there, v6.13's only for one an NX-refused fault
+    # linked (sp->nx_huge_page_disallowed), so v6.13 maps the 2M leaf over it
+    ret = common.direct_map(
+        kvm, False, True, 2, 0x200, head, False, kvm.mmu_notifier_seq, fault_gfn=0x205
+    )
+    assert ret == common.RET_PF_RETRY
+    sizes = {m.gpa: m.size for m in ept.mappings(kvm)}
+    assert sizes[0x205000 if size == 4096 else 0x200000] == size
+
+
+def test_v6_13_eager_split_on_enabling_dirty_logging(make_sim: Any) -> None:
+    sim = make_sim(LIB["kvm-dirty-log-thp"], strategy="follow_pfn_2024")
+    report = sim.run()
+    assert report.passed, report.to_json()
+    # kvm_mmu_slot_apply_flags (6.13.7 x86.c): eager_page_split splits the
+    # 2M leaf into 512 4K leaves before write-protecting them, so the store
+    # at 0x201000 is fixed by fast_page_fault, with no slow fault
+    (split,) = _events(report, "kvm_mmu_split_huge_page")
+    assert split["step"] == 1
+    fast = _events(report, "fast_page_fault", step=2)
+    assert fast and fast[0]["handled"] is True
+    assert not _events(report, "kvm_mmu_hugepage_adjust", step=2)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fixed"), [("refcount_guarded", False), ("follow_pfn_2024", True)]
+)
+def test_fast_page_fault_fixes_a_large_spte_in_v6_13(
+    make_sim: Any, strategy: str, fixed: bool
+) -> None:
+    sim = make_sim(LIB["ept-thp-2m"], strategy=strategy)
+    assert sim.run().passed
+    kvm = sim.kvm
+    table, idx, level = kvm.arch.find_spte(0x20_0000)
+    assert level == 2 and table is not None
+    # a write-protected (MMU-writable) 2M SPTE in a slot that logs nothing:
+    # 5.13 leaves it to the slow path; 6.13 sets W locklessly unless the
+    # slot is dirty-tracked (fast_page_fault, 6.13.7 mmu.c)
+    table[idx] &= ~ept.EPT_W
+    handled = common.fast_page_fault(
+        kvm, 0, 0x20_3000, 1, common.PFERR_WRITE_MASK | common.PFERR_PRESENT_MASK
+    )
+    assert handled is fixed
+    assert bool(table[idx] & ept.EPT_W) is fixed
+
+
+def test_v6_13_host_level_stops_at_a_non_present_huge_entry(make_sim: Any) -> None:
+    sim = _nx_on_thp(make_sim, "follow_pfn_2024")
+    kvm = sim.kvm
+    slot = kvm.memslots.gfn_to_memslot(0x200)
+    pgtable = kvm.mm.pgtable
+    e, shift = pgtable.find_linux_pte(slot.userspace_addr + 0x200000)
+    assert shift == 21
+    # a PMD migration entry: 6.13's walk stops at a non-present PMD (4K);
+    # 5.13's lookup_address_in_mm returns it with its level (2M)
+    hva = slot.userspace_addr + 0x200000
+    pgtable.huge[21][hva >> 21] = e & ~PTE_PRESENT
+    pfn = pte_pfn(e)
+    assert handler_v5_13.host_pfn_mapping_level(kvm, 0x200, pfn, slot, compound=False) == 1
+    assert handler_v5_13.host_pfn_mapping_level(kvm, 0x200, pfn, slot, compound=True) == 2
+
+
+def test_v5_13_spurious_map_skips_the_prefetch(make_sim: Any) -> None:
+    sim = make_sim(PREFETCH, strategy="refcount_guarded")
+    assert sim.run().passed
+    kvm = sim.kvm
+    table, idx, _level = kvm.arch.find_spte(0x4000)
+    assert table is not None
+    ept.drop_spte(kvm, table, idx, 0x4000, 1)
+    table5, idx5, _ = kvm.arch.find_spte(0x5000)
+    assert table5 is not None
+    spte = table5[idx5]
+    # the same fault again: set_spte makes the very SPTE that is there
+    # (SET_SPTE_SPURIOUS → RET_PF_SPURIOUS), and __direct_map returns before
+    # direct_pte_prefetch: the dropped neighbour stays unmapped
+    common.direct_map(
+        kvm, False, True, 1, 0x5, ept.spte_to_pfn(spte), False, kvm.mmu_notifier_seq, fault_gfn=0x5
+    )
+    assert table5[idx5] == spte
+    assert 0x4000 not in {m.gpa for m in ept.mappings(kvm)}
 
 
 def test_nx_huge_pages_step_is_a_no_op_before_v5_4(make_sim: Any) -> None:

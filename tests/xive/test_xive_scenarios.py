@@ -126,7 +126,7 @@ def test_host_touched_page_is_not_faulted_again(make_sim: Callable[..., Simulati
     dev = _dev(sim)
     assert report.passed
     ipi = dev.sources[0].ipi_data
-    # the host store faulted page 1 in (do_shared_fault -> esb fault): a
+    # the host load faulted page 1 in (do_read_fault -> esb fault): a
     # special, cache-inhibited PTE to the EOI frame
     pte, _ = sim.mm.pgtable.find_linux_pte(sim.vma("esb").start + PAGE)
     assert pte is not None and pte & PTE_PRESENT and pte & PTE_SPECIAL

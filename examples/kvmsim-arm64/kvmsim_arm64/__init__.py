@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, Translation
+from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
+from kvmsim.scenario import StepKind
 from kvmsim.sources import read_from
-from kvmsim_arm64 import abort, abort_later, mmu
+from kvmsim_arm64 import abort, abort_later, mmio, mmu
 from kvmsim_arm64.desc import IPA_BITS, PAGE_SHIFT, PMD_SIZE, PUD_SIZE
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
+    from kvmsim.scenario import StepSpec
 
 __version__ = "0.1.0"
 NAME = "arm64"
@@ -68,7 +70,7 @@ def arch_init(kvm: Kvm) -> Any:
 
 @hookimpl
 def translate(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Translation:
-    return mmu.translate(kvm, gpa, ea, op)
+    return mmu.translate(kvm, gpa, ea, op, vcpu)
 
 
 @hookimpl
@@ -87,8 +89,8 @@ def notifier_invalidate(kvm: Kvm, start: int, end: int) -> None:
 
 
 @hookimpl
-def notifier_age(kvm: Kvm, start: int, end: int) -> bool:
-    return mmu.age_hva_range(kvm, start, end)
+def notifier_age_gfn(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    return mmu.age_gfn_range(kvm, start, end, test)
 
 
 @hookimpl
@@ -99,3 +101,31 @@ def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
 @hookimpl
 def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
     return mmu.mappings_in(kvm, start, end)
+
+
+#: What the plugin adds to scenarios: ``isv`` on the core access step (false:
+#: the instruction gives no syndrome, ESR_EL2.ISV = 0, e.g. a load/store pair
+#: or a writeback form), and ``enable_cap`` (KVM_ENABLE_CAP on the VM fd).
+STEP_KINDS = (
+    StepKind("access", {"isv": bool}),
+    StepKind("enable_cap", {"cap": str}, required=("cap",)),
+)
+
+
+@hookimpl
+def step_kinds() -> list[StepKind]:
+    return list(STEP_KINDS)
+
+
+@hookimpl
+def outcomes() -> dict[str, str]:
+    """``enosys`` and ``arm_nisv`` (a data abort without syndrome, mmio.py),
+    ``einval`` (a failed ``enable_cap``)."""
+    return dict(mmio.OUTCOMES)
+
+
+@hookimpl
+def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
+    if step.do != "enable_cap":
+        return None
+    return mmio.enable_cap(kvm, step)

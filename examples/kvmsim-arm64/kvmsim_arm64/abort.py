@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from kvmsim.cmodel import EAGAIN, EFAULT
 from kvmsim.hooktypes import EFAULT as ACTION_EFAULT
-from kvmsim.hooktypes import GUEST_FAULT, MMIO, RESUME, SIGBUS, FaultResult
+from kvmsim.hooktypes import GUEST_FAULT, RESUME, SIGBUS, FaultResult
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_HWPOISON,
     gfn_to_hva_many,
@@ -37,7 +37,7 @@ from kvmsim.kvm.pfn import (
     kvm_set_pfn_dirty,
     pfn_name,
 )
-from kvmsim_arm64 import abort_later, mmu
+from kvmsim_arm64 import abort_later, mmio, mmu
 from kvmsim_arm64.desc import (
     EC_IABT_LOW,
     ESR_FSC_TYPE,
@@ -70,9 +70,11 @@ PTRS_PER_PMD = 1 << (L2_SHIFT - PAGE_SHIFT)
 
 def kvm_handle_guest_abort(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
     """``kvm_handle_guest_abort``: classify the abort, find the memslot,
-    send I/O to userspace, fix an access flag fault in place, and hand a
-    translation or permission fault to ``user_mem_abort``.  Its return 1
-    (resume the guest) is action ``resume``; a negative errno ends KVM_RUN."""
+    send I/O to userspace (``io_mem_abort``: an MMIO exit, or ENOSYS /
+    KVM_EXIT_ARM_NISV without a syndrome, mmio.py), fix an access flag
+    fault in place, and hand a translation or permission fault to
+    ``user_mem_abort``.  Its return 1 (resume the guest) is action
+    ``resume``; a negative errno ends KVM_RUN."""
     tr = kvm.tracer
     esr = fault.code
     fault_status = esr & ESR_FSC_TYPE
@@ -94,9 +96,9 @@ def kvm_handle_guest_abort(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResu
             # a prefetch abort on an I/O address is injected into the guest
             kvm.arch.pabt_injected += 1
             return FaultResult(action=GUEST_FAULT, ret=1, detail="kvm_inject_pabt")
-        if tr.enabled:
-            tr.emit("io_mem_abort", ipa=hex(fault_ipa | (fault.ea & 0xFFF)), write=write_fault)
-        return FaultResult(action=MMIO, ret=0, detail="KVM_EXIT_MMIO")
+        # the IPA's low 12 bits come from the faulting VA (HPFAR has [47:12]);
+        # a stage-1 walk's abort (S1PTW) and cache maintenance are not modelled
+        return mmio.io_mem_abort(kvm, esr, fault_ipa | (fault.ea & 0xFFF))
     if fault_status == FSC_ACCESS:
         handle_access_fault(kvm, fault_ipa)
         return FaultResult(action=RESUME, ret=1, detail="access flag set")
@@ -105,7 +107,7 @@ def kvm_handle_guest_abort(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResu
         ret, detail = user_mem_abort(kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, esr)
     else:
         ret, detail = abort_later.user_mem_abort(
-            kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, write_fault
+            kvm, vcpu, fault_ipa, memslot, hva, fault_status, is_iabt, write_fault, esr
         )
         if ret == -abort_later.ENOEXEC:
             # v5.13 / v6.13: a fetch from a device pfn is a prefetch abort

@@ -1,51 +1,96 @@
 """``user_mem_abort`` of two later kernels (arch/arm64/kvm/mmu.c), in the
 shape this model can express; ``kvm_handle_guest_abort`` (abort.py) is
-shared and calls :func:`user_mem_abort` for them.
+shared and calls :func:`user_mem_abort` for them (its v5.13 / v6.13
+decisions the model reaches are v4.16's, plus -ENOEXEC turned into a
+prefetch abort at its ``out`` label).
+
+Both versions, in order: a permission fault that is neither a write nor a
+fetch is -EFAULT; under ``mmap_read_lock`` the vma at the hva
+(``find_vma_intersection`` / ``vma_lookup``) gives the page shift, which
+the ``switch (vma_shift)`` lowers while ``fault_supports_stage2_huge_mapping``
+refuses (the memslot's hva and IPA agree modulo the size and the block
+lies inside the memslot; 1G → 2M → pages, pages setting ``force_pte``);
+a 2M or 1G size rounds the IPA down; the pfn comes from the fault's own
+memslot; a hwpoisoned pfn sends SIGBUS with ``si_addr_lsb`` = that shift
+and returns 0; any other error pfn is -EFAULT; a device pfn
+(``kvm_is_device_pfn``: ``!pfn_valid`` in 5.13, ``!pfn_is_map_memory``
+in 6.13) is mapped Device and never adjusted, and a fetch from one is
+-ENOEXEC before the lock (nothing released).  Under ``mmu_lock``, after
+the sequence check (-EAGAIN: the guest retries): the THP adjustment for
+a page-sized fault not forced to pages; prot = read, write when
+``writable``, execute for a fetch; then a permission fault whose size is
+the faulting level's granule (``fault_granule``, from the ESR) is
+relaxed in place (``kvm_pgtable_stage2_relax_perms``: permissions are
+only added, the output address stays) and anything else is mapped
+(``kvm_pgtable_stage2_map``), which returns -EAGAIN without a change
+when a valid leaf of that size differs from the new one in S2AP/XN only.
 
 ``v5.13`` (the handler of refcount_guarded's era, kernel-notes §D):
 
-- the memslot's hva and IPA must agree modulo a block's size and the block
-  must lie inside the memslot (``fault_supports_stage2_huge_mapping``, from
-  "KVM: arm/arm64: Fix unintended stage 2 PMD mappings", v4.20): otherwise a
-  hugetlbfs vma is mapped with pages (``force_pte``) and the gfn is not
-  rounded down; a 1G hugetlbfs page may be a 1G block (v4.20's PUD support),
-  else falls back to 2M, then to pages;
-- a VM_PFNMAP vma is mapped with pages (``force_pte``);
-- a fetch from a device pfn gives -ENOEXEC: a prefetch abort for the guest;
-- the THP adjustment (``transparent_hugepage_adjust`` after the notifier
-  check) requires ``kvm_is_transparent_hugepage`` (a PMD-mapped THP, not a
-  hugetlbfs page) and ``fault_supports_stage2_huge_mapping``; it still moves
-  the reference from the subpage to the head;
-- the page is marked dirty only when the mapping was installed;
-- the release helpers (``kvm_release_pfn_clean``, ``kvm_get_pfn``,
-  ``kvm_set_pfn_*``) use v5.6's ``kvm_is_reserved_pfn`` (7df003c85218): the
-  zero page is not reserved, so its gup reference is dropped (§L.1).
+- ``vma_shift``: the hugetlbfs page shift, else PAGE_SHIFT; a VM_PFNMAP
+  vma is mapped with pages (``force_pte``); ``mmap_read_unlock`` then
+  ``mmu_notifier_seq`` is read;
+- ``__gfn_to_pfn_memslot(memslot, gfn, false, NULL, write_fault,
+  &writable, NULL)`` (10ba2d17d297, v5.13: not ``gfn_to_pfn_prot``);
+- ``transparent_hugepage_adjust``: ``kvm_is_transparent_hugepage``
+  (``PageTransCompoundMap`` and a THP head: not hugetlbfs) and
+  ``fault_supports_stage2_huge_mapping``; the reference moves from the
+  subpage to the head (``kvm_release_pfn_clean`` + ``kvm_get_pfn``);
+- ``relax_perms`` on an entry no longer valid returns 0;
+- the pfn is marked dirty only when ``ret`` is 0 (mapped, relaxed or
+  relaxed-nothing), then ``kvm_set_pfn_accessed`` and
+  ``kvm_release_pfn_clean`` at ``out_unlock`` on every path past the
+  lock; these helpers use v5.6's ``kvm_is_reserved_pfn`` (7df003c85218):
+  the zero page is not reserved, so its gup reference is dropped
+  (kernel-notes §L.1);
+- ``handle_access_fault``: AF set under ``mmu_lock``, then
+  ``kvm_set_pfn_accessed`` on the leaf's pfn (abort.py).
 
 ``v6.13`` (follow_pfn_2024's era, kernel-notes §E):
 
+- ``get_vma_page_shift``: hugetlbfs (not VM_PFNMAP) → its page shift; not
+  VM_PFNMAP → PAGE_SHIFT; VM_PFNMAP → the largest block whose pfn and
+  address agree modulo its size and whose aligned-down start and
+  aligned-up hva stay within the vma (still bounded by the memslot);
+- ``mmu_invalidate_seq`` is read before ``mmap_read_unlock``;
 - ``__kvm_faultin_pfn(memslot, gfn, write ? FOLL_WRITE : 0, &writable,
-  &page)``; the only page released is that ``page`` (``HvaToPfnResult.page``:
-  ``*refcounted_page``), by ``kvm_release_faultin_page(kvm, page, !!ret,
-  writable)`` at ``out_unlock``; never a page derived from the pfn, so a
-  PFNMAP pfn (no reference taken) is never put, and the zero page is;
-- ``get_vma_page_shift``: a VM_PFNMAP vma may be mapped with a block when
-  its pfns are aligned like its addresses (still bounded by the memslot);
-- ``transparent_hugepage_adjust`` reads the host mapping size and moves no
-  reference (the tail page taken is the one released);
-- ``handle_access_fault`` no longer marks the page accessed.
+  &page)``; the only page released is that ``page``
+  (``HvaToPfnResult.page``: ``*refcounted_page``), by
+  ``kvm_release_faultin_page(kvm, page, !!ret, writable)`` at
+  ``out_unlock``: unused (a bare put) whenever ``ret`` is not 0, -EAGAIN
+  included; never a page derived from the pfn, so a PFNMAP pfn (no
+  reference taken) is never put, and the zero page is;
+- a permission fault on a leaf larger than a page takes that granule as
+  its size (no THP lookup, pfn and IPA left unrounded) and is relaxed;
+- ``transparent_hugepage_adjust``: ``fault_supports_stage2_huge_mapping``,
+  then ``get_user_mapping_size`` (the host page-table leaf's size; -EAGAIN
+  when the walk ends on an invalid entry, which replays the fault), a
+  block when 2M or more; no reference moves;
+- ``relax_perms`` on an entry no longer valid returns -EAGAIN;
+- ``handle_access_fault`` only sets AF (abort.py).
 
-Not modelled in either (besides abort.py's list): ``kvm_pgtable``'s
-``relax_perms`` for a permission fault at the leaf's granule is modelled as
-a fresh map keeping the leaf's execute permission (what relaxing adds to),
-and the retry of a permission-only change (-EAGAIN) is not; MTE, nested
-stage 2, ``VM_ALLOW_ANY_UNCACHED``, FEAT_DIC's executable-by-default; the
-stage-2 table code stays v4.16's except that a Device page no longer fails
-over a valid entry (``kvm_pgtable_stage2_map`` breaks it before making).
+Not modelled (besides abort.py's list): dirty logging (no arm64
+``dirty_log`` step: ``memslot_is_logging`` is false, so neither its
+``force_pte`` nor its read-only mapping of read faults); MTE
+(``kvm_has_mte`` is false: no -EFAULT for a VMA without VM_MTE_ALLOWED /
+VM_SHARED, no tag sanitising); nested stage 2; ``VM_ALLOW_ANY_UNCACHED``
+(Normal-NC); FEAT_DIC's execute-by-default; CONT_PTE / CONT_PMD hugetlbfs
+sizes; 5.14+'s skipping of the notifier count for ranges outside every
+memslot (any invalidation in flight makes both versions retry);
+5.13's ``kvm_is_reserved_pfn`` exception for ZONE_DEVICE pages.  The
+lock and the sequence check belong to ``create_pte`` / ``relax_perms``,
+after the size adjustment (see the comment there).
 
-Read from: arch/arm64/kvm/mmu.c of Linux 5.13 and 6.13 as kernel-notes
-§D/E and the v4.20 commit "KVM: arm/arm64: Fix unintended stage 2 PMD
-mappings" describe them; NOT re-read against a 5.13 or 6.13 release tree
-in this round (none was reachable).
+Read from: Linux 5.12.9 (GitHub zhangyinjun/linux-5.12.9 @ d2af43753,
+Makefile 5.12.9) arch/arm64/kvm/mmu.c and arch/arm64/kvm/hyp/pgtable.c,
+with the one change the kvmarm-5.13 pull (2021-04-23) made to
+``user_mem_abort``, 10ba2d17d297 (Gavin Shan's v2 mail read), and
+cross-checked against 5.14.2 (Kingdo777/linux-5.14.2-faascale-host @
+21101b620) minus the kvmarm-5.14 pull's changes (MTE, CMOs, device
+block mappings); Linux 6.13.7 (ChenRuiwei/linux-6.13.7, Makefile
+6.13.7, kvm files as imported) arch/arm64/kvm/mmu.c, hyp/pgtable.c,
+include/linux/kvm_host.h and virt/kvm/kvm_main.c.  No 5.13 release tree
+was reachable.
 """
 
 from __future__ import annotations
@@ -54,6 +99,7 @@ from typing import TYPE_CHECKING
 
 from kvmsim.cmodel import EAGAIN, EFAULT
 from kvmsim.host.constants import VM_PFNMAP
+from kvmsim.host.pte import pte_present, pte_protnone
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_HWPOISON,
     is_error_noslot_pfn,
@@ -70,6 +116,7 @@ from kvmsim_arm64.desc import (
     PMD_SIZE,
     PUD_SIZE,
     describe,
+    level_shift,
     pfn_pte,
     pmd_mkhuge,
     s2_mkexec,
@@ -204,13 +251,15 @@ def stage2_shift(memslot: Memslot, hva: int, vma_shift: int, force_pte: bool) ->
     return vma_shift, force_pte
 
 
-def host_mapping_shift(kvm: Kvm, hva: int) -> int:
-    """The host page-table level mapping ``hva`` (v6.13's
-    ``get_user_mapping_size``), as a shift; PAGE_SHIFT when absent."""
+def get_user_mapping_size(kvm: Kvm, hva: int) -> int:
+    """``get_user_mapping_size`` (v6.13): the size of the host page-table
+    leaf mapping ``hva``, or -EAGAIN when the walk ends on an invalid entry
+    (none, swap or migration, PROT_NONE: arm64 clears PTE_VALID in all of
+    them), which replays the fault."""
     pte, shift = kvm.mm.pgtable.find_linux_pte(hva)
-    if pte is None:
-        return PAGE_SHIFT
-    return shift or PAGE_SHIFT
+    if pte is None or not pte_present(pte) or pte_protnone(pte):
+        return -EAGAIN
+    return 1 << (shift or PAGE_SHIFT)
 
 
 def kvm_is_transparent_hugepage(kvm: Kvm, pfn: int, hva: int) -> bool:
@@ -236,19 +285,25 @@ def user_mem_abort(
     fault_status: int,
     exec_fault: bool,
     write_fault: bool,
+    esr: int,
 ) -> tuple[int, str]:
     """``user_mem_abort`` of v5.13 or v6.13 (``kvm.arch.handler``).  Returns
     (ret, detail) as the v4.16 model does: ``ret`` 0, -ENOEXEC (a prefetch
     abort for the guest) or a negative errno; detail ``"hwpoison"`` after
-    the SIGBUS."""
+    the SIGBUS.  ``esr`` gives the faulting level (``fault_granule``)."""
     v6 = kvm.arch.handler == "v6.13"
     tr = kvm.tracer
     mm = kvm.mm
     phys = kvm.phys
     task = mm.current
-    if fault_status == FSC_PERM and not write_fault and not exec_fault:
+    fault_is_perm = fault_status == FSC_PERM
+    # kvm_vcpu_trap_get_fault_level: the lookup level the fault was taken at
+    fault_granule = 1 << level_shift(esr & 3)
+    if fault_is_perm and not write_fault and not exec_fault:
         return -EFAULT, "Unexpected L2 read permission error"
 
+    # (v6.13 tops the memory cache up here, v5.13 after the unlock: it
+    # cannot fail in the model)
     mm.mmap_sem.down_read(task)
     vma = mm.find_vma_intersection(hva, hva + 1)  # vma_lookup in v6.13
     if vma is None:
@@ -271,8 +326,9 @@ def user_mem_abort(
         mm.mmap_sem.up_read(task)
         mmu_seq = kvm.mmu_notifier_seq
 
-    # gfn_to_pfn_prot (5.13) / __kvm_faultin_pfn (6.13): the memslot of the
-    # fault (the rounded gfn stays inside it: the block lies in the memslot)
+    # __gfn_to_pfn_memslot(memslot, gfn, false, NULL, write_fault,
+    # &writable, NULL) (5.13, 10ba2d17d297) / __kvm_faultin_pfn (6.13): the
+    # memslot of the fault, whatever the rounded gfn
     res = kvm.gfn_to_pfn_memslot(
         memslot,
         gfn,
@@ -287,7 +343,7 @@ def user_mem_abort(
     page: int | None = res.page if v6 and isinstance(res.page, int) else None
     if tr.enabled:
         tr.emit(
-            "__kvm_faultin_pfn" if v6 else "gfn_to_pfn_prot",
+            "__kvm_faultin_pfn" if v6 else "__gfn_to_pfn_memslot",
             gfn=hex(gfn),
             pfn=pfn_name(pfn),
             status=res.status,
@@ -303,7 +359,7 @@ def user_mem_abort(
             tr.emit("kvm_send_hwpoison_signal", addr=hex(hva), si_addr_lsb=vma_shift)
         return 0, "hwpoison"
     if is_error_noslot_pfn(pfn):
-        return -EFAULT, f"gfn_to_pfn_prot: {pfn_name(pfn)}"
+        return -EFAULT, f"{'__kvm_faultin_pfn' if v6 else '__gfn_to_pfn_memslot'}: {pfn_name(pfn)}"
 
     # kvm_is_device_pfn: !pfn_valid (5.13), !pfn_is_map_memory (6.13)
     device = not phys.pfn_valid(pfn)
@@ -313,61 +369,119 @@ def user_mem_abort(
         return -ENOEXEC, "exec fault on a device pfn"
 
     kvm.fire_point("before_create_pte")
-    # As in abort.py, the THP adjustment runs before create_pte, which owns
-    # mmu_lock and the notifier check; nothing observable changes.
+    # The kernel takes mmu_lock, checks the notifier sequence, then adjusts
+    # the size; here the lock and the check belong to create_pte and
+    # relax_perms, after the adjustment: the reference v5.13 moves stays
+    # within one compound page, and what a THP split in between changes
+    # makes the sequence check refuse either way.
+    ret = 0
     if vma_pagesize == PAGE_SIZE and not (force_pte or device):
-        vma_pagesize, pfn, fault_ipa = transparent_hugepage_adjust(
-            kvm, memslot, hva, pfn, fault_ipa, move_ref=not v6
+        if v6 and fault_is_perm and fault_granule > PAGE_SIZE:
+            # a permission fault on a block: keep the block's size, no THP
+            # lookup, pfn and IPA left as they are (only relaxed below)
+            vma_pagesize = fault_granule
+        else:
+            vma_pagesize, pfn, fault_ipa = transparent_hugepage_adjust(
+                kvm, memslot, hva, pfn, fault_ipa, move_ref=not v6
+            )
+            if vma_pagesize < 0:
+                ret = vma_pagesize
+    # (MTE: kvm_has_mte is false, no VM has KVM_CAP_ARM_MTE here)
+    if ret == 0:
+        ret = _install(
+            kvm,
+            fault_ipa,
+            pfn,
+            vma_pagesize,
+            device,
+            writable,
+            exec_fault,
+            relax=fault_is_perm and vma_pagesize == fault_granule,
+            mmu_seq=mmu_seq,
         )
-    desc = pfn_pte(pfn, PAGE_S2_DEVICE if device else PAGE_S2)
-    level = 0
-    if vma_pagesize == PMD_SIZE:
-        desc, level = pmd_mkhuge(desc), 1
-    elif vma_pagesize == PUD_SIZE:
-        desc, level = pmd_mkhuge(desc), 2
-    if writable:
-        desc = s2_mkwrite(desc)
-    if exec_fault or (fault_status == FSC_PERM and mmu.stage2_is_exec(kvm.arch, fault_ipa)):
-        # a permission fault relaxes the leaf: execute already granted stays
-        desc = s2_mkexec(desc)
-    if tr.enabled:
-        tr.emit(
-            "user_mem_abort",
-            version=kvm.arch.handler,
-            ipa=hex(fault_ipa),
-            pfn=hex(pfn),
-            level=level,
-            desc=describe(desc),
-        )
-    ret = kvm.hooks.create_pte(kvm=kvm, gpa=fault_ipa, pte=desc, level=level, mmu_seq=mmu_seq)
     if v6:
         # out_unlock: kvm_release_faultin_page(kvm, page, !!ret, writable)
         kvm_release_faultin_page(phys, page, ret != 0, writable)
     else:
+        # "mark the page dirty only if the fault is handled successfully";
+        # then out_unlock, whether mapped or not
         if writable and ret == 0:
             kvm_set_pfn_dirty_v5_6(phys, pfn)
         kvm_set_pfn_accessed_v5_6(phys, pfn)
         kvm_release_pfn_clean_v5_6(phys, pfn)
     if ret == -EAGAIN:
-        return 0, "mmu_notifier_retry: the guest faults again"
+        return 0, "-EAGAIN: the guest faults again"
     return ret, "mapped" if ret == 0 else f"stage2 map returned {ret}"
+
+
+def _install(
+    kvm: Kvm,
+    ipa: int,
+    pfn: int,
+    size: int,
+    device: bool,
+    writable: bool,
+    exec_fault: bool,
+    *,
+    relax: bool,
+    mmu_seq: int,
+) -> int:
+    """The prot ``user_mem_abort`` builds (read; write if ``writable``;
+    execute only for an instruction fetch, FEAT_DIC's default execute not
+    modelled; Device for a device pfn), then a permission fault at the
+    leaf's own granule relaxes the leaf (``kvm_pgtable_stage2_relax_perms``)
+    and anything else maps (``kvm_pgtable_stage2_map``, here
+    ``create_pte``)."""
+    if relax:
+        return mmu.relax_perms(kvm, ipa, writable, exec_fault, mmu_seq)
+    desc = pfn_pte(pfn, PAGE_S2_DEVICE if device else PAGE_S2)
+    level = 0
+    if size == PMD_SIZE:
+        desc, level = pmd_mkhuge(desc), 1
+    elif size == PUD_SIZE:
+        desc, level = pmd_mkhuge(desc), 2
+    if writable:
+        desc = s2_mkwrite(desc)
+    if exec_fault:
+        desc = s2_mkexec(desc)
+    if kvm.tracer.enabled:
+        kvm.tracer.emit(
+            "user_mem_abort",
+            version=kvm.arch.handler,
+            ipa=hex(ipa),
+            pfn=hex(pfn),
+            level=level,
+            desc=describe(desc),
+        )
+    return kvm.hooks.create_pte(kvm=kvm, gpa=ipa, pte=desc, level=level, mmu_seq=mmu_seq)  # type: ignore[no-any-return]
 
 
 def transparent_hugepage_adjust(
     kvm: Kvm, memslot: Memslot, hva: int, pfn: int, ipa: int, *, move_ref: bool
 ) -> tuple[int, int, int]:
     """``transparent_hugepage_adjust``: a 2M block when the memslot allows
-    one here and the host maps a THP (5.13: ``kvm_is_transparent_hugepage``,
-    moving the reference from the subpage to the head with the v5.6
-    helpers) or maps the hva with a PMD leaf (6.13: the host mapping size,
-    no reference moved).  Returns (size, pfn, ipa)."""
-    if not fault_supports_stage2_huge_mapping(memslot, hva, PMD_SIZE):
-        return PAGE_SIZE, pfn, ipa
+    one here and the host maps a THP.  5.13 (``move_ref``):
+    ``kvm_is_transparent_hugepage`` and ``fault_supports_stage2_huge_mapping``,
+    then the reference moves from the subpage to the head with the v5.6
+    helpers.  6.13: ``fault_supports_stage2_huge_mapping``, then
+    ``get_user_mapping_size`` (a host leaf of 2M or more), no reference
+    moved; its -EAGAIN is returned as the size.  Returns (size, pfn, ipa)."""
     if move_ref:
-        if not kvm_is_transparent_hugepage(kvm, pfn, hva):
+        if not (
+            kvm_is_transparent_hugepage(kvm, pfn, hva)
+            and fault_supports_stage2_huge_mapping(memslot, hva, PMD_SIZE)
+        ):
             return PAGE_SIZE, pfn, ipa
-    elif host_mapping_shift(kvm, hva) < L2_SHIFT:
-        return PAGE_SIZE, pfn, ipa
+    else:
+        if not fault_supports_stage2_huge_mapping(memslot, hva, PMD_SIZE):
+            return PAGE_SIZE, pfn, ipa
+        sz = get_user_mapping_size(kvm, hva)
+        if sz < 0:
+            if kvm.tracer.enabled:
+                kvm.tracer.emit("get_user_mapping_size", hva=hex(hva), ret="-EAGAIN")
+            return sz, pfn, ipa
+        if sz < PMD_SIZE:
+            return PAGE_SIZE, pfn, ipa
     ipa &= PMD_MASK
     head = pfn & ~(PTRS_PER_PMD - 1)
     if move_ref:

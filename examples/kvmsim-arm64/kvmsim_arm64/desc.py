@@ -127,6 +127,8 @@ ESR_EC_SHIFT: Final = 26
 EC_IABT_LOW: Final = 0x20  # instruction abort from a lower exception level
 EC_DABT_LOW: Final = 0x24  # data abort from a lower exception level
 ESR_IL: Final = 1 << 25  # 32-bit instruction
+ESR_ISV: Final = 1 << 24  # data abort: the instruction syndrome (SAS, SRT, ...) is valid
+ESR_SAS_SHIFT: Final = 22  # data abort, ISV set: access size, log2 bytes
 ESR_WNR: Final = 1 << 6  # data abort caused by a write
 ESR_FSC: Final = 0x3F
 ESR_FSC_TYPE: Final = 0x3C  # the fault type without its level
@@ -137,13 +139,18 @@ FSC_PERM: Final = 0x0C  # permission fault
 _FSC_NAMES: Final = {FSC_FAULT: "translation", FSC_ACCESS: "access flag", FSC_PERM: "permission"}
 
 
-def make_esr(op: str, fsc_type: int, level: int) -> int:
+def make_esr(op: str, fsc_type: int, level: int, *, isv: bool = False, width: int = 8) -> int:
     """The ESR_EL2 of a stage-2 abort: EC (IABT/DABT from a lower EL), IL,
-    WnR for a store, and the fault status code with its lookup level."""
+    WnR for a store, and the fault status code with its lookup level; for a
+    data abort with ``isv`` (a load or store of one general-purpose register
+    without writeback, the only ones the architecture gives a syndrome for
+    at stage 2) ISV and SAS, the access size (SRT, SSE, SF and AR are not
+    modelled)."""
     if op == "exec":
         return (EC_IABT_LOW << ESR_EC_SHIFT) | ESR_IL | fsc_type | level
     wnr = ESR_WNR if op == "write" else 0
-    return (EC_DABT_LOW << ESR_EC_SHIFT) | ESR_IL | wnr | fsc_type | level
+    iss = ESR_ISV | ((width.bit_length() - 1) << ESR_SAS_SHIFT) if isv else 0
+    return (EC_DABT_LOW << ESR_EC_SHIFT) | ESR_IL | iss | wnr | fsc_type | level
 
 
 def esr_ec(esr: int) -> int:
@@ -155,4 +162,5 @@ def esr_describe(esr: int) -> str:
     kind = "IABT" if esr_ec(esr) == EC_IABT_LOW else "DABT"
     rw = "" if kind == "IABT" else (" write" if esr & ESR_WNR else " read")
     name = _FSC_NAMES.get(esr & ESR_FSC_TYPE, f"FSC {esr & ESR_FSC:#x}")
-    return f"{kind}{rw} {name} fault L{esr & 3}"
+    nisv = " (no ISV)" if kind == "DABT" and not esr & ESR_ISV else ""
+    return f"{kind}{rw} {name} fault L{esr & 3}{nisv}"

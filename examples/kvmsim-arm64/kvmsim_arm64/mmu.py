@@ -1,6 +1,11 @@
 """The Arm64 stage-2 translation tables: the hardware walk (``translate``)
 and KVM's table updates of virt/kvm/arm/mmu.c v4.16 (``stage2_set_pte``,
-``stage2_set_pmd_huge``, ``unmap_stage2_range``, ``kvm_age_hva``).
+``stage2_set_pmd_huge``, ``unmap_stage2_range``, ``kvm_age_hva``; ageing
+also as v5.13 and v6.13 age), with
+the three rules of arch/arm64/kvm/hyp/pgtable.c (5.12.9, 6.13.7) the
+v5.13 / v6.13 handlers reach: a map that would change only a leaf's
+S2AP/XN returns -EAGAIN, a page replaces a block in its way, and
+``relax_perms`` adds permissions to the leaf in place.
 
 Tables are dicts: the level-1 table (two concatenated tables, 1024 entries)
 maps an index to a block descriptor (``int``) or a level-2 table (``dict``);
@@ -22,6 +27,7 @@ from kvmsim_arm64.desc import (
     FSC_ACCESS,
     FSC_FAULT,
     FSC_PERM,
+    HW_LEVEL,
     IPA_BITS,
     L1_ENTRIES,
     L1_SHIFT,
@@ -51,16 +57,18 @@ _IDX = TABLE_ENTRIES - 1
 
 class Stage2:
     """``kvm->arch`` for an arm64 guest: the stage-2 tables (``kvm->arch.pgd``),
-    the mmu_notifier_seq each leaf was resolved under (for the checkers), and
-    the prefetch aborts injected into the guest."""
+    the mmu_notifier_seq each leaf was resolved under (for the checkers), the
+    prefetch aborts injected into the guest, and whether userspace enabled
+    KVM_CAP_ARM_NISV_TO_USER (mmio.py)."""
 
-    __slots__ = ("handler", "l1", "pabt_injected", "seqs")
+    __slots__ = ("handler", "l1", "nisv_to_user", "pabt_injected", "seqs")
 
     def __init__(self, handler: str) -> None:
         self.l1: Table = {}
         self.seqs: dict[int, int] = {}
         self.pabt_injected = 0
         self.handler = handler
+        self.nisv_to_user = False  # kvm->arch.return_nisv_io_abort_to_user
 
     def lookup(self, ipa: int) -> tuple[Table | None, int, int]:
         """The table holding the leaf (or the hole) for ``ipa``: (table,
@@ -78,7 +86,7 @@ class Stage2:
 _SHIFT_OF_LEVEL = {1: L1_SHIFT, 2: L2_SHIFT, 3: L3_SHIFT}
 
 
-def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
+def translate(kvm: Kvm, gpa: int, ea: int, op: str, vcpu: int = 0) -> Translation:
     """The stage-2 walk as the MMU does it (no hardware AF update: ARMv8.0
     without FEAT_HAFDBS, as KVM v4.16 assumes).
 
@@ -86,21 +94,22 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     ``T0SZ``) is a translation fault at the level it was found; then AF
     clear is an Access flag fault; then the access not allowed by S2AP (read:
     S2AP[0], write: S2AP[1]) or by XN (fetch) is a permission fault; each
-    at the leaf's level.
+    at the leaf's level.  A data abort's syndrome (ESR_EL2.ISV) comes from
+    the accessing instruction: the access step's ``isv`` (default true).
     """
     st: Stage2 = kvm.arch
     if gpa >> IPA_BITS:
-        return _fault(gpa, ea, op, FSC_FAULT, START_LEVEL)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, START_LEVEL)
     table, idx, level = st.lookup(gpa)
     desc = table.get(idx, 0) if table is not None else 0
     if not desc & DESC_VALID or desc.__class__ is not int:
-        return _fault(gpa, ea, op, FSC_FAULT, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, level)
     if level == 3 or desc & TYPE_MASK == TYPE_BLOCK:
         pass
     else:  # a reserved encoding where a page or block was expected
-        return _fault(gpa, ea, op, FSC_FAULT, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_FAULT, level)
     if not desc & AF:
-        return _fault(gpa, ea, op, FSC_ACCESS, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_ACCESS, level)
     if op == "exec":
         allowed = not desc & XN
     elif op == "write":
@@ -108,7 +117,7 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     else:
         allowed = bool(desc & S2AP_R)
     if not allowed:
-        return _fault(gpa, ea, op, FSC_PERM, level)
+        return _fault(kvm, vcpu, gpa, ea, op, FSC_PERM, level)
     shift = _SHIFT_OF_LEVEL[level]
     # a block's output address bits below its size are RES0: the MMU ignores them
     base = desc & OA_MASK & ~((1 << shift) - 1)
@@ -121,11 +130,17 @@ def translate(kvm: Kvm, gpa: int, ea: int, op: str) -> Translation:
     )
 
 
-def _fault(gpa: int, ea: int, op: str, fsc: int, level: int) -> Translation:
+def _fault(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str, fsc: int, level: int) -> Translation:
     kind = "iabt" if op == "exec" else "dabt"
-    return Translation(
-        fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=make_esr(op, fsc, level), kind=kind)
+    insn = kvm.access_params.get(vcpu, {})
+    esr = make_esr(
+        op,
+        fsc,
+        level,
+        isv=bool(insn.get("isv", True)),
+        width=int(insn.get("width", 8)),  # type: ignore[call-overload]
     )
+    return Translation(fault=Stage2Fault(gpa=gpa, ea=ea, op=op, code=esr, kind=kind))
 
 
 # ------------------------------------------------------------- table updates
@@ -137,7 +152,9 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     ``stage2_set_pte`` (level 0).  A Device descriptor is installed with
     ``KVM_S2PTE_FLAG_IS_IOMAP`` (``user_mem_abort`` sets both from
     ``kvm_is_device_pfn``), so it fails with -EFAULT over a valid page.
-    Level 2 (a 1G block) is accepted for completeness; v4.16 never asks."""
+    Level 2 (a 1G block) is accepted for completeness; v4.16 never asks.
+    For the v5.13 / v6.13 handlers it stands for ``kvm_pgtable_stage2_map``
+    (see the module docstring)."""
     st: Stage2 = kvm.arch
     task = kvm.mm.current
     tr = kvm.tracer
@@ -154,6 +171,13 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                     mmu_notifier_seq=kvm.mmu_notifier_seq,
                     mmu_notifier_count=kvm.mmu_notifier_count,
                 )
+            return -EAGAIN
+        if st.handler != "v4.16" and _same_leaf(st, gpa, pte, level):
+            # kvm_pgtable_stage2_map (v5.10 on): a valid leaf that differs
+            # from the new one in its permissions at most is left alone
+            # (stage2_map_walker_try_leaf); relaxing is another call
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_map", ipa=hex(gpa), level=level, ret="-EAGAIN")
             return -EAGAIN
         if level == 0:
             # KVM_S2PTE_FLAG_IS_IOMAP is v4.16's; later kernels' kvm_pgtable
@@ -178,6 +202,64 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                 mmu_seq=mmu_seq,
             )
         return ret
+    finally:
+        kvm.mmu_lock.unlock(task)
+
+
+S2_PERMS = S2AP_R | S2AP_W | XN
+"""``KVM_PTE_LEAF_ATTR_S2_PERMS``: the bits a permission relax may change."""
+
+
+def _same_leaf(st: Stage2, ipa: int, desc: int, level: int) -> bool:
+    """Is there a valid leaf of ``level``'s size at ``ipa`` that differs from
+    ``desc`` in S2_PERMS only (``!stage2_pte_needs_update``)?"""
+    table, idx, hw_level = st.lookup(ipa)
+    if table is None or hw_level != HW_LEVEL[level]:
+        return False
+    old = table.get(idx, 0)
+    return old.__class__ is int and bool(old & DESC_VALID) and not (old ^ desc) & ~S2_PERMS
+
+
+def relax_perms(kvm: Kvm, ipa: int, writable: bool, exec_: bool, mmu_seq: int) -> int:
+    """``kvm_pgtable_stage2_relax_perms`` as ``user_mem_abort`` reaches it
+    (v5.13, v6.13): under ``mmu_lock`` after ``mmu_notifier_retry``, add
+    read, write when ``writable`` and execute when ``exec_`` to the valid
+    leaf covering ``ipa``, whatever its level; nothing is taken away and
+    the output address stays.  No valid leaf there: 0 in v5.13
+    (``stage2_attr_walker`` skips it), -EAGAIN in v6.13."""
+    st: Stage2 = kvm.arch
+    task = kvm.mm.current
+    tr = kvm.tracer
+    kvm.mmu_lock.lock(task)
+    try:
+        if kvm.mmu_notifier_retry(mmu_seq):
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_relax_perms", ipa=hex(ipa), ret="-EAGAIN")
+            return -EAGAIN
+        table, idx, level = st.lookup(ipa)
+        old = table.get(idx, 0) if table is not None else 0
+        if old.__class__ is not int or not old & DESC_VALID:
+            ret = -EAGAIN if st.handler == "v6.13" else 0
+            if tr.enabled:
+                tr.emit("kvm_pgtable_stage2_relax_perms", ipa=hex(ipa), ret=ret, why="no leaf")
+            return ret
+        new = old | S2AP_R
+        if writable:
+            new |= S2AP_W
+        if exec_:
+            new &= ~XN
+        if new != old:
+            table[idx] = new  # type: ignore[index]
+            kvm.stage2_changed(ipa)
+        if tr.enabled:
+            tr.emit(
+                "kvm_pgtable_stage2_relax_perms",
+                ipa=hex(ipa),
+                level=level,
+                desc=describe(new),
+                ret=0,
+            )
+        return 0
     finally:
         kvm.mmu_lock.unlock(task)
 
@@ -223,10 +305,16 @@ def _set_pte(st: Stage2, ipa: int, desc: int, *, iomap: bool) -> int:
     i2 = (ipa >> L2_SHIFT) & _IDX
     l3 = l2.get(i2)
     if l3.__class__ is int:
-        # pte_offset_kernel() on a block descriptor would treat the block's
-        # output address as a table: the v4.16 code never gets here with a
-        # block (faults on a block take the block path again)
-        raise KernelOops(f"stage2_set_pte: level-2 block in the way at ipa {ipa:#x}", "bug")
+        if st.handler != "v4.16":
+            # kvm_pgtable_stage2_map: a block where a page goes is broken
+            # (invalidated, TLB flushed) and replaced by a table
+            _forget(st, ipa & ~((1 << L2_SHIFT) - 1), L2_SHIFT)
+            l3 = None
+        else:
+            # pte_offset_kernel() on a block descriptor would treat the
+            # block's output address as a table: the v4.16 code never gets
+            # here with a block (faults on a block take the block path again)
+            raise KernelOops(f"stage2_set_pte: level-2 block in the way at ipa {ipa:#x}", "bug")
     if l3 is None:
         l3 = l2[i2] = {}
     i3 = (ipa >> L3_SHIFT) & _IDX
@@ -300,28 +388,49 @@ def _clear(st: Stage2, table: Table, idx: int, base: int, shift: int, tr: Any) -
         tr.emit("unmap_stage2_range", ipa=hex(base), size=1 << shift, pfn=hex(desc_pfn(desc)))
 
 
-def age_hva_range(kvm: Kvm, start: int, end: int) -> bool:
-    """``kvm_age_hva`` → ``handle_hva_to_gpa`` → ``kvm_age_hva_handler``.
-    The handler looks at one IPA per memslot, the first of the range, and
-    clears AF on the block or page there (``stage2_*_test_and_clear_young``);
-    the rest of the range is not aged.  No TLB flush.  True if it was young."""
+def age_gfn_range(kvm: Kvm, start: int, end: int, test: bool) -> bool:
+    """Ageing of one memslot's gfns ``[start, end)`` (clear AF, or with
+    ``test`` only look), under ``mmu_lock``, as each handler version's
+    kernel does it.  A leaf is young when valid with AF set; nothing is
+    flushed (the next access to an aged leaf takes an Access flag fault,
+    which ``handle_access_fault`` fixes).
+
+    - v4.16: ``kvm_age_hva`` → ``handle_hva_to_gpa`` → ``kvm_age_hva_handler``
+      looks at one IPA per memslot, the first of the range, and clears AF
+      on the block or page there; the rest of the range is not aged.
+      ``kvm_test_age_hva`` passes the empty range ``[hva, hva)``, which no
+      memslot overlaps: never young (fixed by cf2d23e0bac9, v5.6).
+    - v5.13: ``kvm_age_gfn`` → ``kvm_pgtable_stage2_mkold`` and
+      ``kvm_test_age_gfn`` → ``kvm_pgtable_stage2_is_young``, both at
+      ``range->start`` only.
+    - v6.13: ``kvm_pgtable_stage2_test_clear_young`` over the whole range
+      (df6556adf27b, v6.5), for both.
+
+    Read from: Linux 4.16.13 virt/kvm/arm/mmu.c; the cf2d23e0bac9 and
+    df6556adf27b patches as posted (their context shows the v5.13-era
+    arch/arm64/kvm/mmu.c lines they replace)."""
     st: Stage2 | None = kvm.arch
-    if st is None:
+    if st is None:  # !kvm->arch.pgd
         return False
     ps = kvm.page_shift
-    tr = kvm.tracer
+    if st.handler == "v6.13":
+        shifts = (L1_SHIFT, L2_SHIFT, L3_SHIFT)
+        ipas = [ipa for ipa, _sh, _d in leaves_in(st.l1, shifts, start << ps, end << ps)]
+    elif test and st.handler == "v4.16":
+        ipas = []
+    else:
+        ipas = [start << ps]
     young = False
-    for _slot, gfn_lo, _gfn_hi in kvm.memslots.hva_to_gfns(start, end):
-        ipa = gfn_lo << ps
+    for ipa in ipas:
         table, idx, _level = st.lookup(ipa)
-        if table is None:
+        desc = table.get(idx) if table is not None else None
+        if desc.__class__ is not int or not desc & DESC_VALID or not desc & AF:  # type: ignore[operator]
             continue
-        desc = table.get(idx)
-        if desc.__class__ is int and desc & DESC_VALID and desc & AF:
-            table[idx] = desc & ~AF
-            young = True
-            if tr.enabled:
-                tr.emit("kvm_age_hva_handler", ipa=hex(ipa), young=True)
+        young = True
+        if not test:
+            table[idx] = desc & ~AF  # type: ignore[index,operator]
+            if kvm.tracer.enabled:
+                kvm.tracer.emit("stage2_mkold", ipa=hex(ipa), young=True)
     return young
 
 

@@ -10,8 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmsim_arm64.desc import MT_S2_DEVICE_nGnRE, memattr
+import pytest
+from kvmsim_arm64 import abort_later
+from kvmsim_arm64.desc import (
+    FSC_FAULT,
+    FSC_PERM,
+    S2AP_W,
+    XN,
+    MT_S2_DEVICE_nGnRE,
+    make_esr,
+    memattr,
+)
 from test_arm64 import access, leaf, ram
+
+from kvmsim.cmodel import EAGAIN
+from kvmsim.host.pte import pte_pfn
+from kvmsim.kvm.pfn import gfn_to_hva_memslot
 
 V5_13 = "refcount_guarded"
 V6_13 = "follow_pfn_2024"
@@ -133,3 +147,130 @@ def test_v6_13_maps_pfnmap_mmio_as_device(make_sim: Any) -> None:
     assert report.passed, report.to_json()
     assert memattr(leaf(sim, 0x3000)) == MT_S2_DEVICE_nGnRE
     assert report.steps[0].page_size == 4096
+
+
+# ------------------------------------------------ the locked tail: map, relax
+#
+# arch/arm64/kvm/mmu.c of 5.13 (5.12.9's user_mem_abort plus 10ba2d17d297)
+# and 6.13 (6.13.7): under mmu_lock, a permission fault whose size equals
+# the faulting level's granule calls kvm_pgtable_stage2_relax_perms (adds
+# permissions to the leaf there), anything else kvm_pgtable_stage2_map,
+# whose stage2_map_walker_try_leaf returns -EAGAIN for a valid leaf that
+# differs from the new one in S2AP/XN only (hyp/pgtable.c).
+
+
+def abort_again(sim: Any, ipa: int, op: str, fsc: int, level: int = 3) -> tuple[int, str]:
+    """A second abort on ``ipa``, taken by the hardware before the stage-2
+    state the first run left (another vcpu's, or one since torn down)."""
+    kvm = sim.kvm
+    gfn = ipa >> 12
+    slot = kvm.memslots.gfn_to_memslot(gfn)
+    hva = gfn_to_hva_memslot(slot, gfn, 12)
+    esr = make_esr(op, fsc, level)
+    return abort_later.user_mem_abort(kvm, 0, ipa, slot, hva, fsc, op == "exec", op == "write", esr)
+
+
+@pytest.mark.parametrize("strategy", [V5_13, V6_13])
+def test_a_translation_fault_over_the_same_leaf_leaves_it_alone(
+    make_sim: Any, strategy: str
+) -> None:
+    sim = make_sim(ram(access(0x10000, "exec"), prot="rwx"), arch="arm64", strategy=strategy)
+    assert sim.run().passed
+    before = leaf(sim, 0x10000)
+    assert before and not before & XN
+    # a load's translation fault, taken before the fetch's page was mapped:
+    # the new descriptor differs in XN only, so kvm_pgtable_stage2_map
+    # returns -EAGAIN and the executable leaf stays (the guest retries)
+    ret, detail = abort_again(sim, 0x10000, "read", FSC_FAULT)
+    assert (ret, detail) == (0, "-EAGAIN: the guest faults again")
+    assert leaf(sim, 0x10000) == before
+
+
+@pytest.mark.parametrize("strategy", [V5_13, V6_13])
+def test_a_permission_fault_relaxes_the_leaf_it_faulted_on(make_sim: Any, strategy: str) -> None:
+    sim = make_sim(
+        ram(access(0x10000, "write"), access(0x10000, "exec"), prot="rwx"),
+        arch="arm64",
+        strategy=strategy,
+    )
+    report = sim.run()
+    assert report.passed, report.to_json()
+    # the fetch is a level-3 permission fault on the read-write page: relax
+    # adds execute to it, keeping write
+    relax = [e for e in report.events if e["event"] == "kvm_pgtable_stage2_relax_perms"]
+    assert [(e["ipa"], e["level"], e["ret"]) for e in relax] == [("0x10000", 3, 0)]
+    desc = leaf(sim, 0x10000)
+    assert desc & S2AP_W and not desc & XN
+
+
+# a shared file page: the load maps it read-only (the host PTE is clean and
+# write-notified), the store's write fault makes the host PTE writable in
+# page_mkwrite without an invalidation (arm64-exec-then-store)
+SHARED_FILE = dict(backing="file", extra="shared = true", prot="rwx", size="1M")
+
+
+def test_v5_13_relaxing_a_leaf_gone_since_the_fault_maps_nothing(make_sim: Any) -> None:
+    sim = make_sim(ram(access(0x10000, "read"), **SHARED_FILE), arch="arm64", strategy=V5_13)
+    assert sim.run().passed
+    kvm = sim.kvm
+    # the stage-2 page is torn down after the store's permission fault was
+    # taken: stage2_attr_walker skips the invalid entry and relax_perms
+    # returns 0, so the store resolves its page and installs nothing
+    kvm.hooks.notifier_invalidate(kvm=kvm, start=0, end=1 << 30)
+    assert leaf(sim, 0x10000) == 0
+    assert abort_again(sim, 0x10000, "write", FSC_PERM) == (0, "mapped")
+    assert leaf(sim, 0x10000) == 0
+
+
+def test_v6_13_relaxing_a_leaf_gone_since_the_fault_retries(make_sim: Any) -> None:
+    sim = make_sim(ram(access(0x10000, "read"), **SHARED_FILE), arch="arm64", strategy=V6_13)
+    assert sim.run().passed
+    kvm = sim.kvm
+    kvm.hooks.notifier_invalidate(kvm=kvm, start=0, end=1 << 30)
+    hva = gfn_to_hva_memslot(kvm.memslots.gfn_to_memslot(0x10), 0x10, 12)
+    pfn = pte_pfn(kvm.mm.pgtable.get_pte(hva))
+    count = kvm.phys.page_count(pfn)
+    # 6.13's stage2_attr_walker returns -EAGAIN for an invalid entry: the
+    # page __kvm_faultin_pfn took is released as unused, the guest retries
+    ret, detail = abort_again(sim, 0x10000, "write", FSC_PERM)
+    assert (ret, detail) == (0, "-EAGAIN: the guest faults again")
+    assert leaf(sim, 0x10000) == 0
+    assert kvm.phys.page_count(pfn) == count
+
+
+def test_get_user_mapping_size_reads_the_host_leaf(make_sim: Any) -> None:
+    sim = make_sim(
+        ram(access(0x10000, "write"), access(0x40_0000, "write"), extra='huge = "2M"'),
+        arch="arm64",
+        strategy=V6_13,
+    )
+    assert sim.run().passed
+    kvm = sim.kvm
+    slot = kvm.memslots.gfn_to_memslot(0)
+    base = slot.userspace_addr
+    # the host leaf's size (a THP's PMD: 2M), or -EAGAIN where the walk
+    # finds no valid entry ("the userspace PTs are gone... replay")
+    assert abort_later.get_user_mapping_size(kvm, base + 0x40_0000) == 1 << 21
+    assert abort_later.get_user_mapping_size(kvm, base + 0x100_0000) == -EAGAIN
+
+
+def test_v6_13_replays_the_fault_when_the_host_leaf_is_gone(
+    make_sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = make_sim(ram(access(0x10000, "write")), arch="arm64", strategy=V6_13)
+    assert sim.run().passed
+    kvm = sim.kvm
+    kvm.hooks.notifier_invalidate(kvm=kvm, start=0, end=1 << 30)
+    hva = gfn_to_hva_memslot(kvm.memslots.gfn_to_memslot(0x10), 0x10, 12)
+    pfn = pte_pfn(kvm.mm.pgtable.get_pte(hva))
+    count = kvm.phys.page_count(pfn)
+    # the walk under mmu_lock finds the userspace PTs gone (a stand-in: the
+    # model's host changes them only with an invalidation, which the
+    # sequence check would catch first); transparent_hugepage_adjust hands
+    # the -EAGAIN back, out_unlock releases the page as unused, the guest
+    # replays the fault and nothing is mapped
+    monkeypatch.setattr(abort_later, "get_user_mapping_size", lambda _kvm, _hva: -EAGAIN)
+    ret, detail = abort_again(sim, 0x10000, "write", FSC_FAULT)
+    assert (ret, detail) == (0, "-EAGAIN: the guest faults again")
+    assert leaf(sim, 0x10000) == 0
+    assert kvm.phys.page_count(pfn) == count
