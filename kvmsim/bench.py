@@ -11,9 +11,12 @@ Workloads, modelled on the kernel's KVM selftests
   calls per second (the arch hook alone, what the hit target is about), and
   the memory per page after the re-access rounds
   (``bytes_per_page_after_rounds``: what caching hit Translations costs).
-- ``dirty_log`` (dirty_log_test, x86_ept only): demand-page, enable dirty
-  logging on the slot, then rounds of "every vcpu writes its slice, then
-  ``KVM_GET_DIRTY_LOG``", driven through the arch's ``dirty_log`` step.
+- ``dirty_log`` (dirty_log_test; every arch with dirty logging):
+  demand-page, enable dirty logging on the slot, then rounds of "every
+  vcpu writes its slice, then QEMU harvests" (``KVM_GET_DIRTY_LOG``, or a
+  dirty-ring reap), through the core ``dirty_log`` step, once per
+  mechanism the (arch, version) has (``mechanisms``: pages dirtied per
+  second and the harvest's cost per round, side by side).
 - ``matrix``: the whole scenario matrix (:mod:`kvmsim.matrix`), timed.
 - ``dispatch``: the demand-paging fault path three ways in one run: as
   shipped (the per-simulation Dispatcher), hand-wired with direct calls to
@@ -136,7 +139,9 @@ class _Mem:
         return max(0, _rss() - self.base)
 
 
-def _build(args: Any, *, direct: bool = True, trace: bool | None = None) -> tuple[Any, int, int]:
+def _build(
+    args: Any, *, direct: bool = True, trace: bool | None = None, extra: str = ""
+) -> tuple[Any, int, int]:
     """The simulation for one guest of ``args.mem`` bytes: ``(sim, pages,
     page_size)``, where a page is the arch's base page or ``--page-size``."""
     from kvmsim.registry import build_manager
@@ -164,7 +169,10 @@ def _build(args: Any, *, direct: bool = True, trace: bool | None = None) -> tupl
         huge=huge,
     )
     sim = build_sim(
-        text, strategy=args.strategy, trace=args.trace if trace is None else trace, direct=direct
+        text + extra,
+        strategy=args.strategy,
+        trace=args.trace if trace is None else trace,
+        direct=direct,
     )
     sim.kvm.nr_vcpus = args.vcpus
     return sim, args.mem // psize, psize
@@ -313,61 +321,86 @@ def reaccess(args: Any) -> dict[str, Any]:
 
 
 def dirty_log(args: Any) -> dict[str, Any]:
+    """Every mechanism the (arch, version) has, side by side: per mode,
+    pages dirtied per second (the stores of the timed rounds) and the
+    harvest's cost per round; the top-level figures are the default
+    mode's (what this workload measured before it had modes)."""
+    sim, _, _ = _build(args, trace=False)
+    caps = sim.kvm.dirty.caps
+    if caps is None:
+        raise UsageError(
+            f"--workload dirty_log: arch {args.arch!r} has no dirty logging (try --arch x86_ept)"
+        )
+    runs = [_dirty_log_mode(args, mode) for mode in caps.modes]
+    out = dict(runs[0])
+    out["mechanisms"] = runs
+    return out
+
+
+def _dirty_log_mode(args: Any, mode: str) -> dict[str, Any]:
+    """dirty_log_test for one mechanism: demand-page (untimed), enable
+    logging, then rounds of "every vcpu writes its slice, then QEMU
+    harvests" (KVM_GET_DIRTY_LOG, or a ring reap)."""
+    from kvmsim.dirtylog import run_step as run_dirty_step
     from kvmsim.scenario.model import Params, StepSpec
 
-    sim, pages, psize = _build(args)
+    ring = mode == "ring"
+    extra = f'\n[dirty]\nmode = "{mode}"\n' + ("ring_size = 65536\n" if ring else "")
+    sim, pages, psize = _build(args, extra=extra)
     mem = _Mem(args.tracemalloc)  # after set-up: per-simulation state is not per page
-    kinds = {k.name for k in _flatten(sim.hooks.hook.step_kinds())}
-    if "dirty_log" not in kinds:
-        raise UsageError(
-            f"--workload dirty_log: arch {args.arch!r} has no dirty_log step (try --arch x86_ept)"
-        )
     sl = _slices(pages, args.vcpus, psize)
     _touch(sim, sl)
     grown = mem.grown()
     kvm = sim.kvm
-    arch_step = sim.hooks.hook.arch_step
     idx = [0]
 
     def ioctl(action: str) -> Any:
         idx[0] += 1
-        step = StepSpec(idx[0], "dirty_log", params=Params.of({"slot": 0, "action": action}))
-        r = arch_step(kvm=kvm, vcpu=0, step=step)
-        if r is None or r.outcome != "done":
+        params: dict[str, object] = {"action": action}
+        if action != "reap":
+            params["slot"] = 0
+        step = StepSpec(idx[0], "dirty_log", params=Params.of(params))
+        r = run_dirty_step(kvm, step)
+        if r.outcome != "done":
             raise RuntimeError(f"dirty_log {action}: {r}")
         return r
 
     sim.mm.current = "qemu"
     ioctl("enable")
     rounds = max(1, args.rounds)
-    t0 = time.perf_counter()
     faults = 0
     hits = 0
+    dt_store = dt_harvest = 0.0
     for _ in range(rounds):
+        t0 = time.perf_counter()
         f, n = _touch(sim, sl)
+        t1 = time.perf_counter()
         faults += f
         hits += n - f
         sim.mm.current = "qemu"
-        ioctl("get")
-    dt = time.perf_counter() - t0
+        ioctl("reap" if ring else "get")
+        dt_store += t1 - t0
+        dt_harvest += time.perf_counter() - t1
+    dt = dt_store + dt_harvest
     if args.trace:
         dt += _finish_trace(sim)
+    lost = len(kvm.dirty.ledger.lost)
     return _result(
         args,
+        mode=mode,
         page_size=psize,
         pages=pages,
         seconds=round(dt, 4),
         faults_per_s=_rate(faults, dt),
         hits_per_s=_rate(hits, dt) if hits else None,
+        pages_dirtied_per_s=_rate(pages * rounds, dt_store),
+        harvest_ms_per_round=round(1000 * dt_harvest / rounds, 3),
+        lost_dirty=lost,
         bytes_per_page=round(grown / pages, 1),
         rounds=rounds,
         faults=faults,
         memory_method="tracemalloc" if args.tracemalloc else "rss",
     )
-
-
-def _flatten(groups: Any) -> list[Any]:
-    return [k for g in groups or () for k in g or ()]
 
 
 def matrix(args: Any) -> dict[str, Any]:
@@ -829,7 +862,14 @@ def format_table(r: dict[str, Any]) -> str:
     """One result as an aligned two-column table."""
     rows = []
     for k, v in r.items():
-        if isinstance(v, float):
+        if k == "mechanisms" and isinstance(v, list):
+            # side by side: one line per mechanism
+            v = "; ".join(
+                f"{m['mode']}: {m['pages_dirtied_per_s']:,.1f} pages/s, "
+                f"harvest {m['harvest_ms_per_round']:.4g} ms/round, lost {m['lost_dirty']}"
+                for m in v
+            )
+        elif isinstance(v, float):
             # rates with a thousands separator; small figures (seconds,
             # ratios) keep four significant digits
             v = f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"

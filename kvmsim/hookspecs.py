@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kvmsim.hooktypes import (
         ArchInfo,
         DeviceInfo,
+        DirtyCaps,
         FaultResult,
         HvaToPfnRequest,
         HvaToPfnResult,
@@ -325,10 +326,107 @@ def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
     """
 
 
+# ------------------------------------------------------------ dirty logging
+#
+# The core owns what virt/kvm owns: the ``dirty_log`` step, each slot's dirty
+# bitmap, the dirty rings, KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG /
+# KVM_RESET_DIRTY_RINGS (:mod:`kvmsim.kvm.dirty`) and the ground truth of
+# guest stores the ``lost_dirty`` checker judges them by.  An arch with
+# logging implements ``dirty_log_caps`` and ``dirty_log_enable``, and the
+# two callbacks its kernel has among ``dirty_log_sync`` and
+# ``dirty_log_protect``; its fault path marks pages with
+# :func:`kvmsim.kvm.dirty.mark_page_dirty` (``mark_page_dirty_in_slot``).
+# ``kvm.dirty.mode`` is the mechanism the scenario chose (or the default).
+
+
+@hookspec(firstresult=True)
+def dirty_log_caps(kvm: Kvm) -> DirtyCaps | None:
+    """Say which dirty-logging mechanisms the selected handler version has.
+
+    Implemented by: arch plugins with dirty logging.
+    Called: once per simulation, after ``arch_init``, to check the scenario's
+    ``[dirty]`` table (a mode or feature the version lacks is a scenario
+    error quoting ``missing``) and to choose the default mode.
+    Models: ``KVM_CHECK_EXTENSION`` of ``KVM_CAP_DIRTY_LOG_RING``,
+    ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``; the host's ``enable_pml``.
+
+    :param kvm: the VM (``kvm.arch`` knows the version).
+    :returns: a :class:`~kvmsim.hooktypes.DirtyCaps`; None: no dirty logging
+        (a ``dirty_log`` step is then a scenario error).
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def dirty_log_enable(kvm: Kvm, slot: Memslot, enable: bool) -> bool | None:
+    """``KVM_MEM_LOG_DIRTY_PAGES`` was set on (``enable``) or cleared from a
+    memslot: prepare the stage-2 tables for the mechanism ``kvm.dirty.mode``.
+
+    Implemented by: arch plugins with dirty logging.
+    Called: by the core's ``dirty_log`` step after it allocated (enable) or
+    before it freed (disable) the slot's bitmap, with no lock held (take
+    ``kvm.mmu_lock`` as the kernel does); ``kvm.dirty.initially_set`` says
+    whether the bitmap starts all set.
+    Models: ``kvm_arch_commit_memory_region`` for a flags-only change
+    (x86 ``kvm_mmu_slot_apply_flags``: write-protect, or with PML clear D
+    bits; on disable zap collapsible SPTEs; POWER: nothing, or flush
+    large leaves).
+
+    :param kvm: the VM.
+    :param slot: the memslot (its ``flags`` already carry the new state).
+    :param enable: logging is being turned on.
+    :returns: True (None only from a plugin that does not handle it).
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def dirty_log_sync(kvm: Kvm, slot: Memslot) -> bool | None:
+    """Move what the hardware logged into the slot's bitmap before a
+    harvest reads it (mark pages with :func:`kvmsim.kvm.dirty.mark_page_dirty`).
+
+    Implemented by: arches whose hardware logs on its own (Intel PML;
+    POWER's R/C change bits, harvested and cleared here).
+    Called: at the start of every ``get``, ``clear`` and ring reap, with no
+    lock held.
+    Models: ``kvm_arch_sync_dirty_log`` (x86 ``kvm_flush_pml_buffers``;
+    POWER ``kvmppc_hv_get_dirty_log_radix`` / ``_hpt`` into the bitmap).
+
+    :param kvm: the VM.
+    :param slot: the slot being harvested.
+    :returns: True (None: nothing to sync).
+
+    firstresult
+    """
+
+
+@hookspec(firstresult=True)
+def dirty_log_protect(kvm: Kvm, slot: Memslot, gfn_offset: int, mask: int) -> bool | None:
+    """Re-arm logging for the pages a harvest took: bit ``i`` of ``mask``
+    is page ``gfn_offset + i`` of the slot (a 64-bit word, as the kernel's).
+
+    Implemented by: arches with ``KVM_GENERIC_DIRTYLOG_READ_PROTECT`` (x86).
+    Called: with ``kvm.mmu_lock`` held by the core (do not take it), from a
+    non-manual ``get`` per non-zero bitmap word, from ``clear`` per word it
+    cleared, from a ring reset per coalesced run of entries.
+    Models: ``kvm_arch_mmu_enable_log_dirty_pt_masked``.
+
+    :param kvm: the VM.
+    :param slot: the memslot.
+    :param gfn_offset: first page of the word, relative to the slot.
+    :param mask: which pages of the word.
+    :returns: True (None: the arch re-arms nothing this way).
+
+    firstresult
+    """
+
+
 @hookspec(firstresult=True)
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     """Run a scenario step of a kind the arch added (``step_kinds``), such as
-    an HPT ``hcall`` or an x86 ``dirty_log`` round.
+    an HPT ``hcall`` or an x86 ``swap_out``.
 
     Implemented by: arch plugins that add step kinds.
     Called: by the runner for a step whose ``do`` is not a core kind; the

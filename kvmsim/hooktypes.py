@@ -303,3 +303,30 @@ class StepResult:
     expect_failures: tuple[str, ...] = ()
     young: bool | None = None
     value: int | None = None
+
+
+@frozen(kw_only=True)
+class DirtyCaps:
+    """What dirty logging an arch offers in the selected handler version
+    (the ``dirty_log_caps`` hook).
+
+    :param modes: the mechanisms a scenario may choose (``[dirty] mode``,
+        :data:`kvmsim.scenario.model.DIRTY_MODES`), the version's default first.
+    :param manual_protect: ``KVM_CLEAR_DIRTY_LOG`` and
+        ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT`` exist (the arch selects
+        ``KVM_GENERIC_DIRTYLOG_READ_PROTECT``, v5.0+).
+    :param initially_set: ``KVM_DIRTY_LOG_INITIALLY_SET`` exists
+        (``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``).
+    :param missing: why a mode or feature (``manual_protect``,
+        ``initially_set``) the version lacks is missing, one sentence each;
+        the scenario error that refuses it quotes it.
+    """
+
+    modes: tuple[str, ...]
+    manual_protect: bool = False
+    initially_set: bool = False
+    missing: Mapping[str, str] = field(factory=dict, hash=False)
+
+    @property
+    def default(self) -> str:
+        return self.modes[0]

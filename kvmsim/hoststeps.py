@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
+from kvmsim import dirtylog
 from kvmsim.checks import CheckContext
 from kvmsim.hooktypes import HOST_VCPU, StepResult
 from kvmsim.host import events, madvise
@@ -158,6 +159,10 @@ def _device_reset(sim: Simulation, step: StepSpec, start: int | None, length: in
     return cast(StepResult, r)
 
 
+def _dirty_log(sim: Simulation, step: StepSpec, start: int | None, length: int) -> StepResult:
+    return dirtylog.run_step(sim.kvm, step, sim.scenario.source)
+
+
 #: The core host step kinds (the loader's CORE_STEP_KINDS declares their keys).
 HOST_STEPS: Mapping[str, HostStep] = {
     "munmap": _munmap,
@@ -171,6 +176,7 @@ HOST_STEPS: Mapping[str, HostStep] = {
     "madvise": _madvise,
     "punch_hole": _punch_hole,
     "device_reset": _device_reset,
+    "dirty_log": _dirty_log,
     **UFFD_STEPS,  # the userfaultfd handler's ioctls and pwrite
 }
 

@@ -44,7 +44,10 @@ from typing import Any, Final
 
 from attrs import define, field, frozen
 
+from kvmsim.dirtylog import dirty_unsupported
 from kvmsim.errors import KvmsimError, ScenarioError, UsageError, did_you_mean
+from kvmsim.hooktypes import DirtyCaps
+from kvmsim.scenario.model import DirtySpec
 
 __all__ = [
     "STATUSES",
@@ -106,6 +109,7 @@ class ScenarioEntry:
     arch: str | None = None
     readonly_memslots: bool = False
     error: str | None = None
+    dirty: DirtySpec | None = None  # a [dirty] set-up some versions lack
     needs_linux: tuple[int, int] | None = None
 
 
@@ -205,6 +209,7 @@ def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[S
             lib,
             sc.arch,
             any(m.readonly for m in sc.memslots),
+            dirty=None if sc.dirty == DirtySpec() else sc.dirty,
             needs_linux=scenario_min_linux(sc),
         )
         prev = names.get(sc.name)
@@ -247,6 +252,26 @@ def _columns(arches: Sequence[str] | None, strategies: Sequence[str] | None) -> 
             # A broken strategy gets a column on every arch; its cells say why.
             applies[s] = lambda _arch: True
     return [Column(a, s) for a in use_arches for s in use_strats if applies[s](a)]
+
+
+def _dirty_caps(columns: Iterable[Column]) -> dict[Column, DirtyCaps | None]:
+    """Each column's dirty-logging capabilities (the ``dirty_log_caps`` of
+    its arch at the handler version its strategy selects), read from an
+    empty simulation; a column that cannot build one is left out (its
+    cells report why)."""
+    from kvmsim.runner import Simulation
+    from kvmsim.scenario import parse_scenario
+
+    empty = parse_scenario('name = "dirty-caps"\n', "<dirty-caps>", step_kinds={})
+    out: dict[Column, DirtyCaps | None] = {}
+    for c in columns:
+        try:
+            sim = Simulation(empty, arch=c.arch, strategy=c.strategy)
+        except KvmsimError:
+            continue
+        caps = sim.kvm.hooks.hook.dirty_log_caps(kvm=sim.kvm)
+        out[c] = caps if isinstance(caps, DirtyCaps) else None
+    return out
 
 
 def _strategy_linux(columns: Iterable[Column]) -> dict[Column, tuple[int, int]]:
@@ -308,6 +333,7 @@ def plan(
         rows = all_entries
     known_arches = {c.arch for c in columns}
     ro_ok = _readonly_memslot_arches(known_arches)
+    caps = _dirty_caps(columns) if any(e.dirty for e in rows) else {}
     linux = _strategy_linux(columns)
     notes: list[str] = []
     cells: list[CellSpec] = []
@@ -325,6 +351,12 @@ def plan(
                 if note not in notes:
                     notes.append(note)
                 continue
+            if e.dirty is not None and c in caps:
+                why = dirty_unsupported(e.dirty, caps[c], c.arch)
+                if why is not None:
+                    # userspace's KVM_ENABLE_CAP fails on that kernel
+                    notes.append(f"{e.name}: not run on {c.arch}/{c.strategy}: {why}")
+                    continue
             if e.needs_linux is not None and linux[c] < e.needs_linux:
                 # UFFDIO_REGISTER fails on that kernel: the VMM cannot set up
                 major, minor = e.needs_linux

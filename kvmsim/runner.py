@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from attrs import define, field
 
-from kvmsim import uffdsteps
+from kvmsim import dirtylog, uffdsteps
 from kvmsim.checks import CheckContext, Finding, run_checks
 from kvmsim.checks.incremental import StepChecks
 from kvmsim.cmodel import KernelOops
@@ -258,6 +258,7 @@ class Simulation:
                 key=key,
             )
         kvm.arch = hook.arch_init(kvm=kvm)
+        dirtylog.configure(kvm, sc)
         if self.tracer.enabled:
             self.tracer.emit(
                 "setup",

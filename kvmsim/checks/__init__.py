@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from kvmsim.checks import cache, frames, locks, outcome, perms, poison, refcount, stale
+from kvmsim.checks import (
+    cache,
+    frames,
+    locks,
+    lostdirty,
+    outcome,
+    perms,
+    poison,
+    refcount,
+    stale,
+)
 from kvmsim.checks.context import CheckContext, Finding
 from kvmsim.scenario.model import VERDICTS
 
@@ -25,6 +35,7 @@ CHECKERS: tuple[Checker, ...] = (
     perms.check,
     poison.check,
     cache.check,
+    lostdirty.check,
 )
 
 # The stable verdict names are the scenario schema's (expect.verdicts).

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from kvmsim.cmodel import KernelOops
 from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.rwsem import Deadlock
+from kvmsim.kvm.dirty import DirtyLog
 from kvmsim.kvm.memslot import Memslot, Memslots
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_RO_FAULT,
@@ -113,6 +114,7 @@ class Kvm:
         # checkers last looked (None: nobody looks, nothing is recorded)
         self.stage2_dirty: list[int] | None = None
         self.arch: Any = None
+        self.dirty = DirtyLog()  # dirty logging: bitmaps, rings, the stores' ground truth
         self.devices: dict[str, Any] = {}
         # per vcpu, the keys of the access step it is executing (width,
         # value, ea and any key a plugin added to the access step, e.g. the

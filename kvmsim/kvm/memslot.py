@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+import attrs
 from attrs import Factory, field, frozen
 
 from kvmsim.errors import ScenarioError
 
+KVM_MEM_LOG_DIRTY_PAGES = 0x1
 KVM_MEM_READONLY = 0x2
 KVM_MEMSLOT_INVALID = 1 << 16
 
@@ -62,6 +64,19 @@ class Memslots:
         i = bisect_right(self._bases, slot.base_gfn)
         self.slots.insert(i, slot)
         self._bases.insert(i, slot.base_gfn)
+
+    def set_flags(self, slot: Memslot, flags: int) -> Memslot:
+        """``KVM_SET_USER_MEMORY_REGION`` changing only a slot's flags
+        (``KVM_MR_FLAGS_ONLY``): a new slot with the same id and range
+        replaces it; returns the new slot."""
+        new = attrs.evolve(slot, flags=flags)
+        i = self.slots.index(slot)
+        self.slots[i] = new
+        return new
+
+    def by_id(self, sid: int) -> Memslot | None:
+        """``id_to_memslot``: the slot with id ``sid``, or None."""
+        return next((s for s in self.slots if s.id == sid), None)
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
         """``gfn_to_memslot``: the slot holding ``gfn``, or None."""

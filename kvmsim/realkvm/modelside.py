@@ -50,7 +50,7 @@ class ObservedSimulation(Simulation):
             pfn = CheckContext(self.kvm).host_frame(vma.start + step.offset)[0]
             return Obs(report.outcome, value=report.value, frame=self._label(step.index, pfn))
         if step.do == "dirty_log" and step.params.get("action") == "get":
-            reports = getattr(self.kvm.arch, "dirty_reports", [])
+            reports = self.kvm.dirty.reports
             mine = [gpas for i, _, gpas in reports if i == step.index]
             return Obs(report.outcome, dirty=sorted_gpas(mine[0]) if mine else None)
         return Obs(report.outcome)

@@ -18,7 +18,7 @@ from attrs import frozen
 
 from kvmsim.realkvm import guest
 from kvmsim.realkvm.host import HostInfo
-from kvmsim.scenario.model import Scenario, StepSpec, VmaSpec
+from kvmsim.scenario.model import DirtySpec, Scenario, StepSpec, VmaSpec
 
 PAGE: Final = 4096
 THP_SIZE: Final = 2 << 20
@@ -160,6 +160,9 @@ def plan(
     if scenario.devices:
         kinds = ", ".join(d.kind for d in scenario.devices)
         return _refuse(scenario, f"device {kinds}: not on the real host")
+    if scenario.dirty != DirtySpec():
+        # the backend logs with KVM_GET_DIRTY_LOG only (the host's PML choice is its own)
+        return _refuse(scenario, "[dirty]: manual protect, rings and modes are not in the backend")
     if scenario.uffd:
         # without the registration the real guest would map what the model's handler resolves
         return _refuse(scenario, "[[uffd]]: userfaultfd is not in the /dev/kvm backend yet")

@@ -20,6 +20,8 @@ VERDICT_SYMBOLS: Final = {
     "poison_mapped": "PM",
     "cache_attr_mismatch": "CA",
     "outside_memslot": "OM",
+    "lost_dirty": "LD",
+    "dirty_log_overflow": "DO",
 }
 
 #: A failed ``expect`` key with no checker verdict -> symbol.

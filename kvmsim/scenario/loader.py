@@ -40,6 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, NoReturn
 
+from kvmsim.dirtylog import DIRTY_KEYS, DIRTY_LOG_STEP, dirty_spec, step_problem
 from kvmsim.errors import PluginError, ScenarioError
 from kvmsim.scenario import discard
 from kvmsim.scenario.model import (
@@ -63,6 +64,7 @@ from kvmsim.scenario.model import (
     DeviceKind,
     Devices,
     DeviceSpec,
+    DirtySpec,
     Expect,
     FieldType,
     KnownDefect,
@@ -139,6 +141,8 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 required=("device",),
                 extra=(int, bool, str),
             ),
+            # slot, action, expect_dirty, first/num, pml: kvmsim.dirtylog
+            DIRTY_LOG_STEP,
             # The userfaultfd handler's ioctls, on a range a [[uffd]]
             # registers (default: one page of the vma); value: the first 8
             # bytes of each page UFFDIO_COPY installs.
@@ -193,6 +197,7 @@ _TOP_KEYS: Final = (
     "vma",
     "memslot",
     "device",
+    "dirty",
     "uffd",
     "step",
     "schedule",
@@ -522,6 +527,16 @@ def parse_scenario(
         _device_kinds(devices),
         at_points,
     )
+    for s in steps:
+        if s.do == "dirty_log":
+            bad = step_problem(s.params, len(memslots))
+            if bad is not None:
+                r.fail(f"step[{s.index}].{bad[0]}", bad[1], bad[2], bad[3])
+    dirty = DirtySpec()
+    if "dirty" in doc:
+        table = r.table("dirty", doc["dirty"])
+        r.check_keys(table, "dirty", DIRTY_KEYS)
+        dirty = dirty_spec(table, r.fail)
     _uffd_steps(r, steps, uffd, vmas)
     known = _known(r, r.tables(doc, "known"), arch, steps)
     concurrent = r.bool_("concurrent", doc.get("concurrent", False))
@@ -538,6 +553,7 @@ def parse_scenario(
         known=known,
         concurrent=concurrent,
         schedule=schedule,
+        dirty=dirty,
         uffd=uffd,
     )
 

@@ -55,6 +55,8 @@ VERDICTS: Final = (
     "poison_mapped",
     "cache_attr_mismatch",
     "outside_memslot",
+    "lost_dirty",
+    "dirty_log_overflow",
 )
 
 #: vma ``backing`` values.
@@ -82,6 +84,9 @@ HOST_WRITE_VALUE: Final = 0x4B52414D54534F48
 #: Kinds of frame behind a pfnmap/mixedmap vma (``pfn_kind``).
 PFN_KINDS: Final = ("mmio", "ram", "ram_unrefcounted")
 
+#: Dirty-logging mechanisms (``[dirty] mode``): write protection, Intel PML,
+#: hardware dirty (change) bits harvested at ``get``, the dirty ring.
+DIRTY_MODES: Final = ("wp", "pml", "dirty_bit", "ring")
 #: ``madvise`` steps' ``advice``: MADV_DONTNEED, MADV_REMOVE, MADV_FREE.
 ADVICES: Final = ("dontneed", "remove", "free")
 
@@ -333,6 +338,17 @@ class KnownDefect:
 
 
 @frozen
+class DirtySpec:
+    """How the VM tracks dirty pages (``[dirty]``): what QEMU enables before
+    it starts logging.  None or false: the arch version's default."""
+
+    mode: str | None = None  # one of DIRTY_MODES
+    manual_protect: bool = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT(2)
+    initially_set: bool = False  # KVM_DIRTY_LOG_INITIALLY_SET (with manual_protect)
+    ring_size: int | None = None  # KVM_CAP_DIRTY_LOG_RING, in entries
+
+
+@frozen
 class Scenario:
     """A whole scenario file, validated."""
 
@@ -347,6 +363,7 @@ class Scenario:
     known: tuple[KnownDefect, ...] = ()  # recorded defects of strategies, [[known]]
     concurrent: bool = False  # steps run as actors (kvmsim explore)
     schedule: tuple[Switch, ...] = ()  # the switches kvmsim run follows (concurrent only)
+    dirty: DirtySpec = DirtySpec()  # dirty-logging set-up ([dirty])
     uffd: tuple[UffdSpec, ...] = ()  # userfaultfd registrations, [[uffd]]
 
     def known_for(self, strategy: str, arch: str) -> tuple[KnownDefect, ...]:

@@ -27,12 +27,14 @@ from typing import Any, Final
 
 import attrs
 
+from kvmsim.dirtylog import DIRTY_KEYS
 from kvmsim.scenario import loader
 from kvmsim.scenario.model import (
     ACCESS_EXPECT_KEYS,
     ADVICES,
     BACKINGS,
     CORE_STEP_KEYS,
+    DIRTY_MODES,
     EXPECT_KEYS,
     FRAME_WORDS,
     KNOWN_STEP_OUTCOMES,
@@ -75,6 +77,10 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "vma": ("[]", "host mappings of the VMM process ([[vma]] tables)"),
         "memslot": ("[]", "KVM memslots: guest physical ranges backed by vma ranges"),
         "device": ("[]", "emulated devices ([[device]] tables, one per kind)"),
+        "dirty": (
+            "the arch version's default",
+            "how the VM tracks dirty pages for dirty_log steps ([dirty] table)",
+        ),
         "uffd": (
             "[]",
             "userfaultfd registrations of vma ranges ([[uffd]] tables), made before the guest runs",
@@ -119,6 +125,22 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
     "device": {
         "kind": (None, "the device plugin (its entry-point name); other keys are the device's"),
     },
+    "dirty": {
+        "mode": (
+            "the arch version's default (wp on x86, dirty_bit on POWER)",
+            "the mechanism: wp (write protection), pml (Intel PML), dirty_bit "
+            "(hardware change bits harvested at get), ring (the dirty ring, v5.11+)",
+        ),
+        "manual_protect": (
+            "false",
+            "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT: get only reads the bitmap, clear re-arms (v5.0+)",
+        ),
+        "initially_set": (
+            "false",
+            "KVM_DIRTY_LOG_INITIALLY_SET: the bitmap starts all set (needs manual_protect)",
+        ),
+        "ring_size": ("4096", "mode ring: entries per vcpu ring (a power of two)"),
+    },
     "uffd": {
         "vma": (None, "the vma whose range is registered (anon, shmem or hugetlbfs backing)"),
         "offset": ("0", "byte offset into the vma (page aligned; huge page aligned on hugetlbfs)"),
@@ -156,6 +178,18 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "the host marker",
             "host_write: the value QEMU stores, width bytes (a load reads it back); uffd_copy, "
             "pwrite: the first 8 bytes of each page copied or written (default 0)",
+        ),
+        "slot": (None, "dirty_log: the memslot (its index in file order); none for reap"),
+        "action": (None, "dirty_log: enable, get, clear, disable or reap"),
+        "expect_dirty": (
+            None,
+            "dirty_log get/reap: the gpas a correct kernel reports (else the step fails)",
+        ),
+        "pml": ("false", "dirty_log enable: the host has Intel PML (mode = 'pml')"),
+        "first": ("0", "dirty_log clear: first page of the range (a multiple of 64)"),
+        "num": (
+            "to the slot's end",
+            "dirty_log clear: pages in the range (a multiple of 64, or up to the slot's end)",
         ),
         "young": (
             '"clear"',
@@ -424,6 +458,20 @@ def _memslot_schema() -> dict[str, Any]:
     }
 
 
+def _dirty_schema() -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {
+        "mode": {"enum": list(DIRTY_MODES)},
+        "manual_protect": {"type": "boolean", "default": False},
+        "initially_set": {"type": "boolean", "default": False},
+        "ring_size": {"type": "integer", "minimum": 1},
+    }
+    return {
+        "type": "object",
+        "properties": {k: {**kinds[k], **_doc("dirty", k)} for k in DIRTY_KEYS},
+        "additionalProperties": False,
+    }
+
+
 def _uffd_schema() -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "vma": {"type": "string"},
@@ -528,6 +576,7 @@ def json_schema(
         "vma": array("vma", "vma"),
         "memslot": array("memslot", "memslot"),
         "device": array("device", "device"),
+        "dirty": {"$ref": "#/$defs/dirty", **_doc("top", "dirty")},
         "uffd": array("uffd", "uffd"),
         "step": array("step", "step"),
         "schedule": array("schedule", "schedule"),
@@ -554,6 +603,7 @@ def json_schema(
             },
             "vma": _vma_schema(),
             "memslot": _memslot_schema(),
+            "dirty": _dirty_schema(),
             "device": _device_schema(described),
             "uffd": _uffd_schema(),
             "step": {
@@ -673,6 +723,7 @@ def markdown_reference(schema: dict[str, Any] | None = None) -> str:
     for name, title in (
         ("vma", "[[vma]]"),
         ("memslot", "[[memslot]]"),
+        ("dirty", "[dirty]"),
         ("device", "[[device]]"),
         ("uffd", "[[uffd]]"),
         ("expect", "expect"),

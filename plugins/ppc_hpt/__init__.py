@@ -28,9 +28,9 @@ Scenario steps for this arch (``arch = "ppc_hpt"``):
   return is an expectation failure of the step.
 - ``vcpu``: the issuing vcpu.
 
-``do = "dirty_log"`` (``slot``, ``action`` = ``enable`` | ``get`` |
-``disable``, optional ``expect_dirty``): as on x86, with HPT's harvest of
-HPTE C bits (:func:`dirty_log`).
+Dirty logging (the core ``dirty_log`` step, mode ``dirty_bit``): the
+hardware's HPTE C bits, harvested by ``kvmppc_hv_get_dirty_log_hpt``
+(:func:`dirty_log_sync`).
 
 The guest hashes like Linux: primary PTEG first, the secondary one when the
 primary is full; H_REMOVE uses H_AVPN on the slot H_ENTER returned.
@@ -86,10 +86,17 @@ from kvmsim_plugins.ppc_hpt.hpte import (
 )
 
 from kvmsim import hookimpl
-from kvmsim.dirtylog import DIRTY_LOG_STEP, dirty_log_action, dirty_log_result, dirty_log_slot
 from kvmsim.errors import PluginError, ScenarioError
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
+from kvmsim.hooktypes import (
+    ArchInfo,
+    DirtyCaps,
+    FaultResult,
+    Stage2Mapping,
+    StepResult,
+    Translation,
+)
 from kvmsim.host.constants import VM_IO, VM_MIXEDMAP, VM_PFNMAP
+from kvmsim.kvm.dirty import mark_page_dirty_in_slot
 from kvmsim.scenario.model import StepKind
 from kvmsim.scenario.sizes import parse_size
 from kvmsim.sources import read_from
@@ -97,6 +104,7 @@ from kvmsim.sources import read_from
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
     from kvmsim.scenario.model import StepSpec
 
 NAME = "ppc_hpt"
@@ -285,13 +293,11 @@ def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
 
 @hookimpl
 def step_kinds() -> list[StepKind]:
-    return [HCALL_STEP, DIRTY_LOG_STEP]
+    return [HCALL_STEP]
 
 
 @hookimpl
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
-    if step.do == "dirty_log":
-        return dirty_log(kvm, step)
     if step.do != "hcall":
         return None
     p = step.params
@@ -370,36 +376,52 @@ def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     return StepResult(outcome="done", detail=detail, expect_failures=failures)
 
 
-def dirty_log(kvm: Kvm, step: StepSpec) -> StepResult:
-    """The ``dirty_log`` step on HPT (v4.16): ``enable`` / ``disable`` only
-    toggle ``KVM_MEM_LOG_DIRTY_PAGES`` (``kvmppc_core_commit_memory_region_hv``
-    does nothing more for HPT: the hardware's C bits track stores);
-    ``get`` is ``kvm_vm_ioctl_get_dirty_log_hv`` →
-    ``kvmppc_hv_get_dirty_log_hpt``: ``kvm_test_clear_dirty_npages`` for every
-    page of the slot, each dirty HPTE marking as many pages as it maps.
-    Not modelled: the VPA/DTL dirty harvest and the slot's own
-    ``dirty_bitmap`` (nothing else marks pages dirty on HPT here)."""
-    action = dirty_log_action(step)
-    slot = dirty_log_slot(kvm, step)
-    st = kvm.arch
-    if "pml" in step.params:
-        raise ScenarioError(
-            "pml is an Intel VMX feature; HPT tracks stores with C bits",
-            key=f"step[{step.index}].pml",
-        )
-    if action == "enable":
-        st.dirty_slots.add(slot.id)
-        return StepResult(outcome="done")
-    if action == "disable":
-        st.dirty_slots.discard(slot.id)
-        return StepResult(outcome="done")
-    if slot.id not in st.dirty_slots:
-        return StepResult(outcome="enoent", detail="dirty logging is not enabled on this slot")
-    dirty: set[int] = set()
+@hookimpl
+def dirty_log_caps(kvm: Kvm) -> DirtyCaps:
+    """HPT tracks stores with the hardware's C bits: ``dirty_bit`` only;
+    POWER has no ``KVM_GENERIC_DIRTYLOG_READ_PROTECT`` (no KVM_CLEAR_DIRTY_LOG)
+    and no dirty ring in any modelled version."""
+    return DirtyCaps(
+        modes=("dirty_bit",),
+        missing={
+            "wp": "HPT dirty logging harvests HPTE C bits; nothing is write-protected",
+            "pml": "pml is an Intel VMX feature; HPT tracks stores with C bits",
+            "ring": "powerpc has no KVM_CAP_DIRTY_LOG_RING (x86 from v5.11, arm64 from v6.1)",
+            "manual_protect": "powerpc does not select KVM_GENERIC_DIRTYLOG_READ_PROTECT: "
+            "no KVM_CLEAR_DIRTY_LOG",
+            "initially_set": "no KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 on powerpc",
+        },
+    )
+
+
+@hookimpl
+def dirty_log_enable(kvm: Kvm, slot: Memslot, enable: bool) -> bool:
+    """``kvmppc_core_commit_memory_region_hv``: nothing for HPT (the C bits
+    track stores; the bitmap the core allocated collects what unmapped
+    HPTEs harvested, ``kvmppc_update_dirty_map``)."""
+    return True
+
+
+@hookimpl
+def dirty_log_sync(kvm: Kvm, slot: Memslot) -> bool:
+    """``kvm_vm_ioctl_get_dirty_log_hv`` → ``kvmppc_hv_get_dirty_log_hpt``:
+    ``kvm_test_clear_dirty_npages`` for every page of the slot, each dirty
+    HPTE marking as many pages as it maps (``set_dirty_bits``) into the
+    buffer the ioctl then ORs with the slot's bitmap; the model marks the
+    bitmap itself, which the core then reads and clears.  Not modelled:
+    the VPA/DTL dirty harvest."""
+    st: HptState = kvm.arch
+    dirty: list[tuple[int, int]] = []
     for i in range(slot.npages):
         n = st.test_clear_dirty_npages(kvm, slot.base_gfn + i)
-        dirty.update(range(i, i + n))  # set_dirty_bits(map, i, npages)
-    gpas = tuple(sorted((slot.base_gfn + i) << kvm.page_shift for i in dirty))
+        if n:
+            dirty.append((i, n))
+    for i, n in dirty:
+        mark_page_dirty_in_slot(kvm, slot, slot.base_gfn + i, n)
     if kvm.tracer.enabled:
-        kvm.tracer.emit("kvmppc_hv_get_dirty_log_hpt", slot=slot.id, dirty=[hex(g) for g in gpas])
-    return dirty_log_result(step, gpas)
+        kvm.tracer.emit(
+            "kvmppc_hv_get_dirty_log_hpt",
+            slot=slot.id,
+            dirty=[hex((slot.base_gfn + i) << kvm.page_shift) for i, _ in dirty],
+        )
+    return True

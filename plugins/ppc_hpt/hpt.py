@@ -38,7 +38,6 @@ from kvmsim_plugins.ppc_hpt.hpte import (
     HPTE_V_SECONDARY,
     HPTE_V_VALID,
     KVM_DEFAULT_HPT_ORDER,
-    KVMPPC_RMAP_CHANGED,
     KVMPPC_RMAP_INDEX,
     KVMPPC_RMAP_PRESENT,
     KVMPPC_RMAP_RC_SHIFT,
@@ -67,6 +66,7 @@ from kvmsim_plugins.ppc_hpt.mmio_cache import MmioCache, MmioCacheEntry
 from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
 from kvmsim.host.constants import PTE_DIRTY, PTE_PRESENT, PTE_WRITE, PTE_YOUNG
 from kvmsim.host.rwsem import Deadlock
+from kvmsim.kvm.dirty import mark_page_dirty
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -115,7 +115,6 @@ class HptState:
         "back",
         "bolted",
         "by_gpa",
-        "dirty_slots",
         "dsi_queued",
         "entered",
         "forw",
@@ -157,7 +156,6 @@ class HptState:
         self.by_gpa: dict[int, set[int]] = {}
         self.hpte_locks: dict[int, str] = {}
         self.rmap_locks: dict[int, str] = {}
-        self.dirty_slots: set[int] = set()  # memslot ids with KVM_MEM_LOG_DIRTY_PAGES
         self.seg_shift: dict[int, int] = {}  # ESID → base page shift (guest SLB model)
         self.entered: dict[int, int] = {}  # ea page → HPTE index (the guest's slot record)
         # linear-mapping pages (ea == gpa) the guest has bolted so far; the
@@ -296,6 +294,10 @@ class HptState:
                 rm = (rm & ~KVMPPC_RMAP_INDEX) | head
         rm |= rcbits << KVMPPC_RMAP_RC_SHIFT
         self.rmap[gfn] = rm
+        if rcbits & HPTE_R_C:
+            # kvmppc_update_dirty_map(memslot, gfn, kvmppc_actual_pgsz(v, r))
+            psize = actual_pgsz(hpte_v, hpte_r)
+            mark_page_dirty(kvm, gfn, (psize + (1 << self.page_shift) - 1) >> self.page_shift)
         self.unlock_rmap(gfn)
 
     def invalidate_hpte(self, kvm: Kvm, index: int) -> None:
@@ -324,6 +326,9 @@ class HptState:
             r = self.r[index] = self.r.get(index, 0) & ~HPTE_R_KEY
             rcbits = r & (HPTE_R_R | HPTE_R_C)
             rm |= rcbits << KVMPPC_RMAP_RC_SHIFT
+            if rcbits & HPTE_R_C:
+                # kvmppc_update_dirty_map(memslot, gfn, psize), if logging
+                mark_page_dirty(kvm, gfn, (psize + (1 << self.page_shift) - 1) >> self.page_shift)
             if rcbits & ~ptel:
                 self.guest_rpte[index] = ptel | rcbits
             tr = kvm.tracer
@@ -370,23 +375,19 @@ class HptState:
                 self.unmap_rmapp(kvm, gfn)
 
     def test_clear_dirty_npages(self, kvm: Kvm, gfn: int) -> int:
-        """``kvm_test_clear_dirty_npages`` (v4.16): a C bit harvested into the
-        rmap (``KVMPPC_RMAP_CHANGED``, left by an unmapped HPTE) counts and is
-        cleared; then for every HPTE of ``gfn``'s chain that has C, or is
-        writable (no vcpu runs between scenario steps, so a delayed C
-        writeback must be flushed): lock it, skip it if not valid, make it
-        absent, ``tlbie``, clear C (remembered in ``guest_rpte``), make it
-        valid again.  Returns the base pages dirtied (an HPTE's page size in
-        base pages), 0 if none."""
+        """``kvm_test_clear_dirty_npages`` (v4.15+: e641a317830b moved the
+        dirty bits of unmapped HPTEs to the slot's bitmap, so the rmap's
+        changed bit is not read here): for every HPTE of ``gfn``'s chain
+        that has C, or is writable (no vcpu runs between scenario steps, so
+        a delayed C writeback must be flushed): lock it, skip it if not
+        valid, make it absent, ``tlbie``, clear C (remembered in
+        ``guest_rpte``), make it valid again.  Returns the base pages
+        dirtied (the largest HPTE's size in base pages), 0 if none."""
         task = kvm.mm.current
         ps = self.page_shift
         self.lock_rmap(gfn, task)
         rm = self.rmap.get(gfn, 0)
         npages = 0
-        if rm & KVMPPC_RMAP_CHANGED:
-            # the harvested page size (KVMPPC_RMAP_CHG_ORDER) is not kept: one page
-            self.rmap[gfn] = rm = rm & ~KVMPPC_RMAP_CHANGED
-            npages = 1
         if rm & KVMPPC_RMAP_PRESENT:
             i = head = rm & KVMPPC_RMAP_INDEX
             while True:

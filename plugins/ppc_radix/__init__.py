@@ -4,7 +4,8 @@ of v4.15, v4.16, v4.17 or v6.13 as the selected strategy names.
 Two arch entry points share this code: ``ppc_radix`` (64K base pages, as
 ppc64 distributions build) and ``ppc_radix_4k`` (:mod:`.radix4k`, 4K base
 pages).  Stage-2 leaves: the base page, 2M (PMD) and 1G (PUD; v4.17 only);
-a 52-bit guest real address space.
+a 52-bit guest real address space.  Dirty logging (the core ``dirty_log``
+step, mode ``dirty_bit``): the partition-scoped C bits, :mod:`.dirty`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from kvmsim_plugins.ppc_radix import handler, mmu
+from kvmsim_plugins.ppc_radix import dirty, handler, mmu
 from kvmsim_plugins.ppc_radix.tree import GPA_BITS, PMD_SIZE, PUD_SIZE
 
 from kvmsim import hookimpl
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping
+from kvmsim.hooktypes import ArchInfo, DirtyCaps, FaultResult, Stage2Mapping
 from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
 
 NAME = "ppc_radix"
 PAGE_SHIFT = 16  # ppc64 distributions build with 64K pages
@@ -116,3 +118,18 @@ def stage2_mappings(kvm: Kvm) -> list[Stage2Mapping]:
 @hookimpl
 def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
     return mmu.mappings_in(kvm, start, end)
+
+
+@hookimpl
+def dirty_log_caps(kvm: Kvm) -> DirtyCaps:
+    return dirty.CAPS
+
+
+@hookimpl
+def dirty_log_enable(kvm: Kvm, slot: Memslot, enable: bool) -> bool:
+    return dirty.enable(kvm, slot, enable)
+
+
+@hookimpl
+def dirty_log_sync(kvm: Kvm, slot: Memslot) -> bool:
+    return dirty.sync(kvm, slot)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvmsim_plugins.ppc_radix import dirty
 from kvmsim_plugins.ppc_radix.dsisr import (
     DSISR_ISSTORE,
     DSISR_NOHPTE,
@@ -192,7 +193,10 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                     mmu_notifier_count=kvm.mmu_notifier_count,
                 )
             return -EAGAIN
-        ret = _install(tree, gpa, pte | PTE_LEAF, level, st.version)
+        removed: list[tuple[int, int, int]] = []
+        ret = _install(tree, gpa, pte | PTE_LEAF, level, st.version, removed)
+        for base, size, old in removed:
+            dirty.replaced(kvm, base, size, old)
         installed = ret == 0
         if ret == _SAME:  # v4.17: "someone else set the same thing": 0, nothing written
             ret = 0
@@ -221,11 +225,19 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
 _SAME = 1  # _install's private result: the same leaf is already there
 
 
-def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> int:
+def _install(
+    tree: RadixTree,
+    gpa: int,
+    pte: int,
+    level: int,
+    version: str,
+    removed: list[tuple[int, int, int]],
+) -> int:
     """The part of ``kvmppc_create_pte`` under the lock.  Returns 0 (a leaf
     was written), ``_SAME`` (v4.17 found the identical leaf), ``-EAGAIN``
     (v4.15: a large pmd is there) or ``-EBUSY`` (v4.15/v4.16: a pte page is
-    in the way of a 2M leaf)."""
+    in the way of a 2M leaf).  Present leaves it removes are appended to
+    ``removed`` as (base gpa, size, old value): their C bit is marked."""
     v417 = version not in ("v4.15", "v4.16")
     pgd = tree.pgd
     gi = (gpa >> PGD_SHIFT) & PGD_INDEX_MASK
@@ -246,6 +258,8 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
             return 0
         pud.pop(ui)  # remove it (tlbie; dirty map)
         tree.forget(pud_base, e, PUD_SHIFT)
+        if e & PTE_PRESENT:
+            removed.append((pud_base, PUD_SIZE, e))
         e = None
     if level == 2:
         if e is not None:
@@ -273,6 +287,8 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
             return 0
         pmd.pop(mi)  # remove the existing 2M leaf (clear all bits, tlbie)
         tree.forget(pmd_base, e2, PMD_SHIFT)
+        if e2 & PTE_PRESENT:
+            removed.append((pmd_base, PMD_SIZE, e2))
         e2 = None
     elif level == 1 and e2 is not None and not v417:
         return -EBUSY  # a page-table page is in the way: the caller retries small
@@ -299,6 +315,7 @@ def _install(tree: RadixTree, gpa: int, pte: int, level: int, version: str) -> i
             return 0
         # the old PTE is invalidated (clear PRESENT, tlbie, mark_page_dirty
         # if it was dirty) before the new one is set
+        removed.append((gpa & ~((1 << tree.page_shift) - 1), 1 << tree.page_shift, old))
     e2[pi] = pte
     return 0
 
@@ -315,7 +332,7 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
     ps = tree.page_shift
     whole = st.version not in ("v4.15", "v4.16")
     tr = kvm.tracer
-    for _slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
+    for slot, gfn_lo, gfn_hi in kvm.memslots.hva_to_gfns(start, end):
         gpa = gfn_lo << ps
         gpa_end = gfn_hi << ps
         while gpa < gpa_end:
@@ -332,6 +349,7 @@ def unmap_hva_range(kvm: Kvm, start: int, end: int) -> None:
                 else:
                     table[idx] = v & ~PTE_PRESENT
                 tree.seqs.pop(gpa & ~(step - 1), None)
+                dirty.unmapped(kvm, slot, gpa, shift, v)
                 if tr.enabled:
                     tr.emit(
                         "kvm_unmap_radix",

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_radix import (
     create_pte,
+    dirty_log_caps,
+    dirty_log_enable,
+    dirty_log_sync,
     handle_page_fault,
     init_state,
     make_arch_info,
@@ -37,6 +40,9 @@ __all__ = [
     "arch_info",
     "arch_init",
     "create_pte",
+    "dirty_log_caps",
+    "dirty_log_enable",
+    "dirty_log_sync",
     "handle_page_fault",
     "notifier_age_gfn",
     "notifier_invalidate",

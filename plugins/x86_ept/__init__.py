@@ -6,24 +6,26 @@ the strategies of those eras (see :mod:`.handler`).
 
 See :mod:`.ept` (tables, SPTE bits, the hardware walk), :mod:`.handler`
 (the fault path), :mod:`.apf` (async page faults), :mod:`.steps` (scenario
-steps: ``swap_out``, ``async_pf``, ``apf_complete``, ``dirty_log``,
-``nx_huge_pages``; the core ``age`` step reaches :func:`.ept.age_gfn_range`).
+steps: ``swap_out``, ``async_pf``, ``apf_complete``, ``nx_huge_pages``; the
+core ``age`` step reaches :func:`.ept.age_gfn_range`), :mod:`.dirty` (the core
+``dirty_log`` step's x86 side: write protection, PML, the ring).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmsim_plugins.x86_ept import ept, handler, steps
+from kvmsim_plugins.x86_ept import dirty, ept, handler, steps
 
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult
+from kvmsim.hooktypes import ArchInfo, DirtyCaps, FaultResult, Stage2Mapping, StepResult
 from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
     from kvmsim.scenario.model import StepKind, StepSpec
 
 NAME = "x86_ept"
@@ -50,7 +52,9 @@ def arch_init(kvm: Kvm) -> Any:
             f"x86_ept has no fault handler version {version!r} "
             f"(strategy {kvm.strategy.name!r} asks for it); it has {', '.join(VERSIONS)}"
         )
-    return ept.EptState(version)
+    st = ept.EptState(version)
+    st.dirty_bitmaps = kvm.dirty.bitmaps  # memslot->dirty_bitmap: the core's
+    return st
 
 
 # the walk itself is the hook implementation (no wrapper call per access)
@@ -95,3 +99,23 @@ def step_kinds() -> list[StepKind]:
 @hookimpl
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     return steps.arch_step(kvm, vcpu, step)
+
+
+@hookimpl
+def dirty_log_caps(kvm: Kvm) -> DirtyCaps:
+    return dirty.caps(kvm)
+
+
+@hookimpl
+def dirty_log_enable(kvm: Kvm, slot: Memslot, enable: bool) -> bool:
+    return dirty.enable(kvm, slot, enable)
+
+
+@hookimpl
+def dirty_log_sync(kvm: Kvm, slot: Memslot) -> bool:
+    return dirty.sync(kvm, slot)
+
+
+@hookimpl
+def dirty_log_protect(kvm: Kvm, slot: Memslot, gfn_offset: int, mask: int) -> bool:
+    return dirty.protect(kvm, slot, gfn_offset, mask)

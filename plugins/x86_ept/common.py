@@ -53,6 +53,7 @@ from kvmsim_plugins.x86_ept.ept import (
 from kvmsim.cmodel import EFAULT
 from kvmsim.hooktypes import ASYNC
 from kvmsim.host import gup
+from kvmsim.kvm.dirty import mark_page_dirty as core_mark_page_dirty
 from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
 from kvmsim.kvm.pfn import (
     KVM_HVA_ERR_BAD,
@@ -383,14 +384,9 @@ def vmx_get_mt_mask(kvm: Kvm, gfn: int, is_mmio: bool) -> int:
 
 
 def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
-    """``kvm_vcpu_mark_page_dirty`` → ``mark_page_dirty_in_slot``: set the
-    gfn's bit if the slot has a dirty bitmap."""
-    slot = kvm.memslots.gfn_to_memslot(gfn)
-    if slot is None:
-        return
-    bitmap = kvm.arch.dirty_bitmaps.get(slot.id)
-    if bitmap is not None:
-        bitmap.add(gfn - slot.base_gfn)
+    """``kvm_vcpu_mark_page_dirty`` → the core's ``mark_page_dirty_in_slot``
+    (the slot's bitmap, or the running vcpu's dirty ring)."""
+    core_mark_page_dirty(kvm, gfn)
 
 
 def direct_map(

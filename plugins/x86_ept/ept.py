@@ -35,6 +35,7 @@ hardware reports an EPT misconfiguration for it, never a hit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from kvmsim.errors import ScenarioError
@@ -83,6 +84,9 @@ EPT_VIOLATION_GLA_VALID: Final = 1 << 7
 EPT_VIOLATION_GVA_TRANSLATED: Final = 1 << 8
 
 Table = dict[int, "int | Table"]
+
+PML_ENTITY_NUM: Final = 512
+"""Entries of a vcpu's page-modification log (vmx.h)."""
 
 HIT_CACHE_MAX: Final = 1 << 16
 """Entries in ``EptState.hits`` (~200 bytes each: at most ~13 MB)."""
@@ -145,16 +149,14 @@ class EptState:
     """``kvm->arch`` for a TDP guest: the EPT, per-leaf notifier sequence
     numbers (for the checkers), dirty bitmaps, async-PF state per vcpu.
 
-    ``dirty_bitmaps`` maps a memslot id to the set of its relative gfns
-    marked dirty; a slot is in the dict exactly while ``KVM_MEM_LOG_DIRTY_PAGES``
-    is set (``memslot->dirty_bitmap != NULL``).
+    ``dirty_bitmaps`` is the core's (:mod:`kvmsim.kvm.dirty`): a slot is in
+    it exactly while ``KVM_MEM_LOG_DIRTY_PAGES`` is set.
     """
 
     __slots__ = (
         "ad_enabled",
         "apf",
         "dirty_bitmaps",
-        "dirty_reports",
         "fresh",
         "hits",
         "hwpoison_signals",
@@ -173,9 +175,9 @@ class EptState:
         self.root: Table = {}
         self.seqs: dict[int, int] = {}
         self.ad_enabled = True
-        self.dirty_bitmaps: dict[int, set[int]] = {}
-        self.dirty_reports: list[tuple[int, int, tuple[int, ...]]] = []
-        """(step, slot id, dirty gpas) per ``KVM_GET_DIRTY_LOG``."""
+        self.dirty_bitmaps: Mapping[int, object] = {}
+        """The core's bitmaps (``kvm.dirty.bitmaps``): a slot is a key exactly
+        while it logs."""
         self.hwpoison_signals: list[tuple[int, int]] = []
         """(vcpu, si_addr) per SIGBUS ``kvm_send_hwpoison_signal`` sent."""
         self.apf: dict[int, ApfVcpu] = {}
@@ -188,9 +190,9 @@ class EptState:
         (``sp->nx_huge_page_disallowed``), by (level of the entry pointing
         at them, its base gpa); a table is one of them only while it is the
         very object recorded."""
-        self.pml: list[int] | None = None
-        """The page-modification log (gpas the CPU logged on setting a D bit)
-        while PML is enabled (``enable_pml``); None: no PML."""
+        self.pml: dict[int, list[int]] | None = None
+        """Each vcpu's page-modification log (gpas the CPU logged on setting
+        a D bit) while PML is enabled (``enable_pml``); None: no PML."""
         self.hits: dict[int, Translation] = {}
         """The frozen Translation of a 4K leaf hit, keyed by the SPTE value
         (A/D already set): a function of the value alone, so a changed SPTE
@@ -359,11 +361,17 @@ def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Transla
     if st.ad_enabled:
         new = spte | EPT_A | (EPT_D if op == "write" else 0)
         if new != spte:
+            if st.pml is not None and new & ~spte & EPT_D:
+                # PML: setting a D flag logs the guest-physical address; with
+                # the vcpu's log full the access exits first (PML full)
+                log = st.pml.setdefault(vcpu, [])
+                if len(log) >= PML_ENTITY_NUM:
+                    return Translation(
+                        fault=Stage2Fault(gpa=gpa, ea=gpa, op=op, code=0, kind="pml_full")
+                    )
+                log.append(gpa & ~0xFFF)
             table[idx] = new
             st.hits.pop(spte, None)
-            if st.pml is not None and new & ~spte & EPT_D:
-                # PML: setting a D flag logs the guest-physical address
-                st.pml.append(gpa & ~0xFFF)
             spte = new
     if level == 1:
         t = st.hits.get(spte)

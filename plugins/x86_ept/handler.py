@@ -25,7 +25,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from kvmsim_plugins.x86_ept import apf, handler_v4_16, handler_v5_13, handler_v6_13
+from kvmsim_plugins.x86_ept import apf, dirty, handler_v4_16, handler_v5_13, handler_v6_13
 from kvmsim_plugins.x86_ept.common import (
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
@@ -69,6 +69,11 @@ def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
     userspace)."""
     tr = kvm.tracer
     qual = fault.code
+    if fault.kind == "pml_full":
+        # vmx_handle_exit flushes the log first (vmx_flush_pml_buffer);
+        # handle_pml_full then resumes the guest, which repeats the store
+        n = dirty.vmx_flush_pml_buffer(kvm, vcpu)
+        return FaultResult(action=RESUME, ret=1, detail=f"PML full: {n} gpas flushed")
     if fault.kind == "ept_misconfig":
         # handle_ept_misconfig → kvm_mmu_page_fault(gpa, PFERR_RSVD_MASK) →
         # handle_mmio_page_fault: a direct MMIO SPTE of the current

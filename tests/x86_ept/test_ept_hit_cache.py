@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kvmsim_plugins.x86_ept import ept, steps
+from kvmsim_plugins.x86_ept import ept
 
+from kvmsim.kvm.dirty import set_logging
 from tests.x86_ept.test_ept_paths import HEAD, STRATEGY, _access
 
 
@@ -43,7 +44,7 @@ def test_write_protection_is_seen_through_the_cache(make_sim: Any) -> None:
         assert ept.translate(kvm, 0x1000, "write").fault is None
     # KVM_MEM_LOG_DIRTY_PAGES write-protects every SPTE (L.5): a store is an
     # EPT violation again, a load still hits
-    steps.kvm_mmu_slot_enable_dirty_log(kvm, kvm.memslots.gfn_to_memslot(1))
+    set_logging(kvm, kvm.memslots.gfn_to_memslot(1), True)
     t = ept.translate(kvm, 0x1000, "write")
     assert t.fault is not None and t.fault.kind == "ept_violation"
     r = ept.translate(kvm, 0x1000, "read")

@@ -256,7 +256,7 @@ def test_bad_dirty_log_action_is_a_scenario_error(make_sim: Any) -> None:
     with pytest.raises(ScenarioError, match="unknown dirty_log action"):
         make_sim(text, strategy=STRATEGY).run()
     text = HEAD + '[[step]]\ndo = "dirty_log"\nslot = 3\naction = "get"\n'
-    with pytest.raises(ScenarioError, match="no memslot with id 3"):
+    with pytest.raises(ScenarioError, match=r"step\[0\]\.slot: no memslot with this index"):
         make_sim(text, strategy=STRATEGY).run()
 
 

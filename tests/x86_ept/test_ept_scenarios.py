@@ -27,12 +27,18 @@ def _events(report: RunReport, name: str, step: int | None = None) -> list[dict[
 
 
 def test_every_ept_scenario_is_tested() -> None:
+    # the dirty-logging ones: tests/x86_ept/test_ept_dirty.py
     assert set(EPT) == {
         "ept-anon-first-touch",
         "ept-anon-read-zero-page",
         "ept-async-pf",
+        "ept-dirty-base-ring",
+        "ept-dirty-base-wp",
         "ept-dirty-log",
+        "ept-dirty-log-initially-set",
+        "ept-dirty-log-manual",
         "ept-dirty-log-pml",
+        "ept-dirty-log-ring",
         "ept-hugetlb-1g-partial-memslot",
         "ept-hugetlbfs-1g",
         "ept-hwpoison-sigbus",
@@ -158,7 +164,7 @@ def test_dirty_log_reports_exactly_what_was_dirtied(make_sim: Any) -> None:
     sim, report = _run(make_sim, "ept-dirty-log")
     assert report.passed, report.to_json()
     # L.5: each KVM_GET_DIRTY_LOG returns and clears the bitmap.
-    reports = [gpas for _, _, gpas in sim.kvm.arch.dirty_reports]
+    reports = [gpas for _, _, gpas in sim.kvm.dirty.reports]
     assert reports == [(0x201000, 0x405000), (0x201000, 0x202000), ()]
     # the re-write of 0x201000 after the first get was fixed by
     # fast_page_fault (write-protected 4K SPTE with HOST|MMU_WRITEABLE)
@@ -225,7 +231,7 @@ def test_pml_logs_a_store_without_an_exit(make_sim: Any) -> None:
     # step 5 stores through a 4K SPTE whose D bit the get cleared: no fault
     # (PML logs it), and the next get reports it from the flushed log
     assert not _events(report, "kvm_page_fault", step=5)
-    assert sim.kvm.arch.pml == []
+    assert sim.kvm.arch.pml is not None and not any(sim.kvm.arch.pml.values())
     # the write-protection variant would have faulted there (fast_page_fault)
     assert _events(report, "vmx_slot_enable_log_dirty", step=2)
 
