@@ -253,14 +253,22 @@ def zap_page_range(mm: Mm, vma: Vma, start: int, end: int) -> None:
     is split first, with its own pair over the 2M inside this one
     (``zap_pmd_range`` → ``__split_huge_pmd``: the split of the range's
     edges, as munmap's)."""
+    _notified_zap(mm, vma, start, end, "zap_page_range", split_edges=True)
+
+
+def _notified_zap(mm: Mm, vma: Vma, start: int, end: int, event: str, *, split_edges: bool) -> None:
+    """A notifier pair over ``[start, end)`` around clearing its entries
+    (after splitting the THP PMDs at its edges when ``split_edges``), the
+    ``host_pte_changed`` point between, and the trace ``event``."""
     mm.notify_start(start, end)
-    mm._split_thp_edges(start, end)
+    if split_edges:
+        mm._split_thp_edges(start, end)
     mm.zap_range(vma, start, end)
     if mm.race_points or mm.sched is not None:
         mm.fire_point("host_pte_changed")
     mm.notify_end(start, end)
     if mm.tracer.enabled:
-        mm.tracer.emit("zap_page_range", start=start, end=end)
+        mm.tracer.emit(event, start=start, end=end)
 
 
 def _madvise_free_single_vma(mm: Mm, vma: Vma, start: int, end: int) -> int:
@@ -523,13 +531,7 @@ def _hugetlb_vmdelete_list(file: File, start: int, end: int) -> None:
 def _unmap_hugepage_range(mm: Mm, vma: Vma, start: int, end: int) -> None:
     """``unmap_hugepage_range`` → ``__unmap_hugepage_range``: a notifier
     pair over the range, each huge entry cleared and its reference dropped."""
-    mm.notify_start(start, end)
-    mm.zap_range(vma, start, end)
-    if mm.race_points or mm.sched is not None:
-        mm.fire_point("host_pte_changed")
-    mm.notify_end(start, end)
-    if mm.tracer.enabled:
-        mm.tracer.emit("unmap_hugepage_range", start=start, end=end)
+    _notified_zap(mm, vma, start, end, "unmap_hugepage_range", split_edges=False)
 
 
 def _remove_inode_hugepages(mm: Mm, file: File, lstart: int, lend: int, hshift: int) -> None:
