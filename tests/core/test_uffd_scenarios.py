@@ -247,3 +247,28 @@ def test_a_lost_wake_up_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fault, "handle_userfault", check_then_queue)
     found = explore(_library("uffd-base-copy-two-vcpus"), "ppc_radix", "generic_v4_16", bound=1)
     assert any("deadlock" in c.verdicts for c in found.classes)
+
+
+@pytest.mark.parametrize(
+    ("arch", "strategy", "leak"),
+    [
+        ("x86_ept", "generic_v4_16", True),  # FOLL_NOWAIT first, v4.16 follow_hugetlb_page
+        ("x86_ept", "refcount_guarded", False),  # v5.13: the v5.0 fix is in
+        ("ppc_radix", "generic_v4_16", False),  # synchronous gup: no FOLL_NOWAIT
+    ],
+)
+def test_hugetlbfs_copy_and_the_nowait_lock_leak(arch: str, strategy: str, leak: bool) -> None:
+    """uffd-hugetlbfs-missing-copy: the copy serves the huge page's fault
+    everywhere; only x86's async try on a pre-v5.0 kernel leaks a read hold
+    of mmap_sem (kernel-notes §U.4)."""
+    sc = _library("uffd-hugetlbfs-missing-copy")
+    r = Simulation(sc, arch=arch, strategy=strategy, trace=True).run()  # type: ignore[arg-type]
+    assert r.steps[0].outcome == "mapped" and r.steps[0].value == 0x1234
+    found = {v.name for v in r.verdicts}
+    assert found == ({"lock_leak"} if leak else set()), found
+    assert r.passed is not leak
+    events = r.events
+    nowait = [e for e in events if e.get("why", "").startswith("FAULT_FLAG_RETRY_NOWAIT")]
+    assert bool(nowait) is (arch == "x86_ept")
+    copies = [e for e in events if e["event"] == "UFFDIO_COPY"]
+    assert len(copies) == 1 and copies[0]["len"] == 1 << 21 and copies[0]["woken"] == 1

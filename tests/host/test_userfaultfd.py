@@ -262,13 +262,16 @@ def test_a_wake_without_resolving_fails_gup_before_v5_7(
     assert not mm.mmap_sem.is_locked()
 
 
-@pytest.mark.parametrize(("linux", "leaked"), [((4, 16), True), ((5, 13), False)])
+@pytest.mark.parametrize(
+    ("linux", "leaked"), [((4, 16), True), ((4, 19), True), ((5, 0), False), ((5, 13), False)]
+)
 def test_nowait_on_hugetlbfs_and_the_locked_flag(
     mm: Mm, linux: tuple[int, int], leaked: bool
 ) -> None:
     """v4.16 follow_hugetlb_page clears *nonblocking under RETRY_NOWAIT:
     __get_user_pages_locked takes mmap_sem a second time and releases it
-    once (kernel-notes §U.4)."""
+    once, until v5.0's "mm/hugetlb.c: teach follow_hugetlb_page() to handle
+    FOLL_NOWAIT" (v4.19's text still lacks the test; kernel-notes §U.4)."""
     mm.linux = linux
     v = mm.mmap(SZ, prot="rw", shared=True, huge_shift=21, name="huge")
     assert uffd.userfaultfd_register(mm, v.start, v.end, uffd.VM_UFFD_MISSING) == 0
