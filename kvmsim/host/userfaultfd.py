@@ -19,6 +19,10 @@ v5.14).  ``handle_userfault`` decides by the fault flags:
   dropped and, if the page is still missing, the task sleeps until a
   resolving ioctl wakes it; VM_FAULT_RETRY either way.
 
+The faulting task is a vcpu's gup (KVM) or QEMU's own thread touching guest
+memory through its mapping (:func:`kvmsim.host.events.user_fault`, whose user
+fault has ALLOW_RETRY: it sleeps, kernel-notes §U.7).
+
 Sleeping: in a concurrent run the task blocks on the userfaultfd (it is not
 runnable until woken: the explorer's ``blocked`` point); in a sequential run
 ``UserfaultfdCtx.serve`` runs the handler's next resolving step (the runner

@@ -122,6 +122,8 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_write",
                 {**_RANGE, "value": int, "width": int},
                 required=("vma",),
+                # the store's fault may wait on a userfaultfd (kernel-notes §U.7)
+                expect=("verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
@@ -130,7 +132,7 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_read",
                 {"vma": str, "offset": int, "width": int},
                 required=("vma",),
-                expect=("value", "verdicts"),
+                expect=("value", "verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
