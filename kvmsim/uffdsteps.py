@@ -63,9 +63,10 @@ def setup(sim: Simulation) -> None:
                 f"on {sim.arch} under {sim.strategy}",
                 f"uffd[{u.index}].vma",
             )
+    ctx = mm.uffd
+    assert ctx is not None
+    ctx.sigbus = sc.uffd[0].sigbus  # UFFDIO_API's features (no fault has run yet)
     if not sc.concurrent:
-        ctx = mm.uffd
-        assert ctx is not None
         ctx.serve = _Server(sim).serve
 
 

@@ -78,6 +78,13 @@ BAD = [
     ('[[uffd]]\nvma = "ram"\nmode = "major"\n', "uffd[0].mode", "unknown mode"),
     ('[[uffd]]\nvma = "ram"\nlength = 1\n', "uffd[0].length", "unknown key"),
     ('[[uffd]]\nvma = "ram"\noffset = 0x400000\n', "uffd[0].offset", "outside vma"),
+    (
+        '[[uffd]]\nvma = "ram"\nsize = "64K"\nsigbus = true\n'
+        '[[uffd]]\nvma = "ram"\noffset = 0x10000\n',
+        "uffd[1].sigbus",
+        "UFFD_FEATURE_SIGBUS",
+    ),
+    ('[[uffd]]\nvma = "ram"\nsigbus = 1\n', "uffd[0].sigbus", "true or false"),
     ('[[step]]\ndo = "pwrite"\nvma = "ram"\n', "step[0].vma", "needs a file"),
     (
         UFFD + '[[step]]\ndo = "munmap"\nvma = "ram"\nexpect = { uffd_faults = 1 }\n',
@@ -350,3 +357,22 @@ def test_host_store_woken_before_the_copy_per_release(arch: str, strategy: str, 
 def test_qemu_a_vcpu_and_a_copy_explore_clean(arch: str, strategy: str) -> None:
     found = explore(_library("uffd-base-host-access-copy"), arch, strategy, bound=1)
     assert not found.classes
+
+
+def test_uffd_feature_sigbus_on_a_synchronous_handler() -> None:
+    """UFFD_FEATURE_SIGBUS: the vcpu's gup gets VM_FAULT_SIGBUS instead of
+    waiting (-EFAULT out of KVM_RUN, kernel-notes §U.6), QEMU's store gets
+    SIGBUS, no message is queued; a copy then makes both work."""
+    body = (
+        '[[uffd]]\nvma = "ram"\nsigbus = true\n'
+        + ACCESS
+        + 'expect = { outcome = "efault", uffd_faults = 0 }\n'
+        + '[[step]]\ndo = "host_write"\nvma = "ram"\noffset = 0x20000\nvalue = 5\n'
+        + '[[step]]\ndo = "uffd_copy"\nvma = "ram"\noffset = 0x10000\nvalue = 7\n'
+        + "expect = { uffd_faults = 0 }\n"
+        + ACCESS
+        + 'expect = { outcome = "mapped", value = 7 }\n'
+    )
+    r = _run(_text(body), arch="ppc_radix", strategy="generic_v4_16")
+    assert r.passed, r.unexpected  # type: ignore[attr-defined]
+    assert "SIGBUS" in r.steps[1].detail  # type: ignore[attr-defined]

@@ -388,3 +388,23 @@ def test_a_host_store_to_a_hugetlbfs_page_waits_for_the_huge_copy(mm: Mm) -> Non
     assert served == [v.start]  # the huge page's address
     assert events.host_read(mm, v.start) == (0, 0x11)
     assert events.host_read(mm, v.start + 0x1008) == (0, 0x22)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [0, FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_RETRY_NOWAIT],
+)
+def test_uffd_feature_sigbus_answers_sigbus_whatever_the_flags(mm: Mm, flags: int) -> None:
+    """UFFD_FEATURE_SIGBUS is tested before the fault flags (v4.16
+    handle_userfault): no message, no sleep, mmap_sem still held."""
+    v = _anon(mm)
+    assert mm.uffd is not None
+    mm.uffd.sigbus = True
+    mm.mmap_sem.down_read(mm.current)
+    assert handle_mm_fault(mm, v, v.start, flags) == VM_FAULT_SIGBUS
+    assert mm.mmap_sem.held_by() == {mm.current: "read"}
+    mm.mmap_sem.up_read(mm.current)
+    assert mm.uffd.pending == [] and mm.uffd.faults_read == 0
+    # QEMU's own store gets the signal at once
+    assert events.host_write(mm, v.start + 0x1000, 1) == VM_FAULT_SIGBUS
+    assert not mm.mmap_sem.is_locked() and mm.uffd.pending == []
