@@ -10,6 +10,8 @@ neither the page table nor (shmem, hugetlbfs) the page cache, MINOR when the
 page cache has it but the PTE is absent (hugetlbfs from v5.13, shmem from
 v5.14).  ``handle_userfault`` decides by the fault flags:
 
+- with UFFD_FEATURE_SIGBUS on the userfaultfd (``UserfaultfdCtx.sigbus``,
+  v4.14): VM_FAULT_SIGBUS, whatever the flags;
 - without FAULT_FLAG_ALLOW_RETRY: VM_FAULT_SIGBUS (gup turns it into
   -EFAULT);
 - with FAULT_FLAG_RETRY_NOWAIT (``FOLL_NOWAIT``): VM_FAULT_RETRY at once,
@@ -18,6 +20,10 @@ v5.14).  ``handle_userfault`` decides by the fault flags:
   table is checked again (``userfaultfd_must_wait``), ``mmap_sem`` is
   dropped and, if the page is still missing, the task sleeps until a
   resolving ioctl wakes it; VM_FAULT_RETRY either way.
+
+The faulting task is a vcpu's gup (KVM) or QEMU's own thread touching guest
+memory through its mapping (:func:`kvmsim.host.events.user_fault`, whose user
+fault has ALLOW_RETRY: it sleeps, kernel-notes §U.7).
 
 Sleeping: in a concurrent run the task blocks on the userfaultfd (it is not
 runnable until woken: the explorer's ``blocked`` point); in a sequential run
@@ -145,10 +151,11 @@ class UserfaultfdCtx:
     there is none.
     """
 
-    __slots__ = ("faults_read", "name", "pending", "read", "serve")
+    __slots__ = ("faults_read", "name", "pending", "read", "serve", "sigbus")
 
     def __init__(self) -> None:
         self.name = "userfaultfd"
+        self.sigbus = False  # UFFD_FEATURE_SIGBUS (UFFDIO_API, v4.14)
         self.pending: list[UffdWait] = []
         self.read: list[UffdWait] = []
         self.faults_read = 0
@@ -276,6 +283,17 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
         address &= ~((1 << vma.huge_shift) - 1)
     else:
         address &= ~(mm.page_size - 1)
+    if ctx.sigbus:
+        # checked before the fault flags: even a RETRY_NOWAIT try gets it
+        if tr.enabled:
+            tr.emit(
+                "handle_userfault",
+                address=address,
+                reason=_reason(reason),
+                result="VM_FAULT_SIGBUS",
+                why="UFFD_FEATURE_SIGBUS",
+            )
+        return VM_FAULT_SIGBUS
     if not flags & FAULT_FLAG_ALLOW_RETRY:
         BUG_ON(bool(flags & FAULT_FLAG_RETRY_NOWAIT), "RETRY_NOWAIT without ALLOW_RETRY")
         if tr.enabled:
