@@ -276,7 +276,6 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     Entered with ``mmap_sem`` held for read by ``mm.current``; returns
     VM_FAULT_RETRY with it released unless RETRY_NOWAIT."""
     ctx = mm.uffd
-    tr = mm.tracer
     BUG_ON(ctx is None, "handle_userfault on a vma no userfaultfd registered")
     assert ctx is not None
     if vma.flags & VM_HUGETLB:
@@ -285,35 +284,15 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
         address &= ~(mm.page_size - 1)
     if ctx.sigbus:
         # checked before the fault flags: even a RETRY_NOWAIT try gets it
-        if tr.enabled:
-            tr.emit(
-                "handle_userfault",
-                address=address,
-                reason=_reason(reason),
-                result="VM_FAULT_SIGBUS",
-                why="UFFD_FEATURE_SIGBUS",
-            )
+        _traced(mm, address, reason, result="VM_FAULT_SIGBUS", why="UFFD_FEATURE_SIGBUS")
         return VM_FAULT_SIGBUS
     if not flags & FAULT_FLAG_ALLOW_RETRY:
         BUG_ON(bool(flags & FAULT_FLAG_RETRY_NOWAIT), "RETRY_NOWAIT without ALLOW_RETRY")
-        if tr.enabled:
-            tr.emit(
-                "handle_userfault",
-                address=address,
-                reason=_reason(reason),
-                result="VM_FAULT_SIGBUS",
-                why="FAULT_FLAG_ALLOW_RETRY missing",
-            )
+        _traced(mm, address, reason, result="VM_FAULT_SIGBUS", why="FAULT_FLAG_ALLOW_RETRY missing")
         return VM_FAULT_SIGBUS
     if flags & FAULT_FLAG_RETRY_NOWAIT:
-        if tr.enabled:
-            tr.emit(
-                "handle_userfault",
-                address=address,
-                reason=_reason(reason),
-                result="VM_FAULT_RETRY",
-                why="FAULT_FLAG_RETRY_NOWAIT: no message, mmap_sem kept",
-            )
+        why = "FAULT_FLAG_RETRY_NOWAIT: no message, mmap_sem kept"
+        _traced(mm, address, reason, result="VM_FAULT_RETRY", why=why)
         return VM_FAULT_RETRY
     if mm.race_points or mm.sched is not None:
         mm.fire_point("handle_userfault")
@@ -322,14 +301,7 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     must_wait = userfaultfd_must_wait(mm, vma, address)
     mm.mmap_sem.up_read(mm.current)
     ret = VM_FAULT_RETRY
-    if tr.enabled:
-        tr.emit(
-            "handle_userfault",
-            address=address,
-            reason=_reason(reason),
-            must_wait=must_wait,
-            result="VM_FAULT_RETRY",
-        )
+    _traced(mm, address, reason, must_wait=must_wait, result="VM_FAULT_RETRY")
     if must_wait:
         ret |= VM_FAULT_MAJOR
         _sleep(mm, ctx, uwq)
@@ -339,6 +311,13 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     if uwq in ctx.read:
         ctx.read.remove(uwq)
     return ret
+
+
+def _traced(mm: Mm, address: int, reason: int, **answer: object) -> None:
+    """The ``handle_userfault`` trace event: what it answered and why (the
+    keys in the order given)."""
+    if mm.tracer.enabled:
+        mm.tracer.emit("handle_userfault", address=address, reason=_reason(reason), **answer)
 
 
 def _sleep(mm: Mm, ctx: UserfaultfdCtx, uwq: UffdWait) -> None:
