@@ -558,6 +558,18 @@ def _finish_fault(mm: Mm, vma: Vma, address: int, entry: int, page: int) -> bool
     return True
 
 
+def transhuge_vma_suitable(mm: Mm, vma: Vma, address: int) -> bool:
+    """``transhuge_vma_suitable`` (v4.16; ``thp_vma_suitable_order`` in
+    v6.13): the vma's start and its file offset agree modulo 2M, and the 2M
+    range around ``address`` lies wholly inside the vma."""
+    ps = mm.page_shift
+    nr = 1 << (THP_SHIFT - ps)
+    if ((vma.start >> ps) & (nr - 1)) != (vma.pgoff & (nr - 1)):
+        return False
+    haddr = address & ~((1 << THP_SHIFT) - 1)
+    return vma.start <= haddr and haddr + (1 << THP_SHIFT) <= vma.end
+
+
 def _do_set_pmd(mm: Mm, vma: Vma, address: int, entry: int, page: int) -> bool:
     """``do_set_pmd`` (mm/memory.c, v4.16), reached from ``alloc_set_pte``
     when the PMD is none and the page is PageTransCompound: map the whole
@@ -568,14 +580,10 @@ def _do_set_pmd(mm: Mm, vma: Vma, address: int, entry: int, page: int) -> bool:
     on a write fault, as the caller built them); the reference ``->fault``
     took is the PMD's (on the head, as every reference on a compound page).
     Only file vmas get here: the COW page of ``do_cow_fault`` is order 0."""
-    ps = mm.page_shift
-    nr = 1 << (THP_SHIFT - ps)
-    if ((vma.start >> ps) & (nr - 1)) != (vma.pgoff & (nr - 1)):
+    if not transhuge_vma_suitable(mm, vma, address):
         return False
     size = 1 << THP_SHIFT
     haddr = address & ~(size - 1)
-    if haddr < vma.start or haddr + size > vma.end:
-        return False
     pgt = mm.pgtable
     if pgt.ptes_in(haddr, haddr + size):
         return False  # pmd_none fails: a PTE table is there
@@ -654,7 +662,10 @@ def _shmem_alloc_huge(vmf: VmFault) -> None:
     subpages at ``hindex`` .. ``hindex + HPAGE_PMD_NR - 1`` with one cache
     reference each.  v4.16 does not look at i_size for the range: the tail
     may lie beyond it (the page then goes on the shrink list, not modelled).
-    The caller then finds the subpage like any cached page."""
+    v6.13 (``shmem_suitable_orders``, read in 6.13.7; not in 5.7.14) also
+    asks ``thp_vma_suitable_orders``: no huge page where the vma could not
+    map it with a PMD.  The caller then finds the subpage like any cached
+    page."""
     vma = vmf.vma
     f = vma.file
     mm = vma.mm
@@ -663,6 +674,8 @@ def _shmem_alloc_huge(vmf: VmFault) -> None:
     index = vmf.pgoff
     cache = f.cache
     if index in cache or index >= (f.size + (1 << ps) - 1) >> ps:
+        return
+    if mm.linux >= (6, 13) and not transhuge_vma_suitable(mm, vma, vmf.address):
         return
     nr = 1 << (THP_SHIFT - ps)
     hindex = index & ~(nr - 1)

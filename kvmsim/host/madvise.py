@@ -439,7 +439,7 @@ def _shmem_undo_range(mm: Mm, file: File, lstart: int, lend: int) -> None:
     end = (lend + 1) >> shift
     partial_start = lstart & (ps - 1)
     partial_end = (lend + 1) & (ps - 1)
-    split_partial = mm.linux >= (5, 17)
+    split_partial = mm.linux >= (5, 7)  # 71725ed10c40
     for index in sorted(i for i in file.cache if start <= i < end):
         page = file.cache.get(index)
         if page is None:
@@ -454,10 +454,11 @@ def _shmem_undo_range(mm: Mm, file: File, lstart: int, lend: int) -> None:
             if not split_partial or not _split_shmem_thp(mm, file, head):
                 # v4.16: a subpage of a THP the hole covers in part is zeroed
                 # (clear_highpage) and the THP stays whole in the cache;
-                # from v5.17 so is every subpage when the split fails
+                # from v5.7 (shmem_punch_compound) so is every subpage when
+                # the split fails
                 _clear_page(mm, page)
                 continue
-            # v5.17+: split, so this page leaves the cache as an order-0 page
+            # v5.7+: split, so this page leaves the cache as an order-0 page
         if _page_mapped(file, index, page, shift):
             unmap_mapping_range(file, index << shift, ps, False)
         phys.ClearPageDirty(page)  # cancel_dirty_page
@@ -497,14 +498,17 @@ def _clear_page(mm: Mm, page: int) -> None:
 
 
 def _split_shmem_thp(mm: Mm, file: File, head: int) -> bool:
-    """``split_huge_page`` of a shmem THP (``truncate_inode_partial_folio``,
-    v5.17+): refused when someone beyond the page cache and the mappings
-    holds a reference (``can_split_folio``); else every PMD mapping is
-    zapped (``unmap_folio`` → ``split_huge_pmd_address``: a file PMD is not
+    """``split_huge_page`` of a shmem THP a hole covers in part (v5.7's
+    ``shmem_punch_compound``, 71725ed10c40; v6.13's
+    ``truncate_inode_partial_folio``; read in 5.7.14 and 6.13.7).
+
+    Refused when someone beyond the page cache and the mappings holds a
+    reference (``can_split_huge_page``).  Otherwise every PMD mapping is
+    zapped (``unmap_page`` → ``split_huge_pmd_address``: a file PMD is not
     split into PTEs), each PTE mapping is unmapped and restored (a notifier
-    pair per page, ``try_to_unmap_one`` with migration entries, then
-    ``remove_migration_ptes``), and the compound page becomes order-0 pages,
-    each keeping its cache reference and one per PTE that maps it."""
+    pair per page: ``try_to_unmap_one`` with migration entries, then
+    ``remove_migration_ptes``), and the compound page becomes order-0
+    pages, each keeping its cache reference and one per PTE that maps it."""
     phys = mm.phys
     if phys._others.get(head, 0) > 0:
         return False
