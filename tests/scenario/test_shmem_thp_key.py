@@ -3,6 +3,7 @@ policy); on a backing where the kernel has no THP it is bad input."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,12 @@ def test_the_cli_says_it_in_one_line_with_exit_2(
     assert code == 2 and out == ""
     (line,) = err.splitlines()
     assert line.startswith(f"kvmsim: error: {path}: vma[0].huge: ")
+
+
+def test_the_docs_vma_example_loads_as_a_shmem_thp() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "scenarios.md").read_text()
+    blocks = re.findall(r"```toml\n(\[\[vma\]\].*?)```", doc, re.S)
+    (thp,) = [b for b in blocks if 'backing = "shmem"' in b and "huge" in b]
+    text = 'name = "t"\n' + thp + '[[memslot]]\ngpa = 0\nvma = "guest"\n'
+    (vma,) = parse_scenario(text, "docs/scenarios.md").vmas
+    assert (vma.backing, vma.shared, vma.huge) == ("shmem", True, 2 << 20)
