@@ -40,6 +40,7 @@ from kvmsim.host.rwsem import Deadlock
 
 if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
+    from kvmsim.host.physmem import PhysMem
 
 __all__ = [
     "ENXIO",
@@ -184,6 +185,11 @@ def memory_failure(mm: Mm, pfn: int) -> int:
     return 0
 
 
+def _anon_or_huge(phys: PhysMem, head: int) -> bool:
+    """PageAnon or PageHuge of a compound head."""
+    return bool(phys.flags.get(head, 0) & (PG_ANON | PG_HUGE))
+
+
 def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     """``migrate_pages`` of the page mapped at ``hva`` (base page, THP or
     hugetlb page, moved whole).
@@ -210,6 +216,13 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     order = phys.order.get(old, 0)
     if order and not shift:
         return -EBUSY
+    if order and not _anon_or_huge(phys, old):
+        # try_to_unmap_one (v4.16) puts a migration entry in a THP's PMD
+        # only when the page is anonymous: a shmem THP stays mapped, so
+        # __unmap_and_move finds it mapped and the move fails
+        if tr.enabled:
+            tr.emit("migrate_page", hva=hva, old_pfn=old, ret=-EAGAIN, why="file THP PMD")
+        return -EAGAIN
     maps = _mappings(mm, old, 1 << order)
     for mhva, mshift, me in maps:
         _unmap_one(mm, mhva, mshift, order, (me & ~PTE_PRESENT) | PTE_MIGRATION)

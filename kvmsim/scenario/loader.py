@@ -78,6 +78,9 @@ from kvmsim.scenario.model import (
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
 
+#: HPAGE_PMD_SIZE of the model (x86-64 and ppc64 radix): the one shmem THP size
+THP_SIZE: Final = 2 << 20
+
 __all__ = ["CORE_STEP_KINDS", "load_scenario", "parse_scenario"]
 
 
@@ -999,11 +1002,16 @@ def _vma(
 
     huge = 0
     if "huge" in t:
-        if backing not in ("anon", "hugetlbfs"):
+        if backing not in ("anon", "shmem", "hugetlbfs"):
+            why = (
+                "a regular file's page cache gets no THP at fault time"
+                if backing == "file"
+                else "the kernel has no huge pages for it"
+            )
             r.fail(
                 k("huge"),
-                f"huge pages do not apply to backing {backing!r}",
-                "huge only with backing 'hugetlbfs' or 'anon' (THP)",
+                f"huge pages do not apply to backing {backing!r} ({why})",
+                "huge only with backing 'hugetlbfs', or 'anon' or 'shmem' (THP)",
             )
         huge = r.size(k("huge"), t["huge"])
         if huge <= PAGE_SIZE or huge & (huge - 1):
@@ -1011,6 +1019,14 @@ def _vma(
                 k("huge"),
                 "not a huge page size",
                 f"a power of two larger than {format_size(PAGE_SIZE)}",
+                t["huge"],
+            )
+        if backing == "shmem" and huge != THP_SIZE:
+            # shmem_alloc_hugepage allocates HPAGE_PMD_ORDER only
+            r.fail(
+                k("huge"),
+                "not the THP size: shmem huge pages are PMD-sized",
+                f"huge = '{format_size(THP_SIZE)}' on backing 'shmem'",
                 t["huge"],
             )
     elif backing == "hugetlbfs":

@@ -100,7 +100,8 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "shared": (None, "MAP_SHARED instead of MAP_PRIVATE"),
         "huge": (
             "none",
-            "huge page size: required for hugetlbfs; on anon, the THP size (2M)",
+            "huge page size: required for hugetlbfs; on anon or shmem, the THP size (2M): "
+            "MADV_HUGEPAGE (shmem: under the advise huge policy, shmem_enabled or huge=)",
         ),
         "populate": (None, "MAP_POPULATE: fault every page in at mmap time"),
         "device": (None, "backing 'device': the [[device]] kind whose fault handler fills it"),
