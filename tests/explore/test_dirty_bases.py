@@ -82,3 +82,27 @@ def test_explore_and_matrix_agree_on_every_concurrent_scenario() -> None:
         assert set(cols) == {(c.arch, c.strategy) for c in mx.plan(scenarios=[e.name]).cells}
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("strategy", ["generic_v4_16", "follow_pfn_2024"])
+def test_seeded_mark_outside_mmu_lock_loses_a_store_only_in_a_race(strategy: str) -> None:
+    """A race-only lost store: the slow path's dirty mark moved out of
+    ``mmu_lock`` (tests/explore/seeded.py ``MarkBeforeLock``).  File order is
+    clean; the explorer finds ``lost_dirty`` from the wp base within bound 2
+    (one preemption: the vcpu stops before taking ``mmu_lock``, QEMU's first
+    get runs whole, the vcpu installs a writable SPTE whose bit is clear).
+    Bound 1 finds it, so bound 2 does; the unseeded column's cleanliness is
+    test_dirty_base_explores_clean's."""
+    import kvmsim_plugins.x86_ept as ept
+
+    from kvmsim.runner import Simulation
+    from tests.explore.seeded import MarkBeforeLock
+
+    (cell,) = mx.plan(scenarios=["ept-dirty-base-wp"], strategies=[strategy]).cells
+    sc = mx.load_library_scenario(cell.path)
+    seeded = [MarkBeforeLock(ept)]
+    sequential = Simulation(sc, arch="x86_ept", strategy=strategy, extra_plugins=seeded).run()
+    assert sequential.passed and not sequential.verdicts, sequential.to_json()
+    found = explore(sc, "x86_ept", strategy, bound=1, extra_plugins=seeded)
+    assert {v for c in found.classes for v in c.verdicts} == {"lost_dirty"}, found.classes
+    assert min(len(c.best.preemptions) for c in found.classes) == 1
