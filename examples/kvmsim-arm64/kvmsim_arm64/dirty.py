@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING
 
 from kvmsim.hooktypes import DirtyCaps, StepResult
 from kvmsim.kvm.dirty import mark_page_dirty
-from kvmsim.kvm.memslot import KVM_MEM_LOG_DIRTY_PAGES
 from kvmsim_arm64.desc import (
     DESC_TABLE_OR_PAGE,
     L1_ENTRIES,
@@ -106,11 +105,7 @@ def caps(kvm: Kvm) -> DirtyCaps:
 
 def memslot_is_logging(kvm: Kvm, slot: Memslot) -> bool:
     """``memslot_is_logging``: the slot has a dirty bitmap and is not read-only."""
-    return (
-        bool(slot.flags & KVM_MEM_LOG_DIRTY_PAGES)
-        and slot.id in kvm.dirty.bitmaps
-        and not slot.readonly
-    )
+    return kvm.dirty.logging(slot.id) and not slot.readonly
 
 
 def _init_all_set(kvm: Kvm) -> bool:
