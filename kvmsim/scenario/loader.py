@@ -122,6 +122,8 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_write",
                 {**_RANGE, "value": int, "width": int},
                 required=("vma",),
+                # the store's fault may wait on a userfaultfd (kernel-notes §U.7)
+                expect=("verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
@@ -130,7 +132,7 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_read",
                 {"vma": str, "offset": int, "width": int},
                 required=("vma",),
-                expect=("value", "verdicts"),
+                expect=("value", "verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
@@ -203,7 +205,7 @@ _TOP_KEYS: Final = (
     "schedule",
     "known",
 )
-_UFFD_KEYS: Final = ("vma", "offset", "size", "mode")
+_UFFD_KEYS: Final = ("vma", "offset", "size", "mode", "sigbus")
 _SWITCH_KEYS: Final = ("actor", "at", "run", "nth")
 #: Schedule-only points: where a choice is free (see kvmsim.explore.runtime).
 SCHEDULE_POINTS: Final = ("start", "step_end", "blocked", "guest_retry")
@@ -598,7 +600,19 @@ def _uffds(
                         f"a multiple of {hex(vma.huge)}",
                         _Shown(hex(val)),
                     )
-        out.append(UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode))
+        sigbus = r.bool_(f"{path}.sigbus", t.get("sigbus", False))
+        if out and sigbus != out[0].sigbus:
+            # UFFDIO_API sets the features of the one userfaultfd, not of a range
+            r.fail(
+                f"{path}.sigbus",
+                "UFFD_FEATURE_SIGBUS belongs to the process's one userfaultfd (UFFDIO_API), "
+                "not to a registered range: every [[uffd]] must say the same",
+                f"sigbus = {str(out[0].sigbus).lower()}, as uffd[0] has",
+                sigbus,
+            )
+        out.append(
+            UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode, sigbus=sigbus)
+        )
     return tuple(out)
 
 

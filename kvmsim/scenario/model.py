@@ -259,6 +259,7 @@ class UffdSpec:
     offset: int  # bytes into the vma
     size: int  # bytes, resolved (default: the rest of the vma)
     mode: str = "missing"  # one of UFFD_MODES
+    sigbus: bool = False  # UFFD_FEATURE_SIGBUS on the userfaultfd (UFFDIO_API)
 
 
 @frozen

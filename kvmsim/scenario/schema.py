@@ -150,6 +150,12 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             "missing (UFFDIO_REGISTER_MODE_MISSING: faults on absent pages) or minor "
             "(MODE_MINOR: faults on pages only in the page cache; shmem v5.14+, hugetlbfs v5.13+)",
         ),
+        "sigbus": (
+            "false",
+            "UFFD_FEATURE_SIGBUS (UFFDIO_API): a fault that would wait gets SIGBUS instead "
+            "(gup -EFAULT; QEMU's own access a SIGBUS); one setting for the one userfaultfd, "
+            "every [[uffd]] must agree",
+        ),
     },
     "step": {
         "do": (None, "the step kind (see Step kinds)"),
@@ -478,6 +484,7 @@ def _uffd_schema() -> dict[str, Any]:
         "offset": {"type": "integer", "minimum": 0, "multipleOf": PAGE_SIZE, "default": 0},
         "size": {"$ref": "#/$defs/size"},
         "mode": {"enum": list(UFFD_MODES), "default": "missing"},
+        "sigbus": {"type": "boolean", "default": False},
     }
     return {
         "type": "object",
