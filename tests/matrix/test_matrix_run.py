@@ -64,8 +64,8 @@ def test_a_raising_strategy_errors_its_cells_and_the_rest_completes(
     info = tmp_path / "boomstrat-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: boomstrat\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[kvmsim.strategy]\nboomstrat = boomstrat_mod\n")
-    (tmp_path / "boomstrat_mod.py").write_text(textwrap.dedent(STRAT))
+    (info / "entry_points.txt").write_text("[kvmsim.strategy]\nboomstrat = boomstrat_matrix_mod\n")
+    (tmp_path / "boomstrat_matrix_mod.py").write_text(textwrap.dedent(STRAT))
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.reset_cache()
     try:
