@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from attrs import define, field, frozen
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from kvmsim import footprint
 from kvmsim.cmodel import KernelOops
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.scenario.model import StepSpec, Switch
@@ -110,6 +111,7 @@ class Actor:
     spins: int = 0  # RESUMEs of the current access in a row
     arrivals: dict[str, int] = field(factory=dict)
     task: str = ""  # mm.current when it was switched out (a kworker it runs, say)
+    host: bool = False  # inside a host step (its segments are opaque to the reduction)
 
 
 class _Stop(GreenletExit):
@@ -137,6 +139,14 @@ class Scheduler:
         self.dead = False
         self.main: Any = None
         self._pending = ""  # the last decision's choice
+        # partial-order reduction: the footprint of the segment that ended
+        # at each decision (None before the first), and of the last one
+        self.rec = footprint.REC
+        self.before: list[footprint.Footprint | None] = []
+        self.tail: footprint.Footprint = footprint.OPAQUE
+        bind = getattr(chooser, "bind", None)
+        if bind is not None:
+            bind(self)
 
     # ---------------------------------------------------- called by actors
 
@@ -160,6 +170,8 @@ class Scheduler:
         """The running actor must wait for ``lock``; returns when it may try again."""
         if self.over:
             raise _Stop
+        if self.rec is not None:
+            _lock_key(self.rec, lock)
         self.main.switch(("block", lock))
 
     def spin(self) -> None:
@@ -172,6 +184,8 @@ class Scheduler:
 
     def released(self, lock: object) -> None:
         """``lock`` was released: its waiters may try again."""
+        if self.rec is not None and getattr(lock, "name", None) not in _KEYED_LOCKS:
+            self.rec.all()  # the keyed locks' own release records it
         for a in self.actors:
             if a.blocked_on is lock:
                 a.blocked_on = None
@@ -187,13 +201,18 @@ class Scheduler:
     def _progress(self) -> None:
         # somebody made progress: the spinners may look again
         for a in self.actors:
-            a.spinning = False
+            if a.spinning:
+                a.spinning = False
+                if self.rec is not None:
+                    self.rec.all()  # who may run changed: not described by keys
 
     def _decide(self, runnable: list[Actor], point: str, cur: Actor | None) -> tuple[Decision, str]:
         """Record one decision and the chooser's answer."""
         nth = 1
         if cur is not None:
             nth = cur.arrivals[point] = cur.arrivals.get(point, 0) + 1
+        fp = self._close(cur)
+        self.before.append(fp if self.decisions else None)
         d = Decision(
             len(self.decisions),
             None if cur is None else cur.name,
@@ -209,6 +228,17 @@ class Scheduler:
         self._pending = name
         return d, name
 
+    def _close(self, cur: Actor | None) -> footprint.Footprint:
+        """The footprint of the segment ``cur`` ran up to now."""
+        rec = self.rec
+        if rec is None:
+            return footprint.OPAQUE
+        if cur is None or cur.host:
+            rec.all()
+        elif self.sim.kvm.mmu_lock.holder is not None:
+            rec.writes.add(footprint.S2)  # a holder's work is stage-2 work
+        return rec.take()
+
     def _default(self, runnable: list[Actor], point: str, cur: Actor | None) -> str:
         if point not in FREE and cur is not None and cur in runnable:
             return cur.name
@@ -220,11 +250,20 @@ class Scheduler:
 
     def _body(self, actor: Actor, run_step: Callable[[StepSpec], bool]) -> Callable[[], Any]:
         def body() -> Any:
+            rec = self.rec
             for step in actor.steps:
                 actor.pos += 1
                 actor.mid = True
+                # (a step's start and end need no key: a checker pass, which
+                # depends on who is inside a step, is opaque)
+                if rec is not None and step.do != "access":
+                    actor.host = True
+                    rec.all()
                 alive = run_step(step)
                 actor.mid = False
+                if rec is not None and actor.host:
+                    rec.all()
+                    actor.host = False
                 if not alive:
                     return ("dead", None)
                 if actor.pos < len(actor.steps):
@@ -256,6 +295,8 @@ class Scheduler:
                     self.current = victim
                     lock = victim.blocked_on
                     victim.blocked_on = None
+                    if self.rec is not None:
+                        self.rec.all()
                     msg = victim.glet.throw(
                         Deadlock(getattr(lock, "name", "lock"), victim.name, _holders(lock))
                     )
@@ -292,23 +333,34 @@ class Scheduler:
                     # alone: let the others run
                     cur.spins += 1
                     cur.spinning = cur.spins > SPIN_FREE
+                    if cur.spinning and self.rec is not None:
+                        self.rec.all()
                     point = RETRY
                 elif kind == "step_end":
                     point = STEP_END
                     cur.spins = 0
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
                 elif kind == "done":
                     cur.done = True
                     point = STEP_END
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
                 else:  # "dead": this task oopsed or deadlocked; the others go on
+                    if self.rec is not None:
+                        self.rec.all()
                     self.dead = True
                     cur.done = True
                     point = STEP_END
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
+            self.tail = self._close(cur)
         finally:
             self.over = True
             mm.sched = kvm.mmu_lock.sched = mm.mmap_sem.sched = None
@@ -319,6 +371,18 @@ class Scheduler:
                     except _Stop:
                         pass
             mm.current = "qemu"
+
+
+#: Locks whose every acquisition and release the recorders see.
+_KEYED_LOCKS = ("kvm->mmu_lock", "mmap_sem")
+
+
+def _lock_key(rec: footprint.Recorder, lock: object) -> None:
+    name = getattr(lock, "name", None)
+    if name in _KEYED_LOCKS:
+        rec.writes.add(("lock", name))
+    else:  # a migration wait, a userfaultfd wait queue: not keyed
+        rec.all()
 
 
 def _holders(lock: object) -> dict[str, str]:
@@ -395,6 +459,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
         for r in reports.values():
             r.expect_failures.clear()
     sim.schedule_decisions = sched.decisions
+    sim.schedule_footprints = (sched.before, sched.tail)
     steps = [reports[s.index] for s in sc.steps]
     return RunReport(sc.name, sim.arch, sim.strategy, steps, verdicts, tr.events, unexpected)
 
