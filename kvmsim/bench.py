@@ -48,11 +48,8 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import sys
-import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +106,8 @@ def _rss() -> int:
         with open("/proc/self/statm", encoding="ascii") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # not Linux: the peak is the best we have
+        import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -118,23 +117,27 @@ class _Mem:
 
     def __init__(self, exact: bool) -> None:
         self.exact = exact
+        self.tracemalloc: Any = None
         gc.collect()
         if exact:
+            import tracemalloc  # not at the top: ``kvmsim --help`` imports this module
+
+            self.tracemalloc = tracemalloc
             tracemalloc.start()
-            self.base = tracemalloc.get_traced_memory()[0]
+            self.base = self.tracemalloc.get_traced_memory()[0]
         else:
             self.base = _rss()
 
     def now(self) -> int:
         """Growth so far; measuring goes on."""
         if self.exact:
-            return tracemalloc.get_traced_memory()[0] - self.base
+            return self.tracemalloc.get_traced_memory()[0] - self.base
         return max(0, _rss() - self.base)
 
     def grown(self) -> int:
         if self.exact:
-            cur = tracemalloc.get_traced_memory()[0]
-            tracemalloc.stop()
+            cur = self.tracemalloc.get_traced_memory()[0]
+            self.tracemalloc.stop()
             return cur - self.base
         return max(0, _rss() - self.base)
 
@@ -218,6 +221,8 @@ def _finish_trace(sim: Any) -> float:
     from kvmsim.trace import write_trace
 
     t0 = time.perf_counter()
+    import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         write_trace(Path(d) / "bench.jsonl", sim.tracer.events)
     return time.perf_counter() - t0
@@ -524,6 +529,8 @@ def _child_figures(
         if valgrind is None:
             raise UsageError("--instructions needs valgrind (callgrind) on PATH")
         cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
+    import tempfile
+
     with tempfile.TemporaryDirectory() as empty:
         proc = subprocess.run(
             cmd,
@@ -575,6 +582,8 @@ def trace_off(args: Any) -> dict[str, Any]:
     }
     best: dict[str, dict[str, Any]] = {}
     per_fault: dict[str, float] = {}
+    import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         roots = {"shipped": Path(d) / "shipped", "removed": Path(d) / "removed"}
         copy_packages(packages, roots["shipped"], strip=False)

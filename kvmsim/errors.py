@@ -6,13 +6,14 @@ so the CLI can print one clear line (never a traceback) and exit 2.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``"; did you mean a, b, c?"`` for the (up to three) choices close to
     ``name``, or ``""``: the hint every unknown-name error carries."""
+    import difflib  # only on the error path: not imported at start-up
+
     close = difflib.get_close_matches(name, list(choices), n=3)
     return f"; did you mean {', '.join(close)}?" if close else ""
 

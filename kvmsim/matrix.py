@@ -54,6 +54,7 @@ __all__ = [
     "CellResult",
     "CellSpec",
     "Column",
+    "ColumnFacts",
     "MatrixPlan",
     "MatrixResult",
     "ScenarioEntry",
@@ -62,6 +63,8 @@ __all__ = [
     "plan",
     "run",
     "run_cell",
+    "runnable_columns",
+    "scenario_entry",
 ]
 
 #: Cell statuses, in the order summaries list them.
@@ -190,11 +193,26 @@ def load_library_scenario(path: str) -> Any:
     return sc
 
 
+def scenario_entry(sc: Any, path: str, library: str) -> ScenarioEntry:
+    """The row of a loaded scenario: what :func:`plan` (and ``kvmsim
+    explore``, through :func:`runnable_columns`) needs to decide where it
+    runs."""
+    from kvmsim.host.userfaultfd import scenario_min_linux
+
+    return ScenarioEntry(
+        sc.name,
+        path,
+        library,
+        sc.arch,
+        any(m.readonly for m in sc.memslots),
+        dirty=None if sc.dirty == DirtySpec() else sc.dirty,
+        needs_linux=scenario_min_linux(sc),
+    )
+
+
 def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[ScenarioEntry]:
     """Load every library scenario; one that does not load is kept with its
     error (so the matrix shows it rather than silently dropping it)."""
-    from kvmsim.host.userfaultfd import scenario_min_linux
-
     entries: list[ScenarioEntry] = []
     names: dict[str, ScenarioEntry] = {}
     for lib, path in library_files() if files is None else files:
@@ -203,15 +221,7 @@ def library_scenarios(files: Iterable[tuple[str, Path]] | None = None) -> list[S
         except KvmsimError as exc:
             entries.append(ScenarioEntry(path.stem, str(path), lib, error=str(exc)))
             continue
-        entry = ScenarioEntry(
-            sc.name,
-            str(path),
-            lib,
-            sc.arch,
-            any(m.readonly for m in sc.memslots),
-            dirty=None if sc.dirty == DirtySpec() else sc.dirty,
-            needs_linux=scenario_min_linux(sc),
-        )
+        entry = scenario_entry(sc, str(path), lib)
         prev = names.get(sc.name)
         if prev is not None:
             entry = ScenarioEntry(
@@ -304,6 +314,58 @@ def _readonly_memslot_arches(arches: Iterable[str]) -> dict[str, bool]:
     return out
 
 
+@frozen
+class ColumnFacts:
+    """What decides whether a scenario can be set up under a column: the
+    arch's read-only memslots, the column's dirty-logging capabilities and
+    its host release.  Built once per set of columns."""
+
+    readonly_ok: dict[str, bool]
+    dirty_caps: dict[Column, DirtyCaps | None]
+    linux: dict[Column, tuple[int, int]]
+
+    @classmethod
+    def of(cls, columns: Sequence[Column], *, dirty: bool) -> ColumnFacts:
+        """:param dirty: some scenario has a ``[dirty]`` set-up (the
+        capabilities cost a simulation per column, so only then)."""
+        return cls(
+            _readonly_memslot_arches({c.arch for c in columns}),
+            _dirty_caps(columns) if dirty else {},
+            _strategy_linux(columns),
+        )
+
+
+def runnable_columns(
+    entry: ScenarioEntry, columns: Sequence[Column], facts: ColumnFacts
+) -> list[tuple[Column, str | None]]:
+    """The columns of ``entry``'s arch, each with None when the scenario runs
+    there or the note saying why userspace could not even set it up on that
+    kernel (the matrix lists the notes; ``kvmsim explore`` skips those
+    columns the same way)."""
+    out: list[tuple[Column, str | None]] = []
+    for c in columns:
+        if entry.arch is not None and entry.arch != c.arch:
+            continue
+        out.append((c, _not_run(entry, c, facts)))
+    return out
+
+
+def _not_run(e: ScenarioEntry, c: Column, facts: ColumnFacts) -> str | None:
+    if e.readonly_memslots and not facts.readonly_ok[c.arch]:
+        # userspace cannot create the VM: KVM_MEM_READONLY is -EINVAL there
+        return f"{e.name}: {c.arch} has no read-only memslots; not run there"
+    if e.dirty is not None and c in facts.dirty_caps:
+        why = dirty_unsupported(e.dirty, facts.dirty_caps[c], c.arch)
+        if why is not None:
+            # userspace's KVM_ENABLE_CAP fails on that kernel
+            return f"{e.name}: not run on {c.arch}/{c.strategy}: {why}"
+    if e.needs_linux is not None and facts.linux[c] < e.needs_linux:
+        # UFFDIO_REGISTER fails on that kernel: the VMM cannot set up
+        major, minor = e.needs_linux
+        return f"{e.name}: needs Linux v{major}.{minor}; not run under older kernels"
+    return None
+
+
 def plan(
     *,
     arches: Sequence[str] | None = None,
@@ -332,9 +394,7 @@ def plan(
     else:
         rows = all_entries
     known_arches = {c.arch for c in columns}
-    ro_ok = _readonly_memslot_arches(known_arches)
-    caps = _dirty_caps(columns) if any(e.dirty for e in rows) else {}
-    linux = _strategy_linux(columns)
+    facts = ColumnFacts.of(columns, dirty=any(e.dirty for e in rows))
     notes: list[str] = []
     cells: list[CellSpec] = []
     for e in rows:
@@ -342,29 +402,11 @@ def plan(
             if not arches:
                 notes.append(f"{e.name}: arch {e.arch!r} is not installed; not run")
             continue
-        for c in columns:
-            if e.arch is not None and e.arch != c.arch:
-                continue
-            if e.readonly_memslots and not ro_ok[c.arch]:
-                # userspace cannot create the VM: KVM_MEM_READONLY is -EINVAL there
-                note = f"{e.name}: {c.arch} has no read-only memslots; not run there"
-                if note not in notes:
-                    notes.append(note)
-                continue
-            if e.dirty is not None and c in caps:
-                why = dirty_unsupported(e.dirty, caps[c], c.arch)
-                if why is not None:
-                    # userspace's KVM_ENABLE_CAP fails on that kernel
-                    notes.append(f"{e.name}: not run on {c.arch}/{c.strategy}: {why}")
-                    continue
-            if e.needs_linux is not None and linux[c] < e.needs_linux:
-                # UFFDIO_REGISTER fails on that kernel: the VMM cannot set up
-                major, minor = e.needs_linux
-                note = f"{e.name}: needs Linux v{major}.{minor}; not run under older kernels"
-                if note not in notes:
-                    notes.append(note)
-                continue
-            cells.append(CellSpec(e.name, e.path, c.arch, c.strategy, e.error))
+        for c, note in runnable_columns(e, columns, facts):
+            if note is None:
+                cells.append(CellSpec(e.name, e.path, c.arch, c.strategy, e.error))
+            elif note not in notes:
+                notes.append(note)
     used = {c.scenario for c in cells}
     return MatrixPlan(
         tuple(e for e in rows if e.name in used), tuple(columns), tuple(cells), tuple(notes)

@@ -10,7 +10,6 @@ one :class:`~kvmsim.errors.UsageError` line naming the option and the path.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +66,8 @@ def atomic_write(path: Path, what: str, *, binary: bool = False) -> Iterator[IO[
     check_target(path, what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _fail(what, path, f"cannot write: {exc.strerror or exc}") from None

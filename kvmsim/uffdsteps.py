@@ -8,7 +8,8 @@ Who runs the handler's steps:
 - a concurrent scenario: the step's actor (``actor = "uffd"``, or ``qemu``
   by default), when the scheduler runs it; a task waiting in
   ``handle_userfault`` is blocked until a step wakes it;
-- a sequential scenario: a task that must wait in ``handle_userfault``
+- a sequential scenario: a task (a vcpu's fault, or QEMU's own
+  ``host_read`` / ``host_write``) that must wait in ``handle_userfault``
   cannot wait for later steps in file order, so the handler's first step
   not yet run whose range covers the fault's address runs right there, as
   the handler thread answering that fault would (task ``uffd``); at its own
@@ -18,7 +19,8 @@ Who runs the handler's steps:
 The handler reads one fault message per step (the oldest queued one in the
 step's range) before its ioctl: ``expect = { uffd_faults = N }`` on a step
 is the number of messages read so far in the run, as the kernel selftests'
-``uffd_faults`` counter.
+``uffd_faults`` counter (an access, a ``host_read`` / ``host_write`` and the
+handler's steps can expect it).
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ def setup(sim: Simulation) -> None:
                 f"on {sim.arch} under {sim.strategy}",
                 f"uffd[{u.index}].vma",
             )
+    ctx = mm.uffd
+    assert ctx is not None
+    ctx.sigbus = sc.uffd[0].sigbus  # UFFDIO_API's features (no fault has run yet)
     if not sc.concurrent:
-        ctx = mm.uffd
-        assert ctx is not None
         ctx.serve = _Server(sim).serve
 
 

@@ -51,15 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _targets(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
-    """``(name, source text, scenario)`` for every SCENARIO argument."""
+def _targets(args: argparse.Namespace) -> list[tuple[str, str, str, Any]]:
+    """``(name, path, source text, scenario)`` for every SCENARIO argument."""
     import fnmatch
 
     from kvmsim.registry import scenario_schema
     from kvmsim.scenario import load_scenario
     from kvmsim.scenario.loader import parse_scenario
 
-    out: list[tuple[str, str, Any]] = []
+    out: list[tuple[str, str, str, Any]] = []
     library: dict[str, Path] | None = None
     for arg in args.scenario:
         p = Path(arg)
@@ -88,32 +88,29 @@ def _targets(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
                 )
             text = path.read_text(encoding="utf-8")
             parse_scenario(text, str(path), devices=scenario_schema()[1])
-            out.append((sc.name, text, sc))
+            out.append((sc.name, str(path), text, sc))
     return out
 
 
-def _columns(args: argparse.Namespace, sc: Any) -> list[tuple[str, str]]:
-    from kvmsim.host.userfaultfd import scenario_min_linux
-    from kvmsim.matrix import _columns as columns
-    from kvmsim.registry import discover, info_of, load
+def _columns(
+    args: argparse.Namespace, sc: Any, path: str
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (arch, strategy) columns to explore ``sc`` under, and a note for
+    each column left out because userspace could not set the scenario up on
+    that kernel (the matrix's own decision: :func:`kvmsim.matrix.runnable_columns`)."""
+    from kvmsim import matrix as mx
 
-    cols = columns(args.arch, args.strategy)
-    out = []
-    for c in cols:
-        if sc.arch is not None and c.arch != sc.arch:
-            continue
-        if (
-            any(m.readonly for m in sc.memslots)
-            and not info_of("arch", load(discover()["arch"][c.arch])).readonly_memslots
-        ):
-            continue
-        need = scenario_min_linux(sc)
-        if need is not None:
-            info = info_of("strategy", load(discover()["strategy"][c.strategy]))
-            if info.linux_for(c.arch) < need:
-                continue  # UFFDIO_REGISTER fails there: nothing to explore
-        out.append((c.arch, c.strategy))
-    return out
+    cols = mx._columns(args.arch, args.strategy)
+    entry = mx.scenario_entry(sc, path, "")
+    facts = mx.ColumnFacts.of(cols, dirty=entry.dirty is not None)
+    out: list[tuple[str, str]] = []
+    notes: list[str] = []
+    for c, note in mx.runnable_columns(entry, cols, facts):
+        if note is None:
+            out.append((c.arch, c.strategy))
+        elif note not in notes:
+            notes.append(note)
+    return out, notes
 
 
 def replay_text(source: str, sc_name: str, arch: str, strategy: str, cls: Any) -> str:
@@ -190,10 +187,14 @@ def explore_command(args: argparse.Namespace) -> int:
     }
     results: list[dict[str, Any]] = []
     found = 0
-    for name, text, sc in _targets(args):
-        jobs = [(sc, a, s, kw) for a, s in _columns(args, sc)]
+    notes: list[str] = []
+    for name, src, text, sc in _targets(args):
+        columns, skipped = _columns(args, sc, src)
+        notes.extend(skipped)
+        jobs = [(sc, a, s, kw) for a, s in columns]
         if not jobs:
-            raise UsageError(f"{name}: no (arch, strategy) applies")
+            why = f": {skipped[0]}" if len(skipped) == 1 else ""
+            raise UsageError(f"{name}: no (arch, strategy) applies{why}")
         if args.jobs > 1 or args.scheduler:
             from kvmsim.explore.search import explore_parallel
 
@@ -246,11 +247,14 @@ def explore_command(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "bound": args.bound,
         "results": results,
+        "notes": notes,
     }
     if args.json:
         print(json.dumps(doc, sort_keys=True))
     else:
         _table(doc)
+        for note in notes:
+            print(f"kvmsim explore: {note}", file=sys.stderr)
     return 1 if found else 0
 
 

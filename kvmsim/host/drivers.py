@@ -355,7 +355,8 @@ def map_backing(
 ) -> Vma:
     """Set up one scenario vma: ``backing`` is one of :data:`BACKINGS`.
 
-    anon (``thp``, or any ``huge_shift``, for VM_HUGEPAGE), shmem, file (read-only unless shared
+    anon (``thp``, or any ``huge_shift``, for VM_HUGEPAGE), shmem (the same for a shmem THP:
+    VM_HUGEPAGE on a mount whose huge policy is ``advise``), file (read-only unless shared
     writable), hugetlbfs (``huge_shift``, default 2M), pfnmap_linear (driver
     mmap remap_pfn_range'ing the whole vma), pfnmap_fault (VM_IO|VM_PFNMAP,
     filled by ``vmf_insert_pfn`` from the fault handler), mixedmap
@@ -378,7 +379,9 @@ def map_backing(
             shmem=backing == "shmem",
             readonly=backing == "file" and not (shared and "w" in prot),
         )
-        vma = mm.mmap(size, prot=prot, shared=shared, file=f, pgoff=pgoff, name=name)
+        # ``huge`` on shmem: MADV_HUGEPAGE, so shmem_fault asks for SGP_HUGE
+        thp = backing == "shmem" and (thp or bool(huge_shift))
+        vma = mm.mmap(size, prot=prot, shared=shared, file=f, pgoff=pgoff, thp=thp, name=name)
     elif backing == "hugetlbfs":
         vma = mm.mmap(
             size, prot=prot, shared=shared, pgoff=pgoff, huge_shift=huge_shift or 21, name=name

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from kvmsim.cmodel import EAGAIN, EBUSY, EINVAL
 from kvmsim.host.constants import (
+    FAULT_FLAG_ALLOW_RETRY,
+    FAULT_FLAG_KILLABLE,
+    FAULT_FLAG_TRIED,
     FAULT_FLAG_USER,
     FAULT_FLAG_WRITE,
     PG_ANON,
@@ -28,16 +31,20 @@ from kvmsim.host.constants import (
     PTE_WRITE,
     PTE_YOUNG,
     THP_SHIFT,
+    VM_FAULT_RETRY,
     VM_FAULT_SIGSEGV,
 )
 from kvmsim.host.fault import handle_mm_fault
 from kvmsim.host.pte import PTE_BITS_MASK
+from kvmsim.host.rwsem import Deadlock
 
 if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
+    from kvmsim.host.physmem import PhysMem
 
 __all__ = [
     "ENXIO",
+    "USER_FAULT_MULTI_RETRY",
     "DeviceIo",
     "host_read",
     "host_write",
@@ -45,9 +52,15 @@ __all__ = [
     "migrate_page",
     "split_thp",
     "swap_out",
+    "user_fault",
 ]
 
 ENXIO = 6
+_T = TypeVar("_T")
+
+#: from v5.7 (4064b9827063 "mm: allow VM_FAULT_RETRY for multiple times") the
+#: arch fault handlers keep FAULT_FLAG_ALLOW_RETRY when they retry
+USER_FAULT_MULTI_RETRY = (5, 7)
 
 
 def _mappings(mm: Mm, head: int, npages: int) -> list[tuple[int, int, int]]:
@@ -172,6 +185,11 @@ def memory_failure(mm: Mm, pfn: int) -> int:
     return 0
 
 
+def _anon_or_huge(phys: PhysMem, head: int) -> bool:
+    """PageAnon or PageHuge of a compound head."""
+    return bool(phys.flags.get(head, 0) & (PG_ANON | PG_HUGE))
+
+
 def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     """``migrate_pages`` of the page mapped at ``hva`` (base page, THP or
     hugetlb page, moved whole).
@@ -198,6 +216,13 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
     order = phys.order.get(old, 0)
     if order and not shift:
         return -EBUSY
+    if order and not _anon_or_huge(phys, old):
+        # try_to_unmap_one (v4.16) puts a migration entry in a THP's PMD
+        # only when the page is anonymous: a shmem THP stays mapped, so
+        # __unmap_and_move finds it mapped and the move fails
+        if tr.enabled:
+            tr.emit("migrate_page", hva=hva, old_pfn=old, ret=-EAGAIN, why="file THP PMD")
+        return -EAGAIN
     maps = _mappings(mm, old, 1 << order)
     for mhva, mshift, me in maps:
         _unmap_one(mm, mhva, mshift, order, (me & ~PTE_PRESENT) | PTE_MIGRATION)
@@ -246,20 +271,62 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
 DeviceIo = Callable[[int, int, str, int, int], "int | None"]
 
 
+def user_fault(mm: Mm, hva: int, flags: int) -> int:
+    """A page fault of the VMM's own thread on a user access (the arch's
+    ``__do_page_fault`` / ``do_page_fault``: x86, powerpc and arm64 decide
+    alike here) → VM_FAULT_* bits.
+
+    Entered and left with ``mmap_sem`` held for read by ``mm.current``.  The
+    fault flags are FAULT_FLAG_ALLOW_RETRY|KILLABLE|USER (plus *flags*), so
+    a handler may drop ``mmap_sem`` and return VM_FAULT_RETRY: on a
+    userfaultfd range ``handle_userfault`` queues the message and the thread
+    sleeps until the handler resolves or wakes the range (a page under I/O:
+    ``lock_page_or_retry`` waits for it).  The thread then takes
+    ``mmap_sem`` again, looks the vma up again and retries with
+    FAULT_FLAG_TRIED: before v5.7 without ALLOW_RETRY, so a userfaultfd
+    page still missing then (woken by UFFDIO_WAKE, say) is VM_FAULT_SIGBUS;
+    from v5.7 (4064b9827063) with it, so the retry may sleep again.  No vma:
+    VM_FAULT_SIGSEGV (``bad_area``).
+
+    Read from: Linux 4.16.13 arch/x86/mm/fault.c ``__do_page_fault``,
+    arch/powerpc/mm/fault.c ``__do_page_fault`` (lizuobin/linux-4.16.13_tiny4412);
+    Linux 5.7.14 arch/x86/mm/fault.c ``do_user_addr_fault``,
+    arch/powerpc/mm/fault.c ``__do_page_fault`` (a5221985/linux-5.7.14);
+    kernel-notes §U.7.
+    """
+    flags |= FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_USER
+    tr = mm.tracer
+    while True:
+        vma = mm.find_vma(hva)
+        if vma is None or vma.start > hva:
+            return VM_FAULT_SIGSEGV
+        ret = handle_mm_fault(mm, vma, hva, flags)
+        if not (ret & VM_FAULT_RETRY and flags & FAULT_FLAG_ALLOW_RETRY):
+            return ret
+        # the handler released mmap_sem (it never gets RETRY_NOWAIT here)
+        if mm.linux < USER_FAULT_MULTI_RETRY:
+            flags &= ~FAULT_FLAG_ALLOW_RETRY
+        flags |= FAULT_FLAG_TRIED
+        if tr.enabled:
+            tr.emit("user_fault_retry", hva=hva, flags=flags)
+        mm.mmap_sem.down_read(mm.current)
+
+
 def host_write(
     mm: Mm, hva: int, value: int | None = None, width: int = 8, io: DeviceIo | None = None
 ) -> int:
     """QEMU writes to the page at ``hva``: nothing to do for a present
     writable entry (the CPU sets dirty/accessed); otherwise a user write
-    fault (``handle_mm_fault`` with FAULT_FLAG_WRITE|USER, under
-    ``mmap_sem`` for read), which COWs the zero page or a private page
-    (start, change_pte, end).  With *value*, the CPU then stores it
-    (*width* bytes) at ``hva``: into the frame's contents when the frame is
-    RAM, to the device through *io* when it has no ``struct page`` (a store
-    to a device page is the device's MMIO, whoever makes it).  Returns the
-    VM_FAULT_* bits (SIGSEGV with no vma)."""
-    mm.mmap_sem.down_read(mm.current)
-    try:
+    fault (:func:`user_fault` with FAULT_FLAG_WRITE, under ``mmap_sem`` for
+    read), which COWs the zero page or a private page (start, change_pte,
+    end), or sleeps on a userfaultfd range until the handler serves it.
+    With *value*, the CPU then stores it (*width* bytes) at ``hva``: into
+    the frame's contents when the frame is RAM, to the device through *io*
+    when it has no ``struct page`` (a store to a device page is the device's
+    MMIO, whoever makes it).  Returns the VM_FAULT_* bits (SIGSEGV with no
+    vma)."""
+
+    def locked() -> int:
         vma = mm.find_vma(hva)
         if vma is None or vma.start > hva:
             return VM_FAULT_SIGSEGV
@@ -270,14 +337,14 @@ def host_write(
             )
             ret = 0
         else:
-            ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_WRITE | FAULT_FLAG_USER)
+            ret = user_fault(mm, hva, FAULT_FLAG_WRITE)
             if mm.tracer.enabled:
                 mm.tracer.emit("host_write", hva=hva, result=ret)
         if value is not None:
             _store(mm, hva, value, width, io)
         return ret
-    finally:
-        mm.mmap_sem.up_read(mm.current)
+
+    return _under_mmap_sem(mm, locked)
 
 
 def host_read(
@@ -285,31 +352,49 @@ def host_read(
 ) -> tuple[int, int | None]:
     """QEMU loads *width* bytes at ``hva`` through its own mapping: a
     present readable entry needs nothing; otherwise a user read fault
-    (``handle_mm_fault`` with FAULT_FLAG_USER, under ``mmap_sem`` for
-    read), which maps the zero page on untouched private anonymous memory,
-    the page-cache page of a file or shmem, or runs a device vma's fault
-    handler.  The load then reads the frame: RAM gives what was stored there
-    (0 where nothing was), a frame without a ``struct page`` is the device's
-    MMIO through *io*, with the device's load side effects.
+    (:func:`user_fault`, under ``mmap_sem`` for read), which maps the zero
+    page on untouched private anonymous memory, the page-cache page of a
+    file or shmem, runs a device vma's fault handler, or sleeps on a
+    userfaultfd range until the handler serves it.  The load then reads the
+    frame: RAM gives what was stored there (0 where nothing was), a frame
+    without a ``struct page`` is the device's MMIO through *io*, with the
+    device's load side effects.
 
     :returns: the VM_FAULT_* bits and the value read, None when the
         process got a signal instead (no vma, SIGBUS from the fault) or no
         device answered the load.
     """
-    mm.mmap_sem.down_read(mm.current)
-    try:
+
+    def locked() -> tuple[int, int | None]:
         vma = mm.find_vma(hva)
         if vma is None or vma.start > hva:
             return VM_FAULT_SIGSEGV, None
         e, _shift = mm.pgtable.find_linux_pte(hva)
         ret = 0
         if e is None or not e & PTE_PRESENT or not e & PTE_READ:
-            ret = handle_mm_fault(mm, vma, hva, FAULT_FLAG_USER)
+            ret = user_fault(mm, hva, 0)
             if mm.tracer.enabled:
                 mm.tracer.emit("host_read", hva=hva, result=ret)
         return ret, _load(mm, hva, width, io)
-    finally:
+
+    return _under_mmap_sem(mm, locked)
+
+
+def _under_mmap_sem(mm: Mm, fn: Callable[[], _T]) -> _T:
+    """``fn()`` with ``mmap_sem`` held for read by ``mm.current``, released
+    after it, also when the simulated kernel oopses inside; not after a
+    :class:`~kvmsim.host.rwsem.Deadlock`: the thread sleeps for ever in
+    ``handle_userfault``, which had released it."""
+    mm.mmap_sem.down_read(mm.current)
+    try:
+        ret = fn()
+    except Deadlock:
+        raise
+    except BaseException:
         mm.mmap_sem.up_read(mm.current)
+        raise
+    mm.mmap_sem.up_read(mm.current)
+    return ret
 
 
 def _frame(mm: Mm, hva: int, write: bool) -> int | None:

@@ -144,10 +144,16 @@ def _handle_pte_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     vpn = address >> ps
     pte = pgt.ptes.get(vpn)
     if pte is None:
-        if vma.flags & VM_HUGEPAGE and vma.ops is None and not vma.flags & VM_SHARED:
-            ret = _thp_fault(mm, vma, address, flags)
-            if ret >= 0:
-                return ret
+        if vma.flags & VM_HUGEPAGE:
+            if vma.ops is None:
+                if not vma.flags & VM_SHARED:
+                    ret = _thp_fault(mm, vma, address, flags)
+                    if ret >= 0:
+                        return ret
+            elif pgt.shifts:
+                ret = _file_thp_pmd_fault(mm, vma, address, flags)
+                if ret >= 0:
+                    return ret
         if vma.ops is None:
             return do_anonymous_page(mm, vma, address, flags)
         return do_fault(mm, vma, address, flags)
@@ -357,6 +363,38 @@ def _thp_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     return VM_FAULT_WRITE
 
 
+def _file_thp_pmd_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
+    """The PMD level of ``__handle_mm_fault`` (v4.16) on a file vma whose
+    PMD already maps a page-cache THP (``do_set_pmd`` put it there):
+    ``huge_pmd_set_accessed`` (young, and dirty on a write) when the access
+    is allowed; a write through a read-only PMD goes to ``wp_huge_pmd``,
+    which for a file vma without ``->huge_fault`` (shmem has none) splits
+    the PMD (``__split_huge_pmd``: for a file THP that zaps the PMD) and
+    falls back to the PTE level, where ``do_cow_fault`` copies the subpage.
+
+    Returns -1 when the fault goes to the PTE level (no PMD there, or after
+    the split)."""
+    size = 1 << THP_SHIFT
+    haddr = address & ~(size - 1)
+    pgt = mm.pgtable
+    d = pgt.huge.get(THP_SHIFT)
+    e = d.get(haddr >> THP_SHIFT) if d is not None else None
+    if e is None or not e & PTE_PRESENT:
+        # a file PMD is never a migration or hwpoison entry in the model:
+        # memory_failure refuses a non-anonymous THP, migration skips its PMD
+        return -1
+    if not flags & FAULT_FLAG_WRITE:
+        if not e & PTE_YOUNG:
+            pgt.set_huge(haddr, THP_SHIFT, e | PTE_YOUNG)
+        return 0
+    if e & PTE_WRITE:
+        if e & _DY != _DY:
+            pgt.set_huge(haddr, THP_SHIFT, e | _DY)
+        return 0
+    mm.split_huge_pmd(vma, haddr)
+    return -1
+
+
 # ---------------------------------------------------------------------- hugetlb
 
 
@@ -505,13 +543,57 @@ def _do_fault(mm: Mm, vmf: VmFault) -> int:
 
 
 def _finish_fault(mm: Mm, vma: Vma, address: int, entry: int, page: int) -> bool:
-    """``finish_fault`` → ``alloc_set_pte``: install unless a PTE appeared
-    meanwhile (then the reference is dropped)."""
+    """``finish_fault`` → ``alloc_set_pte``: a subpage of a page-cache THP
+    (shmem) whose PMD is empty goes to ``do_set_pmd`` first; otherwise
+    install the PTE unless one appeared meanwhile (then the reference is
+    dropped)."""
+    if (
+        mm.phys._orders
+        and mm.phys.PageTransCompound(page)
+        and _do_set_pmd(mm, vma, address, entry, page)
+    ):
+        return True
     vpn = address >> mm.page_shift
     if vpn in mm.pgtable.ptes:
         mm.phys.host_put(page)
         return False
     mm.pgtable.ptes[vpn] = entry
+    return True
+
+
+def transhuge_vma_suitable(mm: Mm, vma: Vma, address: int) -> bool:
+    """``transhuge_vma_suitable`` (v4.16; ``thp_vma_suitable_order`` in
+    v6.13): the vma's start and its file offset agree modulo 2M, and the 2M
+    range around ``address`` lies wholly inside the vma."""
+    ps = mm.page_shift
+    nr = 1 << (THP_SHIFT - ps)
+    if ((vma.start >> ps) & (nr - 1)) != (vma.pgoff & (nr - 1)):
+        return False
+    haddr = address & ~((1 << THP_SHIFT) - 1)
+    return vma.start <= haddr and haddr + (1 << THP_SHIFT) <= vma.end
+
+
+def _do_set_pmd(mm: Mm, vma: Vma, address: int, entry: int, page: int) -> bool:
+    """``do_set_pmd`` (mm/memory.c, v4.16), reached from ``alloc_set_pte``
+    when the PMD is none and the page is PageTransCompound: map the whole
+    compound page with one PMD unless ``transhuge_vma_suitable`` fails (the
+    vma's start and its file offset differ modulo 2M, or the 2M range is not
+    wholly inside the vma): then VM_FAULT_FALLBACK, a PTE.  The PMD's bits
+    are the PTE's (``mk_huge_pmd`` of ``vm_page_prot``, dirty and writable
+    on a write fault, as the caller built them); the reference ``->fault``
+    took is the PMD's (on the head, as every reference on a compound page).
+    Only file vmas get here: the COW page of ``do_cow_fault`` is order 0."""
+    if not transhuge_vma_suitable(mm, vma, address):
+        return False
+    size = 1 << THP_SHIFT
+    haddr = address & ~(size - 1)
+    pgt = mm.pgtable
+    if pgt.ptes_in(haddr, haddr + size):
+        return False  # pmd_none fails: a PTE table is there
+    head = mm.phys.compound_head(page)
+    pgt.set_huge(haddr, THP_SHIFT, (head << PTE_PFN_SHIFT) | (entry & PTE_BITS_MASK))
+    if mm.tracer.enabled:
+        mm.tracer.emit("do_set_pmd", haddr=haddr, pfn=head)
     return True
 
 
@@ -566,4 +648,50 @@ def shmem_fault(vmf: VmFault) -> int:
                 return handle_userfault(mm, vma, vmf.address, vmf.flags, VM_UFFD_MISSING)
             if cached and vma.flags & VM_UFFD_MINOR:
                 return handle_userfault(mm, vma, vmf.address, vmf.flags, VM_UFFD_MINOR)
+    if vma.flags & VM_HUGEPAGE:
+        _shmem_alloc_huge(vmf)
     return filemap_fault(vmf)
+
+
+def _shmem_alloc_huge(vmf: VmFault) -> None:
+    """The huge branch of ``shmem_getpage_gfp`` (mm/shmem.c, v4.16) for a
+    fault on a VM_HUGEPAGE vma (``shmem_fault``: SGP_HUGE) of a mount whose
+    huge policy is ``advise`` (the scenario's ``huge`` on shmem; a memfd
+    or MAP_SHARED|MAP_ANONYMOUS region with shmem_enabled=advise): when the
+    index is inside i_size and nothing is cached or swapped there,
+    ``shmem_alloc_hugepage`` refuses if the page cache (or swap) holds
+    anything in the 2M-aligned index range, else allocates a compound page
+    (``prep_transhuge_page``) and ``shmem_add_to_page_cache`` puts its
+    subpages at ``hindex`` .. ``hindex + HPAGE_PMD_NR - 1`` with one cache
+    reference each.  v4.16 does not look at i_size for the range: the tail
+    may lie beyond it (the page then goes on the shrink list, not modelled).
+    v6.13 (``shmem_suitable_orders``, read in 6.13.7; not in 5.7.14) also
+    asks ``thp_vma_suitable_orders``: no huge page where the vma could not
+    map it with a PMD.  The caller then finds the subpage like any cached
+    page."""
+    vma = vmf.vma
+    f = vma.file
+    mm = vma.mm
+    assert f is not None and mm is not None
+    ps = mm.page_shift
+    index = vmf.pgoff
+    cache = f.cache
+    if index in cache or index >= (f.size + (1 << ps) - 1) >> ps:
+        return
+    if mm.linux >= (6, 13) and not transhuge_vma_suitable(mm, vma, vmf.address):
+        return
+    nr = 1 << (THP_SHIFT - ps)
+    hindex = index & ~(nr - 1)
+    busy = (*f.needs_io, *f.disk)
+    for i in range(hindex, hindex + nr):
+        if i in cache or i in busy:
+            return  # radix_tree_gang_lookup_slot found an entry: a small page
+    phys = mm.phys
+    head = phys.alloc_pages(THP_SHIFT - ps, owner=f"pagecache:{f.name}", kind="shmem_thp")
+    phys.host_get(
+        head, nr - 1
+    )  # the cache's references (page_ref_add), the allocation's among them
+    for i in range(nr):
+        cache[hindex + i] = head + i
+    if mm.tracer.enabled:
+        mm.tracer.emit("shmem_alloc_hugepage", file=f.name, index=hindex, pfn=head)

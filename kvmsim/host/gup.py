@@ -88,7 +88,9 @@ __all__ = [
 
 FOLL_NUMA = 0x200  # internal: do not follow protnone (NUMA hinting) PTEs
 GUP_MULTI_RETRY = (5, 7)  # 4426e945df58: gup retries keep FAULT_FLAG_ALLOW_RETRY
-HUGETLB_NOWAIT_LOCKED = (5, 0)  # follow_hugetlb_page keeps *locked under RETRY_NOWAIT (§U.4)
+# follow_hugetlb_page keeps *locked under RETRY_NOWAIT from v5.0: "mm/hugetlb.c: teach
+# follow_hugetlb_page() to handle FOLL_NOWAIT" (absent in 4.19, present in 5.0.1; §U.4)
+HUGETLB_NOWAIT_LOCKED = (5, 0)
 FOLL_COW = 0x4000  # internal: a COW was broken for a FOLL_FORCE write
 
 _FAST_BAD = PTE_PROTNONE | PTE_SPECIAL

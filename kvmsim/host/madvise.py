@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING
 from kvmsim.cmodel import EINVAL, ENOMEM
 from kvmsim.host.constants import (
     PG_ANON,
+    PG_HEAD,
     PG_LAZYFREE,
     PG_REFERENCED,
+    PG_THP,
     PTE_DIRTY,
     PTE_HWPOISON,
     PTE_MIGRATION,
@@ -43,7 +45,7 @@ from kvmsim.host.constants import (
     VM_WRITE,
 )
 from kvmsim.host.drivers import unmap_mapping_range
-from kvmsim.host.events import _split_huge_page
+from kvmsim.host.events import _mappings, _split_huge_page
 from kvmsim.host.fault import vm_normal_page
 
 if TYPE_CHECKING:
@@ -437,8 +439,26 @@ def _shmem_undo_range(mm: Mm, file: File, lstart: int, lend: int) -> None:
     end = (lend + 1) >> shift
     partial_start = lstart & (ps - 1)
     partial_end = (lend + 1) & (ps - 1)
+    split_partial = mm.linux >= (5, 7)  # 71725ed10c40
     for index in sorted(i for i in file.cache if start <= i < end):
-        page = file.cache[index]
+        page = file.cache.get(index)
+        if page is None:
+            continue  # it went with its whole THP
+        if phys._orders and phys.PageTransCompound(page):
+            head = phys.compound_head(page)
+            nr = 1 << phys.order[head]
+            hindex = index - (page - head)
+            if start <= hindex and hindex + nr <= end:
+                _truncate_thp(mm, file, head, hindex, nr)
+                continue
+            if not split_partial or not _split_shmem_thp(mm, file, head):
+                # v4.16: a subpage of a THP the hole covers in part is zeroed
+                # (clear_highpage) and the THP stays whole in the cache;
+                # from v5.7 (shmem_punch_compound) so is every subpage when
+                # the split fails
+                _clear_page(mm, page)
+                continue
+            # v5.7+: split, so this page leaves the cache as an order-0 page
         if _page_mapped(file, index, page, shift):
             unmap_mapping_range(file, index << shift, ps, False)
         phys.ClearPageDirty(page)  # cancel_dirty_page
@@ -454,6 +474,73 @@ def _shmem_undo_range(mm: Mm, file: File, lstart: int, lend: int) -> None:
         _zero_segment(mm, file, start - 1, partial_start, top)
     if partial_end:
         _zero_segment(mm, file, end, 0, partial_end)
+
+
+def _truncate_thp(mm: Mm, file: File, head: int, hindex: int, nr: int) -> None:
+    """``truncate_inode_page`` of a page-cache THP the hole covers whole:
+    unmapped first if still mapped (``unmap_mapping_pages`` over its
+    ``HPAGE_PMD_NR`` pages), dirty cancelled, its ``nr`` cache entries and
+    references go."""
+    shift = mm.page_shift
+    if any(_page_mapped(file, hindex + i, head + i, shift) for i in range(nr)):
+        unmap_mapping_range(file, hindex << shift, nr << shift, False)
+    mm.phys.ClearPageDirty(head)
+    for i in range(nr):
+        del file.cache[hindex + i]
+    mm.phys.host_put(head, nr)
+
+
+def _clear_page(mm: Mm, page: int) -> None:
+    """``clear_highpage``: the frame reads zero from now on (not dirtied)."""
+    phys = mm.phys
+    for off in list(phys.page_contents(page)):
+        phys.write_word(page, off, 0)
+
+
+def _split_shmem_thp(mm: Mm, file: File, head: int) -> bool:
+    """``split_huge_page`` of a shmem THP a hole covers in part (v5.7's
+    ``shmem_punch_compound``, 71725ed10c40; v6.13's
+    ``truncate_inode_partial_folio``; read in 5.7.14 and 6.13.7).
+
+    Refused when someone beyond the page cache and the mappings holds a
+    reference (``can_split_huge_page``).  Otherwise every PMD mapping is
+    zapped (``unmap_page`` → ``split_huge_pmd_address``: a file PMD is not
+    split into PTEs), each PTE mapping is unmapped and restored (a notifier
+    pair per page: ``try_to_unmap_one`` with migration entries, then
+    ``remove_migration_ptes``), and the compound page becomes order-0
+    pages, each keeping its cache reference and one per PTE that maps it."""
+    phys = mm.phys
+    if phys._others.get(head, 0) > 0:
+        return False
+    nr = 1 << phys.order[head]
+    hs = THP_SHIFT
+    for v in list(file.mapping):
+        m = v.mm
+        if m is None:
+            continue
+        for hva, shift, e in m.pgtable.huge_in(v.start, v.end):
+            if shift == hs and e & PTE_PRESENT and e >> PTE_PFN_SHIFT == head:
+                m.split_huge_pmd(v, hva)
+    ptes = _mappings(mm, head, nr)
+    for hva, _shift, _e in ptes:
+        mm.notify_start(hva, hva + mm.page_size)
+        mm.notify_end(hva, hva + mm.page_size)
+    maps: dict[int, int] = {}
+    for _hva, _shift, e in ptes:
+        p = e >> PTE_PFN_SHIFT
+        maps[p] = maps.get(p, 0) + 1
+    fl = phys.flags.get(head, 0) & ~(PG_HEAD | PG_THP)
+    owner = phys.owner.get(head, f"pagecache:{file.name}")
+    phys.order.pop(head)
+    for p in range(head, head + nr):
+        c = 1 + maps.get(p, 0)  # its cache entry and its PTEs
+        phys.refcount[p] = c
+        phys.host_refs[p] = c
+        phys.flags[p] = fl
+        phys.owner[p] = owner
+    if mm.tracer.enabled:
+        mm.tracer.emit("split_huge_page", pfn=head, order=nr.bit_length() - 1, file=file.name)
+    return True
 
 
 def _zero_segment(mm: Mm, file: File, index: int, lo: int, hi: int) -> None:
@@ -475,8 +562,14 @@ def _page_mapped(file: File, index: int, page: int, shift: int) -> bool:
         m = v.mm
         if m is None or not v.pgoff <= index < v.pgoff + v.npages(shift):
             continue
-        e, _ = m.pgtable.find_linux_pte(v.start + ((index - v.pgoff) << shift))
-        if e is not None and e & PTE_PRESENT and e >> PTE_PFN_SHIFT == page:
+        hva = v.start + ((index - v.pgoff) << shift)
+        e, hshift = m.pgtable.find_linux_pte(hva)
+        if e is None or not e & PTE_PRESENT:
+            continue
+        pfn = e >> PTE_PFN_SHIFT
+        if hshift:  # a PMD mapping a page-cache THP: the subpage at hva
+            pfn += (hva & ((1 << hshift) - 1)) >> shift
+        if pfn == page:
             return True
     return False
 

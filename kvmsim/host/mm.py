@@ -380,8 +380,12 @@ class Mm:
         for hva, shift, e in pgt.huge_in(start, end):
             size = 1 << shift
             if not vma.flags & VM_HUGETLB and (hva < start or hva + size > end):
-                # zap_pmd_range on a partly covered THP: split it, then zap the ptes.
-                self.split_huge_pmd(vma, hva, notify=False)
+                # zap_pmd_range on a partly covered THP: split it, then zap the
+                # ptes.  __split_huge_pmd has its own pair over the 2M; an
+                # anonymous THP's callers split their edges with it first
+                # (_split_thp_edges), a page-cache THP's (unmap_mapping_range
+                # of a hole) do not, so the pair fires here.
+                self.split_huge_pmd(vma, hva, notify=not vma.is_anonymous())
                 continue
             pfn = e >> PTE_PFN_SHIFT
             if not e & PTE_PRESENT:
@@ -415,7 +419,11 @@ class Mm:
 
         Fires start/end over the 2M range (kernel-notes §L.4) when ``notify``.  The PMD's
         one reference on the head becomes one per PTE (``page_ref_add``); a
-        huge zero PMD becomes special PTEs to the 4K zero page.
+        huge zero PMD becomes special PTEs to the 4K zero page.  On a file
+        vma (a shmem THP that ``do_set_pmd`` mapped) ``__split_huge_pmd_locked``
+        installs no PTEs: it zaps the PMD (its reference dropped, the page
+        marked referenced if the PMD was young) and the compound page stays
+        whole in the page cache; the next fault maps it again.
         """
         phys = self.phys
         haddr = hva & ~((1 << THP_SHIFT) - 1)
@@ -426,6 +434,17 @@ class Mm:
         if notify:
             self.notify_start(haddr, hend)
         self.pgtable.clear_huge(haddr, THP_SHIFT)
+        if not vma.is_anonymous():
+            head = _pfn(e)
+            if e & PTE_PRESENT:
+                if e & PTE_YOUNG:
+                    phys.SetPageReferenced(head)
+                phys.host_put(head)
+            if notify:
+                self.notify_end(haddr, hend)
+            if self.tracer.enabled:
+                self.tracer.emit("split_huge_pmd", haddr=haddr, pfn=head, file=True)
+            return True
         ps = self.page_shift
         n = 1 << (THP_SHIFT - ps)
         head = _pfn(e)

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["PfnArray", "PfnOwner"]
 
-_MIN_GROW = 4096
+_MIN_GROW = 512
 
 
 class PfnArray:

@@ -145,7 +145,9 @@ class PhysMem:
 
         Returns the head pfn with refcount 1, held by ``owner`` (a host
         reference).  ``kind``: ``anon`` (PageAnon), ``file`` (page cache),
-        ``hugetlb`` (PageHuge), ``thp`` (PageTransHuge), ``driver`` or ``kernel``.
+        ``hugetlb`` (PageHuge), ``thp`` (PageTransHuge, anonymous),
+        ``shmem_thp`` (PageTransHuge in the shmem page cache: not PageAnon,
+        ``shmem_alloc_hugepage``), ``driver`` or ``kernel``.
         A non-compound higher-order allocation leaves its tail pages at
         refcount 0, as the kernel does.
         """
@@ -168,6 +170,8 @@ class PhysMem:
                 fl |= PG_HUGE
             elif kind == "thp":
                 fl |= PG_THP | PG_ANON
+            elif kind == "shmem_thp":
+                fl |= PG_THP
         elif order:
             self._ranges.append((base, n, owner))
         self.flags[base] = fl

@@ -10,6 +10,8 @@ neither the page table nor (shmem, hugetlbfs) the page cache, MINOR when the
 page cache has it but the PTE is absent (hugetlbfs from v5.13, shmem from
 v5.14).  ``handle_userfault`` decides by the fault flags:
 
+- with UFFD_FEATURE_SIGBUS on the userfaultfd (``UserfaultfdCtx.sigbus``,
+  v4.14): VM_FAULT_SIGBUS, whatever the flags;
 - without FAULT_FLAG_ALLOW_RETRY: VM_FAULT_SIGBUS (gup turns it into
   -EFAULT);
 - with FAULT_FLAG_RETRY_NOWAIT (``FOLL_NOWAIT``): VM_FAULT_RETRY at once,
@@ -18,6 +20,10 @@ v5.14).  ``handle_userfault`` decides by the fault flags:
   table is checked again (``userfaultfd_must_wait``), ``mmap_sem`` is
   dropped and, if the page is still missing, the task sleeps until a
   resolving ioctl wakes it; VM_FAULT_RETRY either way.
+
+The faulting task is a vcpu's gup (KVM) or QEMU's own thread touching guest
+memory through its mapping (:func:`kvmsim.host.events.user_fault`, whose user
+fault has ALLOW_RETRY: it sleeps, kernel-notes §U.7).
 
 Sleeping: in a concurrent run the task blocks on the userfaultfd (it is not
 runnable until woken: the explorer's ``blocked`` point); in a sequential run
@@ -145,10 +151,11 @@ class UserfaultfdCtx:
     there is none.
     """
 
-    __slots__ = ("faults_read", "name", "pending", "read", "serve")
+    __slots__ = ("faults_read", "name", "pending", "read", "serve", "sigbus")
 
     def __init__(self) -> None:
         self.name = "userfaultfd"
+        self.sigbus = False  # UFFD_FEATURE_SIGBUS (UFFDIO_API, v4.14)
         self.pending: list[UffdWait] = []
         self.read: list[UffdWait] = []
         self.faults_read = 0
@@ -269,33 +276,23 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     Entered with ``mmap_sem`` held for read by ``mm.current``; returns
     VM_FAULT_RETRY with it released unless RETRY_NOWAIT."""
     ctx = mm.uffd
-    tr = mm.tracer
     BUG_ON(ctx is None, "handle_userfault on a vma no userfaultfd registered")
     assert ctx is not None
     if vma.flags & VM_HUGETLB:
         address &= ~((1 << vma.huge_shift) - 1)
     else:
         address &= ~(mm.page_size - 1)
+    if ctx.sigbus:
+        # checked before the fault flags: even a RETRY_NOWAIT try gets it
+        _traced(mm, address, reason, result="VM_FAULT_SIGBUS", why="UFFD_FEATURE_SIGBUS")
+        return VM_FAULT_SIGBUS
     if not flags & FAULT_FLAG_ALLOW_RETRY:
         BUG_ON(bool(flags & FAULT_FLAG_RETRY_NOWAIT), "RETRY_NOWAIT without ALLOW_RETRY")
-        if tr.enabled:
-            tr.emit(
-                "handle_userfault",
-                address=address,
-                reason=_reason(reason),
-                result="VM_FAULT_SIGBUS",
-                why="FAULT_FLAG_ALLOW_RETRY missing",
-            )
+        _traced(mm, address, reason, result="VM_FAULT_SIGBUS", why="FAULT_FLAG_ALLOW_RETRY missing")
         return VM_FAULT_SIGBUS
     if flags & FAULT_FLAG_RETRY_NOWAIT:
-        if tr.enabled:
-            tr.emit(
-                "handle_userfault",
-                address=address,
-                reason=_reason(reason),
-                result="VM_FAULT_RETRY",
-                why="FAULT_FLAG_RETRY_NOWAIT: no message, mmap_sem kept",
-            )
+        why = "FAULT_FLAG_RETRY_NOWAIT: no message, mmap_sem kept"
+        _traced(mm, address, reason, result="VM_FAULT_RETRY", why=why)
         return VM_FAULT_RETRY
     if mm.race_points or mm.sched is not None:
         mm.fire_point("handle_userfault")
@@ -304,14 +301,7 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     must_wait = userfaultfd_must_wait(mm, vma, address)
     mm.mmap_sem.up_read(mm.current)
     ret = VM_FAULT_RETRY
-    if tr.enabled:
-        tr.emit(
-            "handle_userfault",
-            address=address,
-            reason=_reason(reason),
-            must_wait=must_wait,
-            result="VM_FAULT_RETRY",
-        )
+    _traced(mm, address, reason, must_wait=must_wait, result="VM_FAULT_RETRY")
     if must_wait:
         ret |= VM_FAULT_MAJOR
         _sleep(mm, ctx, uwq)
@@ -321,6 +311,13 @@ def handle_userfault(mm: Mm, vma: Vma, address: int, flags: int, reason: int) ->
     if uwq in ctx.read:
         ctx.read.remove(uwq)
     return ret
+
+
+def _traced(mm: Mm, address: int, reason: int, **answer: object) -> None:
+    """The ``handle_userfault`` trace event: what it answered and why (the
+    keys in the order given)."""
+    if mm.tracer.enabled:
+        mm.tracer.emit("handle_userfault", address=address, reason=_reason(reason), **answer)
 
 
 def _sleep(mm: Mm, ctx: UserfaultfdCtx, uwq: UffdWait) -> None:

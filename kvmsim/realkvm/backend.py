@@ -294,7 +294,11 @@ class RealVm:
         if tail:
             k.munmap(start + v.size, tail)
         m = _Mapping(v, addr, fd)
-        if v.backing == "anon":
+        if v.backing != "hugetlbfs":
+            # anon and shmem alike: VM_HUGEPAGE for huge = "2M" (a shmem THP
+            # then comes from shmem_fault's SGP_HUGE under the advise policy),
+            # else VM_NOHUGEPAGE so that shmem_enabled=always or force, or a
+            # THP-always host, gives no THP the model does not have
             try:
                 k.madvise(addr, v.size, k.MADV_HUGEPAGE if v.huge else k.MADV_NOHUGEPAGE)
             except OSError:

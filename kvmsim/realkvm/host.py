@@ -25,6 +25,12 @@ VENDOR_MODULES: Final = ("kvm_intel", "kvm_amd", "kvm_pvm")
 #: modules whose MMU is two-dimensional paging (EPT/NPT); others shadow the guest's tables
 TDP_MODULES: Final = ("kvm_intel", "kvm_amd")
 
+#: the shmem huge policy of shm_mnt, which memfds and MAP_SHARED|MAP_ANONYMOUS use
+SHMEM_ENABLED: Final = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+#: the policies under which MADV_HUGEPAGE gets a shmem THP (shmem_getpage_gfp:
+#: within_size falls through to advise; always and force need no advice)
+SHMEM_THP_POLICIES: Final = ("always", "within_size", "advise", "force")
+
 KPF_THP: Final = 22
 KPF_ZERO_PAGE: Final = 24
 PM_PRESENT: Final = 1 << 63
@@ -42,6 +48,7 @@ class HostInfo:
     hugepages_free: int = 0  # free 2M hugetlb pages
     numa_nodes: int = 1
     mem_available: int = 0  # bytes
+    shmem_thp: str = ""  # the selected shmem_enabled policy ("" when unreadable)
 
     @property
     def tdp(self) -> bool:
@@ -66,6 +73,17 @@ def _meminfo(key: str) -> int:
     return 0
 
 
+def shmem_thp_policy(path: str = SHMEM_ENABLED) -> str:
+    """The selected word of *path* (``always within_size [advise] never deny
+    force`` → ``advise``), or "" when it cannot be read (no THP in this
+    kernel, or no sysfs)."""
+    try:
+        words = Path(path).read_text().split()
+    except OSError:
+        return ""
+    return next((w[1:-1] for w in words if w.startswith("[") and w.endswith("]")), "")
+
+
 def probe(dev: str = DEV_KVM, sys_module: str = "/sys/module") -> HostInfo:
     """Can this process use *dev*?  Never raises."""
     kernel = platform.release()
@@ -74,7 +92,16 @@ def probe(dev: str = DEV_KVM, sys_module: str = "/sys/module") -> HostInfo:
     free = _read_int("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
 
     def info(reason: str) -> HostInfo:
-        return HostInfo(not reason, reason, kernel, module, free, nodes, _meminfo("MemAvailable"))
+        return HostInfo(
+            not reason,
+            reason,
+            kernel,
+            module,
+            free,
+            nodes,
+            _meminfo("MemAvailable"),
+            shmem_thp_policy(),
+        )
 
     if platform.machine() != "x86_64":
         return info(f"the host is {platform.machine()}, not x86-64")

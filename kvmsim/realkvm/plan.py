@@ -17,7 +17,7 @@ from typing import Final
 from attrs import frozen
 
 from kvmsim.realkvm import guest
-from kvmsim.realkvm.host import HostInfo
+from kvmsim.realkvm.host import SHMEM_ENABLED, SHMEM_THP_POLICIES, HostInfo
 from kvmsim.scenario.model import DirtySpec, Scenario, StepSpec, VmaSpec
 
 PAGE: Final = 4096
@@ -93,6 +93,15 @@ def _vma_refusal(v: VmaSpec, i: int, host: HostInfo) -> str:
         return (
             f"{where}: a real MAP_SHARED|MAP_ANONYMOUS mapping is shmem, not the model's "
             "anon + VM_SHARED; use backing = 'shmem'"
+        )
+    if v.huge and v.backing == "shmem" and host.shmem_thp not in SHMEM_THP_POLICIES:
+        # memfd_create's file lives on shm_mnt, whose huge policy is the
+        # sysfs knob; a tmpfs mount with huge= would need a mount (not taken)
+        found = f"[{host.shmem_thp}]" if host.shmem_thp else "no readable knob"
+        return (
+            f"{where}: THP on shmem needs {SHMEM_ENABLED} to be "
+            f"{', '.join(SHMEM_THP_POLICIES[:-1])} or {SHMEM_THP_POLICIES[-1]}; "
+            f"this host has {found}"
         )
     if v.huge and v.backing == "anon" and v.huge != THP_SIZE:
         return f"{where}: THP of {v.huge >> 10}K: x86-64 THPs are 2M"

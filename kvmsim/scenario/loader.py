@@ -78,6 +78,9 @@ from kvmsim.scenario.model import (
 )
 from kvmsim.scenario.sizes import PAGE_SIZE, format_size, parse_size
 
+#: HPAGE_PMD_SIZE of the model (x86-64 and ppc64 radix): the one shmem THP size
+THP_SIZE: Final = 2 << 20
+
 __all__ = ["CORE_STEP_KINDS", "load_scenario", "parse_scenario"]
 
 
@@ -122,6 +125,8 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_write",
                 {**_RANGE, "value": int, "width": int},
                 required=("vma",),
+                # the store's fault may wait on a userfaultfd (kernel-notes §U.7)
+                expect=("verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
@@ -130,7 +135,7 @@ CORE_STEP_KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
                 "host_read",
                 {"vma": str, "offset": int, "width": int},
                 required=("vma",),
-                expect=("value", "verdicts"),
+                expect=("value", "verdicts", "uffd_faults"),
                 default_size=PAGE_SIZE,
                 byte_offset=True,
             ),
@@ -203,7 +208,7 @@ _TOP_KEYS: Final = (
     "schedule",
     "known",
 )
-_UFFD_KEYS: Final = ("vma", "offset", "size", "mode")
+_UFFD_KEYS: Final = ("vma", "offset", "size", "mode", "sigbus")
 _SWITCH_KEYS: Final = ("actor", "at", "run", "nth")
 #: Schedule-only points: where a choice is free (see kvmsim.explore.runtime).
 SCHEDULE_POINTS: Final = ("start", "step_end", "blocked", "guest_retry")
@@ -598,7 +603,19 @@ def _uffds(
                         f"a multiple of {hex(vma.huge)}",
                         _Shown(hex(val)),
                     )
-        out.append(UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode))
+        sigbus = r.bool_(f"{path}.sigbus", t.get("sigbus", False))
+        if out and sigbus != out[0].sigbus:
+            # UFFDIO_API sets the features of the one userfaultfd, not of a range
+            r.fail(
+                f"{path}.sigbus",
+                "UFFD_FEATURE_SIGBUS belongs to the process's one userfaultfd (UFFDIO_API), "
+                "not to a registered range: every [[uffd]] must say the same",
+                f"sigbus = {str(out[0].sigbus).lower()}, as uffd[0] has",
+                sigbus,
+            )
+        out.append(
+            UffdSpec(index=i, vma=vma.name, offset=offset, size=size, mode=mode, sigbus=sigbus)
+        )
     return tuple(out)
 
 
@@ -985,11 +1002,16 @@ def _vma(
 
     huge = 0
     if "huge" in t:
-        if backing not in ("anon", "hugetlbfs"):
+        if backing not in ("anon", "shmem", "hugetlbfs"):
+            why = (
+                "a regular file's page cache gets no THP at fault time"
+                if backing == "file"
+                else "the kernel has no huge pages for it"
+            )
             r.fail(
                 k("huge"),
-                f"huge pages do not apply to backing {backing!r}",
-                "huge only with backing 'hugetlbfs' or 'anon' (THP)",
+                f"huge pages do not apply to backing {backing!r} ({why})",
+                "huge only with backing 'hugetlbfs', or 'anon' or 'shmem' (THP)",
             )
         huge = r.size(k("huge"), t["huge"])
         if huge <= PAGE_SIZE or huge & (huge - 1):
@@ -997,6 +1019,14 @@ def _vma(
                 k("huge"),
                 "not a huge page size",
                 f"a power of two larger than {format_size(PAGE_SIZE)}",
+                t["huge"],
+            )
+        if backing == "shmem" and huge != THP_SIZE:
+            # shmem_alloc_hugepage allocates HPAGE_PMD_ORDER only
+            r.fail(
+                k("huge"),
+                "not the THP size: shmem huge pages are PMD-sized",
+                f"huge = '{format_size(THP_SIZE)}' on backing 'shmem'",
                 t["huge"],
             )
     elif backing == "hugetlbfs":

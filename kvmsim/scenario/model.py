@@ -200,7 +200,7 @@ class VmaSpec:
     backing: str  # one of BACKINGS
     prot: str = "rw"  # one of PROTS
     shared: bool = False  # MAP_SHARED
-    huge: int = 0  # hugetlbfs page size, or THP size on anon; 0 = none
+    huge: int = 0  # hugetlbfs page size, or THP size on anon/shmem; 0 = none
     populate: bool = False  # MAP_POPULATE
     device: str | None = None  # backing "device": the device kind that faults it
     pgoff: int = 0  # mmap offset, in pages
@@ -259,6 +259,7 @@ class UffdSpec:
     offset: int  # bytes into the vma
     size: int  # bytes, resolved (default: the rest of the vma)
     mode: str = "missing"  # one of UFFD_MODES
+    sigbus: bool = False  # UFFD_FEATURE_SIGBUS on the userfaultfd (UFFDIO_API)
 
 
 @frozen

@@ -100,7 +100,8 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
         "shared": (None, "MAP_SHARED instead of MAP_PRIVATE"),
         "huge": (
             "none",
-            "huge page size: required for hugetlbfs; on anon, the THP size (2M)",
+            "huge page size: required for hugetlbfs; on anon or shmem, the THP size (2M): "
+            "MADV_HUGEPAGE (shmem: under the advise huge policy, shmem_enabled or huge=)",
         ),
         "populate": (None, "MAP_POPULATE: fault every page in at mmap time"),
         "device": (None, "backing 'device': the [[device]] kind whose fault handler fills it"),
@@ -149,6 +150,12 @@ KEY_DOCS: Final[Mapping[str, Mapping[str, tuple[str | None, str]]]] = {
             '"missing"',
             "missing (UFFDIO_REGISTER_MODE_MISSING: faults on absent pages) or minor "
             "(MODE_MINOR: faults on pages only in the page cache; shmem v5.14+, hugetlbfs v5.13+)",
+        ),
+        "sigbus": (
+            "false",
+            "UFFD_FEATURE_SIGBUS (UFFDIO_API): a fault that would wait gets SIGBUS instead "
+            "(gup -EFAULT; QEMU's own access a SIGBUS); one setting for the one userfaultfd, "
+            "every [[uffd]] must agree",
         ),
     },
     "step": {
@@ -478,6 +485,7 @@ def _uffd_schema() -> dict[str, Any]:
         "offset": {"type": "integer", "minimum": 0, "multipleOf": PAGE_SIZE, "default": 0},
         "size": {"$ref": "#/$defs/size"},
         "mode": {"enum": list(UFFD_MODES), "default": "missing"},
+        "sigbus": {"type": "boolean", "default": False},
     }
     return {
         "type": "object",

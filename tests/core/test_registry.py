@@ -129,3 +129,43 @@ def test_dispatcher_calls_a_single_hot_impl_directly() -> None:
     assert d.hva_to_pfn is g.hva_to_pfn
     d2 = registry.Dispatcher(pm, direct=False)
     assert d2.hva_to_pfn is pm.hook.hva_to_pfn
+
+
+def test_relay_calls_broadcast_hooks_as_pluggy_does() -> None:
+    """The dispatcher's relay answers every hook as pluggy would: the same
+    order (last registered first, tryfirst/trylast honoured), None answers
+    dropped, firstresult stopping early; a hook with a wrapper stays pluggy's."""
+    from kvmsim import hookimpl
+
+    calls: list[str] = []
+
+    class Early:
+        @hookimpl(tryfirst=True)
+        def notifier_age(self, kvm, start, end):  # type: ignore[no-untyped-def]
+            calls.append("early")
+            return True
+
+    class Quiet:
+        @hookimpl
+        def notifier_age(self, kvm, start):  # type: ignore[no-untyped-def]
+            calls.append("quiet")
+            return None
+
+    class Wrap:
+        @hookimpl(wrapper=True)
+        def stage2_mappings(self, kvm):  # type: ignore[no-untyped-def]
+            return (yield)
+
+    pm, _, _ = registry.build_manager(
+        arch="x86_ept", strategy="generic_v4_16", extra_plugins=[Quiet(), Early(), Wrap()]
+    )
+    relay = registry.Dispatcher(pm).hook
+    assert relay.stage2_mappings is pm.hook.stage2_mappings
+    assert relay.notifier_age is not pm.hook.notifier_age
+    args = {"kvm": None, "start": 0, "end": 1 << 12}
+    got = relay.notifier_age(**args)
+    order = calls[:]
+    calls.clear()
+    want = pm.hook.notifier_age(**args)
+    assert calls == order and order[0] == "early" and "quiet" in order
+    assert got == want

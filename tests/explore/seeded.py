@@ -73,3 +73,33 @@ class SeqAfterGup:
         seq = mmu_seq if self.seq is None else self.seq
         r: int = self.arch.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=seq)
         return r
+
+
+class MarkBeforeLock:
+    """x86's slow path marks the gfn dirty *before* taking ``mmu_lock``
+    instead of when ``set_spte`` installs the writable SPTE under it (the
+    arch's own mark during the install is removed).  The lock is what
+    orders the mark against a harvest's fetch-and-protect
+    (``kvm_get_dirty_log_protect`` holds it across ``xchg`` and
+    ``kvm_arch_mmu_enable_log_dirty_pt_masked``): a harvest that runs in
+    between takes the mark and protects nothing (no SPTE yet), then the
+    writable SPTE appears with the bit clear, and a store through it after
+    the harvest is never reported.  In file order the install completes
+    before the harvest, which protects it: nothing is lost."""
+
+    def __init__(self, arch: Any) -> None:
+        self.arch = arch
+
+    @hookimpl
+    def create_pte(self, kvm: Any, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
+        import kvmsim_plugins.x86_ept.common as common
+
+        if pte & common.REQ_MAP_WRITABLE:
+            common.mark_page_dirty(kvm, gpa >> 12)  # too early: mmu_lock not held
+        saved = common.mark_page_dirty
+        common.mark_page_dirty = lambda kvm, gfn: None  # set_spte's mark is gone
+        try:
+            r: int = self.arch.create_pte(kvm=kvm, gpa=gpa, pte=pte, level=level, mmu_seq=mmu_seq)
+        finally:
+            common.mark_page_dirty = saved
+        return r

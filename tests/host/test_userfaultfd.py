@@ -8,11 +8,14 @@ from __future__ import annotations
 import pytest
 
 from kvmsim.cmodel import EAGAIN, EEXIST, EFAULT, EINVAL, ENOENT
-from kvmsim.host import Mm, RecordingNotifier, get_user_pages, get_user_pages_unlocked
+from kvmsim.host import Mm, RecordingNotifier, events, get_user_pages, get_user_pages_unlocked
 from kvmsim.host import userfaultfd as uffd
 from kvmsim.host.constants import (
     FAULT_FLAG_ALLOW_RETRY,
+    FAULT_FLAG_KILLABLE,
     FAULT_FLAG_RETRY_NOWAIT,
+    FAULT_FLAG_TRIED,
+    FAULT_FLAG_USER,
     FAULT_FLAG_WRITE,
     FOLL_NOWAIT,
     FOLL_WRITE,
@@ -25,6 +28,7 @@ from kvmsim.host.constants import (
     VM_FAULT_SIGBUS,
 )
 from kvmsim.host.fault import handle_mm_fault
+from kvmsim.host.fileio import file_write
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.host.vma import File, Vma
 
@@ -262,15 +266,145 @@ def test_a_wake_without_resolving_fails_gup_before_v5_7(
     assert not mm.mmap_sem.is_locked()
 
 
-@pytest.mark.parametrize(("linux", "leaked"), [((4, 16), True), ((5, 13), False)])
+@pytest.mark.parametrize(
+    ("linux", "leaked"), [((4, 16), True), ((4, 19), True), ((5, 0), False), ((5, 13), False)]
+)
 def test_nowait_on_hugetlbfs_and_the_locked_flag(
     mm: Mm, linux: tuple[int, int], leaked: bool
 ) -> None:
     """v4.16 follow_hugetlb_page clears *nonblocking under RETRY_NOWAIT:
     __get_user_pages_locked takes mmap_sem a second time and releases it
-    once (kernel-notes §U.4)."""
+    once, until v5.0's "mm/hugetlb.c: teach follow_hugetlb_page() to handle
+    FOLL_NOWAIT" (v4.19's text still lacks the test; kernel-notes §U.4)."""
     mm.linux = linux
     v = mm.mmap(SZ, prot="rw", shared=True, huge_shift=21, name="huge")
     assert uffd.userfaultfd_register(mm, v.start, v.end, uffd.VM_UFFD_MISSING) == 0
     assert get_user_pages_unlocked(mm, v.start, 1, [], FOLL_NOWAIT) == 0
     assert mm.mmap_sem.is_locked() is leaked
+
+
+# ---------------------------------------------------------------- QEMU's own accesses (§U.7)
+
+
+def _spy_flags(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fault flags of every handle_mm_fault QEMU's accesses make."""
+    flags: list[int] = []
+
+    def spy(mm: Mm, vma: Vma, address: int, f: int) -> int:
+        flags.append(f)
+        return handle_mm_fault(mm, vma, address, f)
+
+    monkeypatch.setattr(events, "handle_mm_fault", spy)
+    return flags
+
+
+def test_a_host_load_sleeps_until_the_copy(mm: Mm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU's user fault has FAULT_FLAG_ALLOW_RETRY|KILLABLE|USER: it sleeps
+    in handle_userfault (no SIGBUS), the copy wakes it, the retry (TRIED)
+    maps the page and the load reads the copy; mmap_sem is balanced."""
+    flags = _spy_flags(monkeypatch)
+    v = _anon(mm)
+    ps = mm.page_size
+    addr = v.start + 0x10000
+
+    def copy(uwq: uffd.UffdWait) -> None:
+        assert not mm.mmap_sem.is_locked()  # handle_userfault dropped it
+        assert uffd.userfaultfd_copy(mm, uwq.address, ps, 0x5A) == 0
+
+    served = _server(mm, copy)
+    ret, value = events.host_read(mm, addr)
+    assert (ret, value) == (0, 0x5A)
+    assert served == [addr]
+    assert mm.uffd is not None and mm.uffd.faults_read == 1
+    first = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_USER
+    assert flags == [first, FAULT_FLAG_KILLABLE | FAULT_FLAG_USER | FAULT_FLAG_TRIED]
+    assert not mm.mmap_sem.is_locked()
+
+
+@pytest.mark.parametrize(("linux", "sigbus"), [((4, 16), True), ((5, 6), True), ((5, 7), False)])
+def test_a_host_store_woken_before_the_copy(
+    mm: Mm, monkeypatch: pytest.MonkeyPatch, linux: tuple[int, int], sigbus: bool
+) -> None:
+    """Woken by UFFDIO_WAKE with the page still missing: before v5.7 the
+    retry has no ALLOW_RETRY and handle_userfault answers SIGBUS (the store
+    never lands, no second message); from v5.7 (4064b9827063) the retry
+    sleeps again and the copy resolves it, then the store lands."""
+    mm.linux = linux
+    flags = _spy_flags(monkeypatch)
+    v = _anon(mm)
+    ps = mm.page_size
+    addr = v.start + 0x10000
+    acts = iter(
+        [
+            lambda uwq: uffd.userfaultfd_wake(mm, uwq.address, ps),
+            lambda uwq: uffd.userfaultfd_copy(mm, uwq.address, ps, 0x77),
+        ]
+    )
+    served = _server(mm, lambda uwq: next(acts)(uwq))
+    ret = events.host_write(mm, addr, 0x99)
+    assert not mm.mmap_sem.is_locked()
+    assert mm.uffd is not None
+    if sigbus:
+        assert ret == VM_FAULT_SIGBUS and served == [addr] and mm.uffd.faults_read == 1
+        assert flags[1] & FAULT_FLAG_TRIED and not flags[1] & FAULT_FLAG_ALLOW_RETRY
+        assert (addr >> mm.page_shift) not in mm.pgtable.ptes
+        return
+    assert not ret & VM_FAULT_SIGBUS and served == [addr, addr] and mm.uffd.faults_read == 2
+    assert flags[1] == flags[0] | FAULT_FLAG_TRIED and flags[0] & FAULT_FLAG_ALLOW_RETRY
+    assert events.host_read(mm, addr) == (0, 0x99)
+
+
+def test_a_host_access_nobody_serves_sleeps_for_ever(mm: Mm) -> None:
+    v = _anon(mm)
+    assert mm.uffd is not None
+    mm.uffd.serve = lambda uwq: False  # no handler step left
+    with pytest.raises(Deadlock):
+        events.host_write(mm, v.start, 1)
+    # handle_userfault released mmap_sem before sleeping; the message stays queued
+    assert not mm.mmap_sem.is_locked()
+    assert [w.address for w in mm.uffd.pending] == [v.start]
+
+
+def test_a_host_load_on_a_minor_shmem_page_waits_for_continue(mm: Mm) -> None:
+    """MINOR (v5.14 shmem): the page cache has the page, the PTE is absent:
+    QEMU's load sleeps until UFFDIO_CONTINUE maps that very page."""
+    mm.linux = (5, 14)
+    f = File(name="memfd", size=SZ, shmem=True)
+    v = mm.mmap(SZ, prot="rw", shared=True, file=f, name="shm")
+    assert uffd.userfaultfd_register(mm, v.start, v.end, uffd.VM_UFFD_MINOR) == 0
+    page = file_write(mm.phys, f, 3, 0x33)
+    served = _server(mm, lambda uwq: uffd.userfaultfd_continue(mm, uwq.address, mm.page_size))
+    addr = v.start + 3 * mm.page_size
+    assert events.host_read(mm, addr) == (0, 0x33)
+    assert served == [addr]
+    assert mm.pgtable.ptes[addr >> mm.page_shift] >> PTE_PFN_SHIFT == page
+
+
+def test_a_host_store_to_a_hugetlbfs_page_waits_for_the_huge_copy(mm: Mm) -> None:
+    v = mm.mmap(SZ, prot="rw", shared=True, huge_shift=21, name="huge")
+    assert uffd.userfaultfd_register(mm, v.start, v.end, uffd.VM_UFFD_MISSING) == 0
+    served = _server(mm, lambda uwq: uffd.userfaultfd_copy(mm, uwq.address, SZ, 0x11))
+    assert events.host_write(mm, v.start + 0x1008, 0x22) == 0
+    assert served == [v.start]  # the huge page's address
+    assert events.host_read(mm, v.start) == (0, 0x11)
+    assert events.host_read(mm, v.start + 0x1008) == (0, 0x22)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [0, FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_RETRY_NOWAIT],
+)
+def test_uffd_feature_sigbus_answers_sigbus_whatever_the_flags(mm: Mm, flags: int) -> None:
+    """UFFD_FEATURE_SIGBUS is tested before the fault flags (v4.16
+    handle_userfault): no message, no sleep, mmap_sem still held."""
+    v = _anon(mm)
+    assert mm.uffd is not None
+    mm.uffd.sigbus = True
+    mm.mmap_sem.down_read(mm.current)
+    assert handle_mm_fault(mm, v, v.start, flags) == VM_FAULT_SIGBUS
+    assert mm.mmap_sem.held_by() == {mm.current: "read"}
+    mm.mmap_sem.up_read(mm.current)
+    assert mm.uffd.pending == [] and mm.uffd.faults_read == 0
+    # QEMU's own store gets the signal at once
+    assert events.host_write(mm, v.start + 0x1000, 1) == VM_FAULT_SIGBUS
+    assert not mm.mmap_sem.is_locked() and mm.uffd.pending == []

@@ -26,6 +26,8 @@ STRATEGY = "generic_v4_16"
 #: The example's own scenario library, in the order ``kvmsim scenarios`` lists it.
 OWN = (
     "arm64-age-young",
+    "arm64-dirty-base",
+    "arm64-dirty-log",
     "arm64-exec-then-store",
     "arm64-nisv-readonly-store",
     "arm64-nisv-to-user",
@@ -165,6 +167,8 @@ def test_matrix_column() -> None:
     statuses = {n: c["status"] for n, c in own.items()}
     assert statuses == {
         "arm64-age-young": "kfail",
+        "arm64-dirty-base": "pass",
+        "arm64-dirty-log": "pass",
         "arm64-exec-then-store": "pass",
         "arm64-nisv-readonly-store": "pass",
         "arm64-nisv-to-user": "kfail",

@@ -24,6 +24,7 @@ PUBLIC = {
     "kvmsim.cmodel",
     "kvmsim.kvm.pfn",
     "kvmsim.kvm.tables",
+    "kvmsim.kvm.dirty",
     "kvmsim.host",
     "kvmsim.host.constants",
     "kvmsim.host.pte",

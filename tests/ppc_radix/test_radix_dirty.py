@@ -48,6 +48,32 @@ def test_v4_17_marks_the_whole_leaf() -> None:
     assert gpas == tuple(0x10000000 + i * PAGE for i in range(32))
 
 
+@pytest.mark.parametrize(
+    "strategy", ["generic_v4_16", "paolo_refactor", "upstream_final", "refcount_guarded"]
+)
+def test_v4_17_partial_invalidation_marks_from_its_first_gfn(strategy: str) -> None:
+    """kernel-notes §N.5: MADV_DONTNEED of the leaf's second page.  The
+    notifier's range starts there (zap_page_range's own pair, before the
+    THP split), kvm_unmap_radix removes the whole 2M leaf and marks 2M
+    worth of pages from that gfn: page 0 (the one stored to) is lost, the
+    page past the leaf's end is marked although nobody stored to it."""
+    sim, report = _run("radix-dirty-log-large-partial-unmap", strategy)
+    assert report.steps[2].page_size == 1 << 21
+    ((_, _, gpas),) = sim.kvm.dirty.reports
+    assert gpas == tuple(0x10000000 + i * PAGE for i in range(1, 33))
+    assert [v.name for v in report.verdicts] == ["lost_dirty"]
+    assert report.steps[4].verdicts == ["lost_dirty"]
+    unmaps = [e for e in report.events if e["event"] == "kvm_unmap_radix"]
+    assert [(e["gpa"], e["size"]) for e in unmaps] == [("0x10000000", 1 << 21)]
+
+
+def test_v6_13_partial_invalidation_finds_no_large_leaf() -> None:
+    sim, report = _run("radix-dirty-log-large-partial-unmap", "follow_pfn_2024")
+    assert report.passed and not report.verdicts, report.to_json()
+    assert report.steps[2].page_size == PAGE
+    assert sim.kvm.dirty.reports == [(4, 0, (0x10000000,))]
+
+
 def test_v6_13_maps_base_pages_while_logging() -> None:
     sim, report = _run("radix-dirty-log-large-unmap", "follow_pfn_2024")
     assert not report.verdicts

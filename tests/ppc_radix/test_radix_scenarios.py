@@ -11,7 +11,7 @@ from kvmsim_plugins.ppc_radix.dsisr import DSISR_ISSTORE, DSISR_NOHPTE, DSISR_PR
 from kvmsim_plugins.ppc_radix.tree import PMD_SHIFT, PUD_SHIFT
 
 from kvmsim.errors import ScenarioError
-from kvmsim.host.constants import PTE_DIRTY, PTE_NONCACHED, PTE_WRITE, PTE_YOUNG
+from kvmsim.host.constants import PTE_DIRTY, PTE_NONCACHED, PTE_PFN_SHIFT, PTE_WRITE, PTE_YOUNG
 from kvmsim.runner import RunReport, Simulation
 from kvmsim.scenario import builtin_scenarios
 from kvmsim.testing import build_sim
@@ -238,3 +238,32 @@ def test_v4_15_handler_makes_no_2m_leaf_and_fails_a_read_only_slot(
     # B.2 step 6: gfn_to_hva_memslot asks for write → KVM_HVA_ERR_RO_BAD → -EFAULT
     report = build_sim(RO_MEMSLOT, strategy="ppc_original").run()
     assert [s.outcome for s in report.steps] == ["efault", "efault"]
+
+
+def test_shmem_thp_is_one_2m_leaf_from_its_compound_order() -> None:
+    # kernel-notes §S.2: PageCompound (not PageAnon) sizes the leaf as for an
+    # anonymous THP; the later loads hit it
+    sim, report = run("radix-shmem-thp-2m")
+    assert report.passed, (report.unexpected, [s.expect_failures for s in report.steps])
+    ((gpa, shift, pte),) = leaves(sim)
+    pfn = pte >> PTE_PFN_SHIFT
+    assert (gpa, shift) == (0x200000, PMD_SHIFT) and pfn == sim.phys.compound_head(pfn)
+    assert not sim.phys.PageAnon(pfn) and sim.phys.PageTransCompound(pfn)
+    assert faults_in_step(report, 1) == [] and faults_in_step(report, 2) == []
+
+
+def test_a_pte_mapped_shmem_thp_one_subpage_off_gets_a_wrong_2m_leaf() -> None:
+    # §S.1/§S.2/§M.5: pgoff 1, so do_set_pmd fell back to PTEs, but the v4.17
+    # handler still maps 2M from the head: gpa 0x30000 (page 3) reaches
+    # subpage 3 where the host maps file index 4, subpage 4
+    sim, report = run("radix-shmem-thp-misaligned")
+    ((gpa, shift, pte),) = leaves(sim)
+    pfn = pte >> PTE_PFN_SHIFT
+    head = sim.phys.compound_head(pfn)
+    assert (gpa, shift, pfn) == (0, PMD_SHIFT, head)
+    host, hshift = sim.mm.pgtable.find_linux_pte(sim.vma("ram").start + 0x30000)
+    assert hshift == 0 and host is not None and (host >> PTE_PFN_SHIFT) == head + 4
+    assert {(v.name, v.step) for v in report.verdicts} == {
+        ("wrong_frame", 0),
+        ("outside_memslot", 0),
+    }

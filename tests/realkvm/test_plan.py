@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import attrs
 import pytest
 
-from kvmsim.realkvm.host import HostInfo
-from kvmsim.realkvm.plan import plan
+from kvmsim.realkvm import host as realhost
+from kvmsim.realkvm import kvmapi as k
+from kvmsim.realkvm.backend import RealVm
+from kvmsim.realkvm.host import SHMEM_ENABLED, SHMEM_THP_POLICIES, HostInfo, shmem_thp_policy
+from kvmsim.realkvm.plan import THP_SIZE, plan
 from kvmsim.scenario import parse_scenario
 
 from .scenarios import one_slot
@@ -124,3 +130,84 @@ def test_accesses_the_guest_cannot_make() -> None:
     assert "low 4 GiB" in p.steps[1].reason
     p = plan(sc(steps='[[step]]\ndo = "access"\ngpa = 0x1000\nop = "exec"\n'), SHADOW)  # type: ignore[arg-type]
     assert p.steps[1].reason.startswith("exec:")
+
+
+# ---------------------------------------------------------------- shmem THP
+
+SHMEM_THP = 'backing = "shmem"\nshared = true\nhuge = "2M"'
+
+
+@pytest.mark.parametrize(
+    ("policy", "found"), [("never", "[never]"), ("deny", "[deny]"), ("", "no readable knob")]
+)
+def test_shmem_thp_is_unsupported_where_the_knob_allows_none(policy: str, found: str) -> None:
+    # shmem_getpage_gfp: never and deny give no huge page whatever the advice
+    p = plan(sc(SHMEM_THP), attrs.evolve(SHADOW, shmem_thp=policy))  # type: ignore[arg-type]
+    assert not p.runs
+    assert SHMEM_ENABLED in p.refused and found in p.refused
+    assert p.refused.startswith("vma[0] 'ram': THP on shmem")
+    assert all(s.status == "unsupported" and s.reason == p.refused for s in p.steps)
+
+
+@pytest.mark.parametrize("policy", SHMEM_THP_POLICIES)
+def test_shmem_thp_runs_where_the_knob_honours_the_advice(policy: str) -> None:
+    p = plan(sc(SHMEM_THP), attrs.evolve(SHADOW, shmem_thp=policy))  # type: ignore[arg-type]
+    assert p.runs and [s.action for s in p.steps] == ["access"]
+
+
+def test_shmem_without_huge_needs_no_knob() -> None:
+    assert plan(sc('backing = "shmem"\nshared = true'), SHADOW).runs  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        ("always within_size advise [never] deny force\n", "never"),
+        ("always within_size [advise] never deny force\n", "advise"),
+        ("[always] within_size advise never deny force\n", "always"),
+        ("always within_size advise never deny [force]\n", "force"),
+        ("garbage\n", ""),
+    ],
+)
+def test_the_knob_reader_takes_the_bracketed_word(tmp_path: Path, text: str, policy: str) -> None:
+    knob = tmp_path / "shmem_enabled"
+    knob.write_text(text)
+    assert shmem_thp_policy(str(knob)) == policy
+
+
+def test_an_absent_knob_reads_as_empty(tmp_path: Path) -> None:
+    assert shmem_thp_policy(str(tmp_path / "absent")) == ""
+
+
+def test_the_probe_records_the_knob(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(realhost, "shmem_thp_policy", lambda: "within_size")
+    info = realhost.probe(dev=str(tmp_path / "no-kvm"))
+    assert not info.usable and info.shmem_thp == "within_size"
+
+
+@pytest.mark.parametrize(
+    ("vma", "advice"),
+    [
+        (SHMEM_THP, k.MADV_HUGEPAGE),
+        ('backing = "shmem"\nshared = true', k.MADV_NOHUGEPAGE),
+        ('backing = "file"', k.MADV_NOHUGEPAGE),
+        ('backing = "anon"\nhuge = "2M"', k.MADV_HUGEPAGE),
+        ('backing = "anon"', k.MADV_NOHUGEPAGE),
+    ],
+)
+def test_the_backend_advises_each_mapping_as_the_scenario_says(
+    monkeypatch: pytest.MonkeyPatch, vma: str, advice: int
+) -> None:
+    # the translation of huge = "2M": a memfd (or tmpfs file) mapping with
+    # MADV_HUGEPAGE; anything else VM_NOHUGEPAGE, so that shmem_enabled=always
+    # or force gives no THP the model lacks.  Real mappings, no /dev/kvm.
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(k, "madvise", lambda a, n, adv: calls.append((a, n, adv)))
+    spec = sc(vma).vmas[0]  # type: ignore[attr-defined]
+    m = RealVm._map(object.__new__(RealVm), spec)
+    try:
+        assert calls == [(m.addr, spec.size, advice)]
+        assert m.addr % THP_SIZE == 0  # do_set_pmd needs the 2M alignment
+        assert (m.fd is not None) == (spec.backing != "anon")
+    finally:
+        m.unmap_all()

@@ -107,3 +107,126 @@ def test_the_concurrent_bases_pass_in_file_order(name: str) -> None:
     for strategy in V5 if name.endswith("ring") else ("generic_v4_16", *V5):
         sim, _ = _run(name, strategy)
         assert [g for _, _, g in sim.kvm.dirty.reports] == [(0x1000,), (0x1000,)]
+
+
+_EAGER_CLEAR = """
+name = "eager-split-on-clear"
+arch = "x86_ept"
+[dirty]
+mode = "{mode}"
+manual_protect = true
+initially_set = true
+[[vma]]
+name = "ram"
+size = "4M"
+backing = "anon"
+huge = "2M"
+[[memslot]]
+gpa = 0
+vma = "ram"
+[[step]]
+do = "access"
+gpa = 0x200000
+op = "write"
+expect = {{ outcome = "mapped", writable = true, page_size = "2M" }}
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "enable"
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "get"
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "clear"
+first = 512
+num = 64
+[[step]]
+do = "access"
+gpa = 0x201000
+op = "write"
+[[step]]
+do = "access"
+gpa = 0x250000
+op = "write"
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "get"
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "clear"
+[[step]]
+do = "access"
+gpa = 0x240000
+op = "write"
+[[step]]
+do = "access"
+gpa = 0x3ff000
+op = "write"
+[[step]]
+do = "dirty_log"
+slot = 0
+action = "get"
+expect_dirty = [0x240000, 0x3ff000]
+"""
+
+
+@pytest.mark.parametrize("mode", ["wp", "pml"])
+def test_v6_13_clear_splits_the_huge_leaf_and_stores_are_tracked_per_4k_page(mode: str) -> None:
+    """v6.13's ``kvm_arch_mmu_enable_log_dirty_pt_masked`` (6.13.7 mmu/mmu.c)
+    with manual protect and initially-set: enable leaves the 2M leaf alone;
+    the clear of pages [0x200, 0x240) first splits every huge leaf meeting
+    them down to 4K (``kvm_mmu_try_split_huge_pages(start, end + 1)``, with
+    eager_page_split on by default; children inherit the leaf's W and D),
+    then protects only the cleared 4K pages (the 2M write protection finds
+    no large leaf left).  Pages the clear did not cover stay writable and
+    stay set in the bitmap, so the next get still reports them."""
+    sim = build_sim(_EAGER_CLEAR.format(mode=mode), strategy="follow_pfn_2024")
+    report = sim.run()
+    assert report.passed and not report.verdicts, report.to_json()
+    split = _events(report, "kvm_mmu_split_huge_page")
+    assert [(e["step"], e["level"]) for e in split] == [(3, 2)]  # the clear, not the enable
+    st = sim.kvm.arch
+    # after the run the region is 512 4K leaves (none became 2M again)
+    assert sorted(g for g, level, _ in st.leaves() if 0x200000 <= g < 0x400000 and level > 1) == []
+    # the stores: the cleared page's SPTE was protected (wp: W off, so a
+    # fault that fast_page_fault fixes and marks; pml: D off, logged by the
+    # CPU); the uncleared page's SPTE was still writable and dirty: no fault
+    faults = {e["step"] for e in _events(report, "kvm_page_fault") if e.get("ph") == "B"}
+    if mode == "wp":
+        assert 4 in faults
+        (fast,) = [e for e in _events(report, "fast_page_fault") if e["step"] == 4]
+        assert fast["handled"] is True
+        assert not [e for e in _events(report, "kvm_mmu_hugepage_adjust") if e["step"] == 4]
+    assert 5 not in faults
+    slot_pages = {p << 12 for p in range(1024)}
+    cleared = {p << 12 for p in range(0x200, 0x240)}
+    first_get, second_get, third_get = [g for _, _, g in sim.kvm.dirty.reports]
+    assert set(first_get) == slot_pages  # initially set: everything
+    # the second get: every page not yet cleared, and of the cleared ones
+    # exactly the one stored to since (0x250000 was never cleared)
+    assert set(second_get) == (slot_pages - cleared) | {0x201000}
+    # the full clear protected every 4K page: each later store is its page alone
+    assert third_get == (0x240000, 0x3FF000)
+
+
+def test_v5_13_clear_keeps_no_huge_leaf_either() -> None:
+    """Without eager splitting (the v5.13 handler, 5.11 tree) enable
+    write-protects the 2M leaf (initially-set spares only 4K SPTEs), the
+    first store after the clear takes the slow path and is mapped 4K: the
+    same reports, reached without a split."""
+    sim = build_sim(_EAGER_CLEAR.format(mode="wp"), strategy="refcount_guarded")
+    report = sim.run()
+    assert report.passed and not report.verdicts, report.to_json()
+    assert not _events(report, "kvm_mmu_split_huge_page")
+    slot_pages = {p << 12 for p in range(1024)}
+    cleared = {p << 12 for p in range(0x200, 0x240)}
+    reports = [g for _, _, g in sim.kvm.dirty.reports]
+    # 0x250000's store faulted (the 2M leaf was write-protected at enable)
+    # and was mapped 4K; it was still set in the bitmap anyway
+    assert set(reports[1]) == (slot_pages - cleared) | {0x201000}
+    assert reports[2] == (0x240000, 0x3FF000)

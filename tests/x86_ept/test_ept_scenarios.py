@@ -46,6 +46,7 @@ def test_every_ept_scenario_is_tested() -> None:
         "ept-nx-huge-pages-exec",
         "ept-pfnmap-linear",
         "ept-readonly-pfnmap-store",
+        "ept-shmem-thp-2m",
         "ept-thp-2m",
     }
 
@@ -90,6 +91,24 @@ def test_thp_maps_one_2m_leaf_and_moves_the_reference_to_the_head(make_sim: Any)
     (adj,) = _events(report, "transparent_hugepage_adjust")
     assert adj["ref_moved"] is True
     assert sim.phys.others_refs() == {}
+
+
+def test_shmem_thp_is_one_2m_leaf_like_an_anonymous_thp(make_sim: Any) -> None:
+    sim, report = _run(make_sim, "ept-shmem-thp-2m")
+    assert report.passed, report.to_json()
+    (m,) = sim.hooks.hook.stage2_mappings(kvm=sim.kvm)
+    assert (m.gpa, m.size) == (0x200000, 2 << 20)
+    # kernel-notes §S.1: a page-cache THP (not PageAnon) mapped by do_set_pmd
+    assert m.pfn == sim.phys.compound_head(m.pfn) and not sim.phys.PageAnon(m.pfn)
+    assert [e["pfn"] for e in _events(report, "do_set_pmd", step=0)] == [m.pfn]
+    # §S.2: PageTransCompoundMap held, so the same reference move as for anon
+    (adj,) = _events(report, "transparent_hugepage_adjust")
+    assert adj["ref_moved"] is True
+    assert sim.phys.others_refs() == {}
+    # the later steps hit the leaf: no fault
+    assert _events(report, "kvm_page_fault", step=0)
+    assert not _events(report, "kvm_page_fault", step=1)
+    assert not _events(report, "kvm_page_fault", step=2)
 
 
 def test_hugetlbfs_1g_is_one_1g_leaf(make_sim: Any) -> None:

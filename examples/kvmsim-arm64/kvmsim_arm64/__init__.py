@@ -17,16 +17,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvmsim import hookimpl
-from kvmsim.errors import PluginError
-from kvmsim.hooktypes import ArchInfo, FaultResult, Stage2Mapping, StepResult, Translation
+from kvmsim.errors import PluginError, ScenarioError
+from kvmsim.hooktypes import (
+    ArchInfo,
+    DirtyCaps,
+    FaultResult,
+    Stage2Mapping,
+    StepResult,
+    Translation,
+)
 from kvmsim.scenario import StepKind
 from kvmsim.sources import read_from
-from kvmsim_arm64 import abort, abort_later, mmio, mmu
+from kvmsim_arm64 import abort, abort_later, dirty, mmio, mmu
 from kvmsim_arm64.desc import IPA_BITS, PAGE_SHIFT, PMD_SIZE, PUD_SIZE
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
+    from kvmsim.kvm.memslot import Memslot
     from kvmsim.scenario import StepSpec
 
 __version__ = "0.1.0"
@@ -105,10 +113,11 @@ def stage2_mappings_in(kvm: Kvm, start: int, end: int) -> list[Stage2Mapping]:
 
 #: What the plugin adds to scenarios: ``isv`` on the core access step (false:
 #: the instruction gives no syndrome, ESR_EL2.ISV = 0, e.g. a load/store pair
-#: or a writeback form), and ``enable_cap`` (KVM_ENABLE_CAP on the VM fd).
+#: or a writeback form), and ``enable_cap`` (KVM_ENABLE_CAP on the VM fd;
+#: ``chunk_size`` is the argument of ``arm_eager_split_chunk_size``).
 STEP_KINDS = (
     StepKind("access", {"isv": bool}),
-    StepKind("enable_cap", {"cap": str}, required=("cap",)),
+    StepKind("enable_cap", {"cap": str, "chunk_size": int}, required=("cap",)),
 )
 
 
@@ -128,4 +137,36 @@ def outcomes() -> dict[str, str]:
 def arch_step(kvm: Kvm, vcpu: int, step: StepSpec) -> StepResult | None:
     if step.do != "enable_cap":
         return None
-    return mmio.enable_cap(kvm, step)
+    st: mmu.Stage2 = kvm.arch
+    if step.params.get("cap") == dirty.EAGER_SPLIT:
+        res = dirty.enable_eager_split(kvm, step)
+    elif "chunk_size" in step.params:
+        raise ScenarioError(
+            f"chunk_size belongs to cap {dirty.EAGER_SPLIT!r}",
+            key=f"step[{step.index}].chunk_size",
+            expected="no chunk_size",
+            got=step.params["chunk_size"],
+        )
+    else:
+        res = mmio.enable_cap(kvm, step)
+    if step.index == st.cap_steps:
+        st.cap_steps += 1  # still before the VMM's memslots
+    return res
+
+
+# ------------------------------------------------------------ dirty logging
+
+
+@hookimpl
+def dirty_log_caps(kvm: Kvm) -> DirtyCaps:
+    return dirty.caps(kvm)
+
+
+@hookimpl
+def dirty_log_enable(kvm: Kvm, slot: Memslot, enable: bool) -> bool:
+    return dirty.enable(kvm, slot, enable)
+
+
+@hookimpl
+def dirty_log_protect(kvm: Kvm, slot: Memslot, gfn_offset: int, mask: int) -> bool:
+    return dirty.protect(kvm, slot, gfn_offset, mask)

@@ -9,8 +9,12 @@ Written only against kvmsim's public API: the ``Kvm`` attributes
 ``fire_point``, ``hooks.create_pte``, ``tracer``), :mod:`kvmsim.kvm.pfn`
 and the host model's ``Vma`` / ``PageTable`` / ``PhysMem`` methods.
 
-Not modelled: dirty logging (``memslot_is_logging`` is always false, so no
-``force_pte`` for it and no ``mark_page_dirty``), cache maintenance
+Dirty logging (dirty.py): ``memslot_is_logging`` keeps a hugetlbfs vma
+from a block and, for a non-device pfn, forces a page and maps a read
+fault's page read-only; the mark and the block dissolve are
+``create_pte``'s (mmu.py), under ``mmu_lock`` as in ``user_mem_abort``.
+
+Not modelled: cache maintenance
 (``clean_dcache_guest_page``, ``invalidate_icache_guest_page``), the
 memory cache top-up (it cannot fail here), synchronous external aborts and
 the cache-maintenance-instruction skip of ``kvm_handle_guest_abort``.
@@ -58,6 +62,7 @@ from kvmsim_arm64.desc import (
     s2_mkexec,
     s2_mkwrite,
 )
+from kvmsim_arm64.dirty import memslot_is_logging
 
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
@@ -192,6 +197,7 @@ def user_mem_abort(
     write_fault = kvm_is_write_fault(esr)
     hugetlb = False
     force_pte = False
+    logging_active = memslot_is_logging(kvm, memslot)
     gfn = fault_ipa >> PAGE_SHIFT
     if fault_status == FSC_PERM and not write_fault and not exec_fault:
         return -EFAULT, "Unexpected L2 read permission error"
@@ -203,7 +209,7 @@ def user_mem_abort(
         mm.mmap_sem.up_read(task)
         return -EFAULT, f"Failed to find VMA for hva {hva:#x}"
     vma_pagesize = vma_kernel_pagesize(vma)
-    if vma_pagesize == PMD_SIZE:
+    if vma_pagesize == PMD_SIZE and not logging_active:
         hugetlb = True
         # v4.16 trusts the memslot to be 2M-aligned the same way in IPA and
         # hva space; it does not check (fixed in v4.20)
@@ -250,6 +256,12 @@ def user_mem_abort(
     if kvm_is_device_pfn(kvm, pfn):
         # Device-nGnRE, and KVM_S2PTE_FLAG_IS_IOMAP (implied by the MemAttr)
         mem_type = PAGE_S2_DEVICE
+    elif logging_active:
+        # no block while logging (KVM_S2_FLAG_LOGGING_ACTIVE: stage2_set_pte
+        # dissolves one in the way), and a read fault maps the page read-only
+        force_pte = True
+        if not write_fault:
+            writable = False
 
     kvm.fire_point("before_create_pte")
     # The kernel runs the THP adjustment under mmu_lock after the retry

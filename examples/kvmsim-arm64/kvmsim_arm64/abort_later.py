@@ -69,9 +69,12 @@ when a valid leaf of that size differs from the new one in S2AP/XN only.
 - ``relax_perms`` on an entry no longer valid returns -EAGAIN;
 - ``handle_access_fault`` only sets AF (abort.py).
 
-Not modelled (besides abort.py's list): dirty logging (no arm64
-``dirty_log`` step: ``memslot_is_logging`` is false, so neither its
-``force_pte`` nor its read-only mapping of read faults); MTE
+Dirty logging (dirty.py): ``memslot_is_logging`` forces pages
+(``force_pte``, ``vma_shift = PAGE_SHIFT``) and a read fault maps a
+non-device page read-only; a writable map or relax that succeeded marks
+the page (v5.13 under ``mmu_lock``, in mmu.py; v6.13 after dropping it).
+
+Not modelled (besides abort.py's list): MTE
 (``kvm_has_mte`` is false: no -EFAULT for a VMA without VM_MTE_ALLOWED /
 VM_SHARED, no tag sanitising); nested stage 2; ``VM_ALLOW_ANY_UNCACHED``
 (Normal-NC); FEAT_DIC's execute-by-default; CONT_PTE / CONT_PMD hugetlbfs
@@ -100,6 +103,7 @@ from typing import TYPE_CHECKING
 from kvmsim.cmodel import EAGAIN, EFAULT
 from kvmsim.host.constants import VM_PFNMAP
 from kvmsim.host.pte import pte_present, pte_protnone
+from kvmsim.kvm.dirty import mark_page_dirty
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_HWPOISON,
     is_error_noslot_pfn,
@@ -122,6 +126,7 @@ from kvmsim_arm64.desc import (
     s2_mkexec,
     s2_mkwrite,
 )
+from kvmsim_arm64.dirty import memslot_is_logging
 
 if TYPE_CHECKING:
     from kvmsim.host import PhysMem, Vma
@@ -309,7 +314,11 @@ def user_mem_abort(
     if vma is None:
         mm.mmap_sem.up_read(task)
         return -EFAULT, f"Failed to find VMA for hva {hva:#x}"
-    if v6:
+    logging_active = memslot_is_logging(kvm, memslot)
+    if logging_active:
+        # pages only while the slot logs (VM_PFNMAP slots never log)
+        vma_shift, force_pte = PAGE_SHIFT, True
+    elif v6:
         vma_shift, force_pte = get_vma_page_shift(vma, hva), False
     else:
         vma_shift, force_pte = vma_shift_v5_13(vma)
@@ -363,6 +372,8 @@ def user_mem_abort(
 
     # kvm_is_device_pfn: !pfn_valid (5.13), !pfn_is_map_memory (6.13)
     device = not phys.pfn_valid(pfn)
+    if not device and logging_active and not write_fault:
+        writable = False  # only a write fault maps the page writable
     if exec_fault and device:
         # returned before out_unlock: nothing to release for a pfn with no
         # struct page (and __kvm_faultin_pfn hands back no page for it)
@@ -400,8 +411,12 @@ def user_mem_abort(
             mmu_seq=mmu_seq,
         )
     if v6:
-        # out_unlock: kvm_release_faultin_page(kvm, page, !!ret, writable)
+        # out_unlock: kvm_release_faultin_page(kvm, page, !!ret, writable),
+        # read_unlock; then, outside mmu_lock, the page is marked dirty if
+        # mapped writable (v5.13 marks under the lock: mmu.create_pte)
         kvm_release_faultin_page(phys, page, ret != 0, writable)
+        if writable and ret == 0:
+            mark_page_dirty(kvm, gfn)
     else:
         # "mark the page dirty only if the fault is handled successfully";
         # then out_unlock, whether mapped or not

@@ -97,7 +97,7 @@ def enable_cap(kvm: Kvm, step: StepSpec) -> StepResult:
         raise ScenarioError(
             "unknown capability",
             key=f"step[{step.index}].cap",
-            expected=repr(NISV_TO_USER),
+            expected=f"{NISV_TO_USER!r} or 'arm_eager_split_chunk_size'",
             got=cap,
         )
     if kvm.arch.handler == "v4.16":

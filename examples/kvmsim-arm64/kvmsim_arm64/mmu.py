@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmsim.cmodel import EAGAIN, EFAULT, KernelOops
 from kvmsim.hooktypes import Stage2Fault, Stage2Mapping, Translation
+from kvmsim.kvm.dirty import mark_page_dirty
 from kvmsim.kvm.tables import leaves_in
 from kvmsim_arm64.desc import (
     AF,
@@ -47,6 +48,7 @@ from kvmsim_arm64.desc import (
     is_noncached,
     make_esr,
 )
+from kvmsim_arm64.dirty import memslot_is_logging
 
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
@@ -58,10 +60,19 @@ _IDX = TABLE_ENTRIES - 1
 class Stage2:
     """``kvm->arch`` for an arm64 guest: the stage-2 tables (``kvm->arch.pgd``),
     the mmu_notifier_seq each leaf was resolved under (for the checkers), the
-    prefetch aborts injected into the guest, and whether userspace enabled
-    KVM_CAP_ARM_NISV_TO_USER (mmio.py)."""
+    prefetch aborts injected into the guest, whether userspace enabled
+    KVM_CAP_ARM_NISV_TO_USER (mmio.py) and the eager-split chunk size
+    (dirty.py)."""
 
-    __slots__ = ("handler", "l1", "nisv_to_user", "pabt_injected", "seqs")
+    __slots__ = (
+        "cap_steps",
+        "handler",
+        "l1",
+        "nisv_to_user",
+        "pabt_injected",
+        "seqs",
+        "split_chunk_size",
+    )
 
     def __init__(self, handler: str) -> None:
         self.l1: Table = {}
@@ -69,6 +80,8 @@ class Stage2:
         self.pabt_injected = 0
         self.handler = handler
         self.nisv_to_user = False  # kvm->arch.return_nisv_io_abort_to_user
+        self.split_chunk_size = 0  # kvm->arch.mmu.split_page_chunk_size (v6.2: 0)
+        self.cap_steps = 0  # enable_cap steps at the start (before the VMM's memslots)
 
     def lookup(self, ipa: int) -> tuple[Table | None, int, int]:
         """The table holding the leaf (or the hole) for ``ipa``: (table,
@@ -180,9 +193,20 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
                 tr.emit("kvm_pgtable_stage2_map", ipa=hex(gpa), level=level, ret="-EAGAIN")
             return -EAGAIN
         if level == 0:
+            if st.handler == "v4.16" and pte & S2AP_W:
+                # the pte branch of v4.16's user_mem_abort marks the page
+                # before stage2_set_pte, under mmu_lock (a no-op unless the
+                # slot logs)
+                mark_page_dirty(kvm, gpa >> L3_SHIFT)
             # KVM_S2PTE_FLAG_IS_IOMAP is v4.16's; later kernels' kvm_pgtable
             # replaces a valid entry (break-before-make) instead
-            ret = _set_pte(st, gpa, pte, iomap=is_device(pte) and st.handler == "v4.16")
+            ret = _set_pte(
+                st,
+                gpa,
+                pte,
+                iomap=is_device(pte) and st.handler == "v4.16",
+                logging=_logging(kvm, gpa),
+            )
             base = gpa & ~((1 << L3_SHIFT) - 1)
         else:
             shift = L2_SHIFT if level == 1 else L1_SHIFT
@@ -191,6 +215,11 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         if ret == 0:
             st.seqs[base] = mmu_seq
             kvm.stage2_changed(base)
+            if st.handler == "v5.13" and pte & S2AP_W:
+                # "mark the page dirty only if the fault is handled
+                # successfully", still under mmu_lock (v6.13 marks after
+                # dropping it: abort_later.py)
+                mark_page_dirty(kvm, gpa >> L3_SHIFT)
         if tr.enabled:
             tr.emit(
                 "stage2_set_pmd_huge" if level else "stage2_set_pte",
@@ -240,6 +269,8 @@ def relax_perms(kvm: Kvm, ipa: int, writable: bool, exec_: bool, mmu_seq: int) -
         old = table.get(idx, 0) if table is not None else 0
         if old.__class__ is not int or not old & DESC_VALID:
             ret = -EAGAIN if st.handler == "v6.13" else 0
+            if ret == 0 and writable:
+                mark_page_dirty(kvm, ipa >> L3_SHIFT)  # v5.13: ret is 0, so it marks
             if tr.enabled:
                 tr.emit("kvm_pgtable_stage2_relax_perms", ipa=hex(ipa), ret=ret, why="no leaf")
             return ret
@@ -251,6 +282,8 @@ def relax_perms(kvm: Kvm, ipa: int, writable: bool, exec_: bool, mmu_seq: int) -
         if new != old:
             table[idx] = new  # type: ignore[index]
             kvm.stage2_changed(ipa)
+        if st.handler == "v5.13" and writable:
+            mark_page_dirty(kvm, ipa >> L3_SHIFT)  # under mmu_lock, as create_pte
         if tr.enabled:
             tr.emit(
                 "kvm_pgtable_stage2_relax_perms",
@@ -297,13 +330,29 @@ def _set_block(st: Stage2, ipa: int, desc: int, shift: int) -> int:
     return 0
 
 
-def _set_pte(st: Stage2, ipa: int, desc: int, *, iomap: bool) -> int:
+def _logging(kvm: Kvm, ipa: int) -> bool:
+    """``memslot_is_logging`` of the IPA's slot: v4.16 passes it to
+    ``stage2_set_pte`` as ``KVM_S2_FLAG_LOGGING_ACTIVE``.  Read here rather
+    than carried from the fault's start: a flags change waits for every
+    fault that saw the old slot (``synchronize_srcu`` before
+    ``kvm_arch_commit_memory_region``), so both reads agree."""
+    slot = kvm.memslots.gfn_to_memslot(ipa >> L3_SHIFT)
+    return slot is not None and memslot_is_logging(kvm, slot)
+
+
+def _set_pte(st: Stage2, ipa: int, desc: int, *, iomap: bool, logging: bool = False) -> int:
     """``stage2_set_pte``: allocate the level-2 and level-3 tables, refuse
     (-EFAULT) an I/O mapping over a valid page, else clear the old page
-    (TLB flush) and write the new one."""
+    (TLB flush) and write the new one.  With ``logging`` (v4.16's
+    ``KVM_S2_FLAG_LOGGING_ACTIVE``) a 2M block in the way is dissolved
+    first (``stage2_dissolve_pmd``: cleared, the other pages refault)."""
     l2 = _get_l2(st, ipa)
     i2 = (ipa >> L2_SHIFT) & _IDX
     l3 = l2.get(i2)
+    if l3.__class__ is int and logging and st.handler == "v4.16":
+        del l2[i2]
+        _forget(st, ipa & ~((1 << L2_SHIFT) - 1), L2_SHIFT)
+        l3 = None
     if l3.__class__ is int:
         if st.handler != "v4.16":
             # kvm_pgtable_stage2_map: a block where a page goes is broken
