@@ -723,7 +723,9 @@ def explore_bench(args: Any) -> dict[str, Any]:
         cols = [(mx.load_library_scenario(p), a, s) for p, a, s, _, _ in jobs]
         done = [
             (e.schedules, len(e.classes), e.redundant)
-            for e in explore_parallel(cols, args.jobs, bound=args.bound, por=getattr(args, "por", True))
+            for e in explore_parallel(
+                cols, args.jobs, bound=args.bound, por=getattr(args, "por", True)
+            )
         ]
     else:
         done = [_explore_column(j) for j in jobs]

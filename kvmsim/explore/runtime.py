@@ -40,14 +40,21 @@ if TYPE_CHECKING:
     from kvmsim.runner import RunReport, Simulation, StepReport
 
 #: Pseudo-points where a choice is free (no preemption): the run's start,
-#: an actor's step end, an actor blocking on a lock.
+#: an actor's step end, an actor blocking on a lock.  ``guest_retry`` (a
+#: vcpu back in the guest to re-execute its access) is a pseudo-point too,
+#: but not free: the vcpu could go on, so running another there costs a
+#: preemption, as at a yield point, unless the vcpu spins (then it is not
+#: runnable and the switch is forced).  Were it free, two vcpus retrying
+#: during one invalidation would branch at every RESUME, unbounded.
 START = "start"
 STEP_END = "step_end"
 BLOCKED = "blocked"
 RETRY = "guest_retry"
-FREE = (START, STEP_END, BLOCKED, RETRY)
+FREE = (START, STEP_END, BLOCKED)
 #: RESUMEs of one access after which its vcpu counts as spinning.
 SPIN_FREE = 2
+#: What an actor hands back when its step is over (progress, spinning or not).
+_ENDS = ("step_end", "done", "dead")
 
 
 @frozen
@@ -162,7 +169,8 @@ class Scheduler:
         if runnable:
             _, name_ = self._decide(runnable, name, cur)
             if name_ == cur.name:
-                self._progress()
+                if cur.spins <= SPIN_FREE:
+                    self._progress()
                 return
         self.main.switch(("point", name))
 
@@ -199,7 +207,10 @@ class Scheduler:
         return runnable
 
     def _progress(self) -> None:
-        # somebody made progress: the spinners may look again
+        # somebody made progress: the spinners may look again.  A spinner's
+        # own retry loop is not progress: two vcpus spinning on one
+        # invalidation would otherwise wake each other for ever, each
+        # wake-up a free choice of the search
         for a in self.actors:
             if a.spinning:
                 a.spinning = False
@@ -316,7 +327,7 @@ class Scheduler:
                     self.current = nxt
                     msg = nxt.glet.switch()
                     nxt.task = mm.current
-                    if msg[0] != "spin":
+                    if msg[0] in _ENDS or (msg[0] != "spin" and nxt.spins <= SPIN_FREE):
                         self._progress()
                     cur = nxt
                 kind, arg = msg

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from kvmsim.errors import ScenarioError
 from kvmsim.explore.search import Exploration, explore, explore_parallel, por_applies
 from kvmsim.footprint import OPAQUE, Footprint
 from kvmsim.kvm.core import Kvm
@@ -81,11 +80,12 @@ def _load(path: Path) -> Any:
 
 
 def _columns(sc: Any) -> list[tuple[str, str]]:
+    """The columns ``kvmsim explore`` runs (those the matrix runs)."""
     import argparse
 
     from kvmsim.explore.command import _columns as cols
 
-    return cols(argparse.Namespace(arch=None, strategy=None), sc)
+    return cols(argparse.Namespace(arch=None, strategy=None), sc, str(sc.source))[0]
 
 
 def _bases() -> list[Path]:
@@ -97,8 +97,7 @@ def _same(sc: Any, arch: str, strategy: str, bound: int, **kw: Any) -> tuple[Any
     por = explore(sc, arch, strategy, bound=bound, **kw)
     assert not plain.por and plain.redundant == 0
     assert _classes(por) == _classes(plain), (sc.name, arch, strategy, por.classes, plain.classes)
-    # what the reduction runs is a subset of what the plain search runs
-    assert por.schedules + por.redundant >= por.schedules
+    # the reduction runs a subset of what the plain search runs
     assert por.schedules <= plain.schedules
     return plain, por
 
@@ -107,10 +106,7 @@ def _same(sc: Any, arch: str, strategy: str, bound: int, **kw: Any) -> tuple[Any
 def test_bases_bound_1_same_classes_with_and_without_por(path: Path) -> None:
     sc = _load(path)
     for arch, strategy in _columns(sc):
-        try:
-            plain, por = _same(sc, arch, strategy, 1)
-        except ScenarioError:
-            continue  # the column's kernel cannot set the scenario up (a dirty ring on v4.16)
+        plain, por = _same(sc, arch, strategy, 1)
         if not por_applies(sc, arch, strategy):
             # nothing keyed: every segment opaque, the same schedules run
             assert not por.por and por.redundant == 0 and por.schedules == plain.schedules
@@ -204,3 +200,21 @@ def test_independence() -> None:
     assert not whole.independent(leaf) and not leaf.independent(whole)
     assert leaf.independent(Footprint(frozenset({("s2", 3)}), frozenset()))
     assert not OPAQUE.independent(Footprint()) and not Footprint().independent(OPAQUE)
+
+
+def test_two_vcpus_retrying_through_one_invalidation_stay_bounded(tmp_path: Path) -> None:
+    """Both vcpus retry while QEMU's munmap is between its notifier calls.
+    Were ``guest_retry`` a free choice, or a spinner's retry progress that
+    wakes the other spinner, the search would branch at every RESUME and
+    not end."""
+    from kvmsim.explore.runtime import RETRY, Decision
+
+    assert Decision(3, "vcpu0", RETRY, 1, ("qemu", "vcpu0"), "vcpu0").preemptive
+    assert not Decision(3, "vcpu0", RETRY, 4, ("qemu",), "qemu").preemptive  # spinning
+    sc = _two(tmp_path, UNMAP)
+    e = explore(sc, "x86_ept", "generic_v4_16", bound=1)
+    assert 0 < e.schedules < 2000
+    assert all(len(c.best.preemptions) <= 1 for c in e.classes)
+    # the one failure: vcpu1 reading before QEMU's store maps the zero page,
+    # whose gup reference v4.16 never drops (kernel-notes §L.1)
+    assert _classes(e) == {("refcount_leak",)}
