@@ -690,13 +690,13 @@ def runs(args: Any) -> dict[str, Any]:
     )
 
 
-def _explore_column(job: tuple[str, str, str, int]) -> tuple[int, int]:
+def _explore_column(job: tuple[str, str, str, int, bool]) -> tuple[int, int, int]:
     from kvmsim import matrix as mx
     from kvmsim.explore.search import explore
 
-    path, arch, strategy, bound = job
-    e = explore(mx.load_library_scenario(path), arch, strategy, bound=bound)
-    return e.schedules, len(e.classes)
+    path, arch, strategy, bound, por = job
+    e = explore(mx.load_library_scenario(path), arch, strategy, bound=bound, por=por)
+    return e.schedules, len(e.classes), e.redundant
 
 
 def explore_bench(args: Any) -> dict[str, Any]:
@@ -712,7 +712,7 @@ def explore_bench(args: Any) -> dict[str, Any]:
     jobs = []
     for c in p.cells:
         if c.error is None and mx.load_library_scenario(c.path).concurrent:
-            jobs.append((c.path, c.arch, c.strategy, args.bound))
+            jobs.append((c.path, c.arch, c.strategy, args.bound, getattr(args, "por", True)))
     if not jobs:
         raise UsageError(f"--scenario {wanted}: no concurrent builtin scenario applies")
     mem = _Mem(args.tracemalloc)
@@ -720,10 +720,12 @@ def explore_bench(args: Any) -> dict[str, Any]:
     if args.jobs > 1:
         from kvmsim.explore.search import explore_parallel
 
-        cols = [(mx.load_library_scenario(p), a, s) for p, a, s, _ in jobs]
+        cols = [(mx.load_library_scenario(p), a, s) for p, a, s, _, _ in jobs]
         done = [
-            (e.schedules, len(e.classes))
-            for e in explore_parallel(cols, args.jobs, bound=args.bound)
+            (e.schedules, len(e.classes), e.redundant)
+            for e in explore_parallel(
+                cols, args.jobs, bound=args.bound, por=getattr(args, "por", True)
+            )
         ]
     else:
         done = [_explore_column(j) for j in jobs]
@@ -740,6 +742,8 @@ def explore_bench(args: Any) -> dict[str, Any]:
         schedules=n,
         schedules_per_s=_rate(n, dt),
         classes=sum(d[1] for d in done),
+        por=getattr(args, "por", True),
+        redundant=sum(d[2] for d in done),
         memory_grown=mem.grown(),
         memory_method="tracemalloc" if args.tracemalloc else "rss",
     )
@@ -788,6 +792,12 @@ def add_arguments(p: Any) -> None:
     )
     p.add_argument(
         "--bound", type=int, default=2, metavar="K", help="explore: preemptions (default 2)"
+    )
+    p.add_argument(
+        "--no-por",
+        dest="por",
+        action="store_false",
+        help="explore: without the partial-order reduction",
     )
     p.add_argument(
         "--trace",

@@ -179,6 +179,9 @@ class Simulation:
         self._step_result: StepResult | None = None  # what the last plugin step returned
         self._seen: set[tuple[str, Any]] = set()
         self.schedule_decisions: list[Any] = []  # a concurrent run's (Decision, choice)
+        # its segments' footprints (explore's reduction): per decision, the
+        # segment that ended there; and the last segment
+        self.schedule_footprints: tuple[list[Any], Any] = ([], None)
         self._setup()
 
     # ------------------------------------------------------------- set-up

@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="spread the schedules over a dask.distributed cluster instead of processes",
     )
+    p.add_argument(
+        "--no-por",
+        dest="por",
+        action="store_false",
+        help="exhaustive: run every schedule, without the partial-order reduction",
+    )
     p.add_argument("--output", metavar="DIR", help="write each class as a replay scenario here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -177,6 +183,7 @@ def explore_command(args: argparse.Namespace) -> int:
         "runs": args.runs or 1000,
         "seed": args.seed,
         "depth": args.depth,
+        "por": args.por,
     }
     results: list[dict[str, Any]] = []
     found = 0
@@ -230,6 +237,8 @@ def explore_command(args: argparse.Namespace) -> int:
                     "schedules": e.schedules,
                     "seconds": round(e.seconds, 3),
                     "classes": classes,
+                    "por": e.por,
+                    "redundant": e.redundant,
                 }
             )
     names = sorted({r["scenario"] for r in results})
@@ -254,7 +263,7 @@ def _table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"kvmsim explore ({doc['mode']}, bound {doc['bound']})")
-    for col in ("scenario", "arch", "strategy", "schedules", "classes", "seconds"):
+    for col in ("scenario", "arch", "strategy", "schedules", "pruned", "classes", "seconds"):
         t.add_column(col)
     for r in doc["results"]:
         t.add_row(
@@ -262,6 +271,7 @@ def _table(doc: dict[str, Any]) -> None:
             r["arch"],
             r["strategy"],
             str(r["schedules"]),
+            str(r["redundant"]) if r["por"] else "-",
             str(len(r["classes"])),
             f"{r['seconds']:.2f}",
         )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from attrs import define, field, frozen
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from kvmsim import footprint
 from kvmsim.cmodel import KernelOops
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.scenario.model import StepSpec, Switch
@@ -39,14 +40,21 @@ if TYPE_CHECKING:
     from kvmsim.runner import RunReport, Simulation, StepReport
 
 #: Pseudo-points where a choice is free (no preemption): the run's start,
-#: an actor's step end, an actor blocking on a lock.
+#: an actor's step end, an actor blocking on a lock.  ``guest_retry`` (a
+#: vcpu back in the guest to re-execute its access) is a pseudo-point too,
+#: but not free: the vcpu could go on, so running another there costs a
+#: preemption, as at a yield point, unless the vcpu spins (then it is not
+#: runnable and the switch is forced).  Were it free, two vcpus retrying
+#: during one invalidation would branch at every RESUME, unbounded.
 START = "start"
 STEP_END = "step_end"
 BLOCKED = "blocked"
 RETRY = "guest_retry"
-FREE = (START, STEP_END, BLOCKED, RETRY)
+FREE = (START, STEP_END, BLOCKED)
 #: RESUMEs of one access after which its vcpu counts as spinning.
 SPIN_FREE = 2
+#: What an actor hands back when its step is over (progress, spinning or not).
+_ENDS = ("step_end", "done", "dead")
 
 
 @frozen
@@ -110,6 +118,7 @@ class Actor:
     spins: int = 0  # RESUMEs of the current access in a row
     arrivals: dict[str, int] = field(factory=dict)
     task: str = ""  # mm.current when it was switched out (a kworker it runs, say)
+    host: bool = False  # inside a host step (its segments are opaque to the reduction)
 
 
 class _Stop(GreenletExit):
@@ -137,6 +146,14 @@ class Scheduler:
         self.dead = False
         self.main: Any = None
         self._pending = ""  # the last decision's choice
+        # partial-order reduction: the footprint of the segment that ended
+        # at each decision (None before the first), and of the last one
+        self.rec = footprint.REC
+        self.before: list[footprint.Footprint | None] = []
+        self.tail: footprint.Footprint = footprint.OPAQUE
+        bind = getattr(chooser, "bind", None)
+        if bind is not None:
+            bind(self)
 
     # ---------------------------------------------------- called by actors
 
@@ -152,7 +169,8 @@ class Scheduler:
         if runnable:
             _, name_ = self._decide(runnable, name, cur)
             if name_ == cur.name:
-                self._progress()
+                if cur.spins <= SPIN_FREE:
+                    self._progress()
                 return
         self.main.switch(("point", name))
 
@@ -160,6 +178,8 @@ class Scheduler:
         """The running actor must wait for ``lock``; returns when it may try again."""
         if self.over:
             raise _Stop
+        if self.rec is not None:
+            _lock_key(self.rec, lock)
         self.main.switch(("block", lock))
 
     def spin(self) -> None:
@@ -172,6 +192,8 @@ class Scheduler:
 
     def released(self, lock: object) -> None:
         """``lock`` was released: its waiters may try again."""
+        if self.rec is not None and getattr(lock, "name", None) not in _KEYED_LOCKS:
+            self.rec.all()  # the keyed locks' own release records it
         for a in self.actors:
             if a.blocked_on is lock:
                 a.blocked_on = None
@@ -185,15 +207,23 @@ class Scheduler:
         return runnable
 
     def _progress(self) -> None:
-        # somebody made progress: the spinners may look again
+        # somebody made progress: the spinners may look again.  A spinner's
+        # own retry loop is not progress: two vcpus spinning on one
+        # invalidation would otherwise wake each other for ever, each
+        # wake-up a free choice of the search
         for a in self.actors:
-            a.spinning = False
+            if a.spinning:
+                a.spinning = False
+                if self.rec is not None:
+                    self.rec.all()  # who may run changed: not described by keys
 
     def _decide(self, runnable: list[Actor], point: str, cur: Actor | None) -> tuple[Decision, str]:
         """Record one decision and the chooser's answer."""
         nth = 1
         if cur is not None:
             nth = cur.arrivals[point] = cur.arrivals.get(point, 0) + 1
+        fp = self._close(cur)
+        self.before.append(fp if self.decisions else None)
         d = Decision(
             len(self.decisions),
             None if cur is None else cur.name,
@@ -209,6 +239,17 @@ class Scheduler:
         self._pending = name
         return d, name
 
+    def _close(self, cur: Actor | None) -> footprint.Footprint:
+        """The footprint of the segment ``cur`` ran up to now."""
+        rec = self.rec
+        if rec is None:
+            return footprint.OPAQUE
+        if cur is None or cur.host:
+            rec.all()
+        elif self.sim.kvm.mmu_lock.holder is not None:
+            rec.writes.add(footprint.S2)  # a holder's work is stage-2 work
+        return rec.take()
+
     def _default(self, runnable: list[Actor], point: str, cur: Actor | None) -> str:
         if point not in FREE and cur is not None and cur in runnable:
             return cur.name
@@ -220,11 +261,20 @@ class Scheduler:
 
     def _body(self, actor: Actor, run_step: Callable[[StepSpec], bool]) -> Callable[[], Any]:
         def body() -> Any:
+            rec = self.rec
             for step in actor.steps:
                 actor.pos += 1
                 actor.mid = True
+                # (a step's start and end need no key: a checker pass, which
+                # depends on who is inside a step, is opaque)
+                if rec is not None and step.do != "access":
+                    actor.host = True
+                    rec.all()
                 alive = run_step(step)
                 actor.mid = False
+                if rec is not None and actor.host:
+                    rec.all()
+                    actor.host = False
                 if not alive:
                     return ("dead", None)
                 if actor.pos < len(actor.steps):
@@ -256,6 +306,8 @@ class Scheduler:
                     self.current = victim
                     lock = victim.blocked_on
                     victim.blocked_on = None
+                    if self.rec is not None:
+                        self.rec.all()
                     msg = victim.glet.throw(
                         Deadlock(getattr(lock, "name", "lock"), victim.name, _holders(lock))
                     )
@@ -275,7 +327,7 @@ class Scheduler:
                     self.current = nxt
                     msg = nxt.glet.switch()
                     nxt.task = mm.current
-                    if msg[0] != "spin":
+                    if msg[0] in _ENDS or (msg[0] != "spin" and nxt.spins <= SPIN_FREE):
                         self._progress()
                     cur = nxt
                 kind, arg = msg
@@ -292,23 +344,34 @@ class Scheduler:
                     # alone: let the others run
                     cur.spins += 1
                     cur.spinning = cur.spins > SPIN_FREE
+                    if cur.spinning and self.rec is not None:
+                        self.rec.all()
                     point = RETRY
                 elif kind == "step_end":
                     point = STEP_END
                     cur.spins = 0
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
                 elif kind == "done":
                     cur.done = True
                     point = STEP_END
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
                 else:  # "dead": this task oopsed or deadlocked; the others go on
+                    if self.rec is not None:
+                        self.rec.all()
                     self.dead = True
                     cur.done = True
                     point = STEP_END
                     if not any(a.mid for a in self.actors):
+                        if self.rec is not None:
+                            self.rec.all()  # the checkers read everything
                         quiescent()
+            self.tail = self._close(cur)
         finally:
             self.over = True
             mm.sched = kvm.mmu_lock.sched = mm.mmap_sem.sched = None
@@ -319,6 +382,18 @@ class Scheduler:
                     except _Stop:
                         pass
             mm.current = "qemu"
+
+
+#: Locks whose every acquisition and release the recorders see.
+_KEYED_LOCKS = ("kvm->mmu_lock", "mmap_sem")
+
+
+def _lock_key(rec: footprint.Recorder, lock: object) -> None:
+    name = getattr(lock, "name", None)
+    if name in _KEYED_LOCKS:
+        rec.writes.add(("lock", name))
+    else:  # a migration wait, a userfaultfd wait queue: not keyed
+        rec.all()
 
 
 def _holders(lock: object) -> dict[str, str]:
@@ -395,6 +470,7 @@ def run_concurrent(sim: Simulation, chooser: Chooser | None = None) -> RunReport
         for r in reports.values():
             r.expect_failures.clear()
     sim.schedule_decisions = sched.decisions
+    sim.schedule_footprints = (sched.before, sched.tail)
     steps = [reports[s.index] for s in sc.steps]
     return RunReport(sc.name, sim.arch, sim.strategy, steps, verdicts, tr.events, unexpected)
 

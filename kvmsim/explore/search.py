@@ -9,9 +9,12 @@ failure classes.
 - ``exhaustive``: a depth-first enumeration of every schedule with at most
   ``bound`` preemptions (choosing another actor at a yield point while the
   running one could go on; choices at a step's end, at the start or after
-  a block are free), as CHESS-style bounded search does.  No partial-order
-  reduction yet: schedules that differ only in the order of independent
-  steps each run.
+  a block are free), as CHESS-style bounded search does, with sleep sets
+  (Godefroid) over segment footprints (:mod:`kvmsim.footprint`): a
+  schedule that differs from one already run only in the order of two
+  independent segments is not run (counted as ``redundant``).  See
+  :func:`_eligible` for when a sleeping actor is allowed to stay asleep
+  under the preemption bound.
 - ``random``: PCT (Burckhardt et al., ASPLOS 2010): random actor
   priorities, and ``depth - 1`` random decisions at which the running
   actor drops to the lowest priority; reproducible from the seed.
@@ -32,10 +35,18 @@ from typing import Any
 
 from attrs import define, field, frozen
 
+from kvmsim import footprint
 from kvmsim.explore.runtime import Decision, run_concurrent
-from kvmsim.scenario.model import Scenario, Switch
+from kvmsim.footprint import Footprint
+from kvmsim.scenario.model import DirtySpec, Scenario, Switch
 
 MODES = ("exhaustive", "random")
+
+#: A sleep set: actor -> the footprint of its next segment.
+Sleep = dict[str, Footprint]
+#: A sibling already explored at a decision: (actor, footprint of its
+#: segment there, preemptions its choice cost there and right after).
+Entry = tuple[str, Footprint, int]
 
 
 @frozen
@@ -48,10 +59,11 @@ class Outcome:
     preemptions: tuple[tuple[str, str, str], ...]
     verdicts: tuple[str, ...]
     error: str | None = None
+    redundant: bool = False  # sleep-set blocked: equivalent to a schedule already run
 
     @property
     def failed(self) -> bool:
-        return bool(self.verdicts) or self.error is not None
+        return (bool(self.verdicts) or self.error is not None) and not self.redundant
 
 
 def run_schedule(
@@ -74,6 +86,80 @@ def run_schedule(
     return run_with(scenario, arch, strategy, choose, trace=trace, extra_plugins=extra_plugins)
 
 
+def _cost(d: Decision, choice: str) -> int:
+    return 1 if d.preemptive and choice != d.actor else 0
+
+
+class _SleepChooser:
+    """Replays ``prefix``, then keeps a sleep set: the default unless it is
+    asleep, else the first runnable actor awake within the bound; when every
+    runnable actor within the bound is asleep the run is *blocked*
+    (equivalent to a schedule already run): it ends on defaults, unjudged.
+
+    ``sleep`` is the sleep set at the prefix's last decision, before its
+    choice ran; each segment run from there wakes the sleepers it is not
+    independent of."""
+
+    def __init__(self, prefix: Sequence[str], sleep: Sleep, bound: int) -> None:
+        self.prefix = prefix
+        self.sleep = dict(sleep)
+        self.bound = bound
+        self.used = 0
+        self.choices: list[str] = []
+        self.sleeps: list[Sleep | None] = []
+        self.blocked: int | None = None  # the decision where it blocked
+        self.sched: Any = None
+
+    def bind(self, sched: Any) -> None:
+        self.sched = sched
+
+    def __call__(self, d: Decision) -> str:
+        i = d.index
+        n = len(self.prefix)
+        if i >= n and i > 0:
+            fp = self.sched.before[i]
+            ran = self.choices[i - 1]
+            fp = fp if fp is not None else footprint.OPAQUE
+            self.sleep = {a: f for a, f in self.sleep.items() if a != ran and f.independent(fp)}
+        if i < n:
+            c = self.prefix[i] if self.prefix[i] in d.runnable else d.default
+            self.sleeps.append(None)
+        else:
+            s = self.sleep
+            self.sleeps.append(dict(s))
+            c = d.default
+            if self.blocked is None and c in s:
+                pick = None
+                for a in d.runnable:
+                    if a not in s and self.used + _cost(d, a) <= self.bound:
+                        pick = a
+                        break
+                if pick is None:
+                    self.blocked = i
+                else:
+                    c = pick
+        self.used += _cost(d, c)
+        self.choices.append(c)
+        return c
+
+
+def _eligible(
+    arch: str, strategy: str, scenario: Scenario, extra_plugins: Sequence[object]
+) -> bool:
+    """Whether the reduction may key this column's segments: the arch, the
+    strategy and every extra plugin declare ``FOOTPRINTS = True`` (their
+    code touches shared state only through recorded objects), and the
+    scenario uses nothing the recorders do not describe (devices, dirty
+    logging, userfaultfd).  Otherwise every segment is opaque."""
+    from kvmsim.registry import discover, load
+
+    if scenario.devices or scenario.uffd or scenario.dirty != DirtySpec():
+        return False
+    found = discover()
+    mods = [load(found["arch"][arch]), load(found["strategy"][strategy])]
+    return all(getattr(m, "FOOTPRINTS", False) is True for m in [*mods, *extra_plugins])
+
+
 def run_with(
     scenario: Scenario,
     arch: str,
@@ -82,10 +168,14 @@ def run_with(
     *,
     trace: bool = False,
     extra_plugins: Sequence[object] = (),
+    record: bool = False,
 ) -> tuple[Outcome, list[tuple[Decision, str]], Any]:
     """Run ``scenario`` under the chooser ``choose``: the outcome (its
     choices, the switches that replay it, its preemptions, its verdicts),
-    the decisions and the run's report (None when a plugin raised)."""
+    the decisions and the run's report (None when a plugin raised).
+    ``record``: record segment footprints (when the column is eligible);
+    a chooser with a ``bind`` method sees them on the scheduler."""
+    from kvmsim.explore import recorders
     from kvmsim.runner import Simulation
 
     sim = Simulation(
@@ -93,12 +183,19 @@ def run_with(
     )
     error = None
     report = None
+    recording = record and _eligible(arch, strategy, scenario, extra_plugins)
+    if recording:
+        recorders.install(sim)
     try:
         report = run_concurrent(sim, choose)
         verdicts = tuple(sorted({v.name for v in report.verdicts}))
     except Exception as exc:  # a plugin raised inside this schedule: its own class
         error = f"{type(exc).__name__}: {exc}"
         verdicts = ("error",)
+    finally:
+        if recording:
+            recorders.uninstall(sim)
+
     decisions = list(sim.schedule_decisions)
     switches = tuple(
         Switch(actor=d.actor or "", at=d.point, run=c, nth=d.nth)
@@ -106,8 +203,16 @@ def run_with(
         if c != d.default
     )
     pre = tuple((d.actor or "", d.point, c) for d, c in decisions if d.preemptive and c != d.actor)
-    out = Outcome(tuple(c for _, c in decisions), switches, pre, verdicts, error)
+    redundant = getattr(choose, "blocked", None) is not None
+    out = Outcome(tuple(c for _, c in decisions), switches, pre, verdicts, error, redundant)
     return out, decisions, report
+
+
+#: One subtree to explore: the choices that lead to it (the last one is
+#: its first choice), the sleep set at that decision, the siblings explored
+#: there before it (a list the siblings fill in as they run, in one
+#: process; a tuple when fixed in advance), and what its choice cost there.
+Kid = tuple[tuple[str, ...], Sleep, "list[Entry] | tuple[Entry, ...]", int]
 
 
 def _children(
@@ -115,22 +220,84 @@ def _children(
     out: Outcome,
     decisions: list[tuple[Decision, str]],
     bound: int,
-) -> list[tuple[str, ...]]:
-    """The prefixes of the subtrees below ``prefix``'s run: at every decision
-    past the prefix, each other runnable actor the bound still allows."""
-    found: list[tuple[str, ...]] = []
+    chooser: _SleepChooser,
+    stats: list[int],
+) -> list[Kid]:
+    """The subtrees below ``prefix``'s run: at every decision past the
+    prefix, each other runnable actor the bound still allows and that is not
+    asleep there (``stats[0]`` counts those skipped asleep).  Nothing at or
+    after a decision where the run was blocked.  The root run's children
+    see only the root run's own choice as an explored sibling (so that
+    subtrees spread over processes get the same sleep sets as in one)."""
+    found: list[Kid] = []
     used = 0
-    for i, (d, chosen) in enumerate(decisions):
+    sched = chooser.sched
+    before, tail = sched.before, sched.tail
+    share = len(prefix) > 0
+    stop = chooser.blocked if chooser.blocked is not None else len(decisions)
+    for i, (d, chosen) in enumerate(decisions[:stop]):
         if i >= len(prefix):
+            asleep = chooser.sleeps[i] or {}
+            nxt = decisions[i + 1][0] if i + 1 < len(decisions) else None
+            cq = 1 if nxt is not None and nxt.preemptive else 0
+            fp = before[i + 1] if i + 1 < len(decisions) else tail
+            fp = fp if fp is not None else footprint.OPAQUE
+            mine: Entry = (chosen, fp, _cost(d, chosen) + cq)
+            entries: list[Entry] | tuple[Entry, ...] = [mine] if share else (mine,)
             for alt in reversed(d.runnable):
                 if alt == chosen:
                     continue
-                cost = 1 if d.preemptive and alt != d.actor else 0
-                if used + cost <= bound:
-                    found.append((*out.choices[:i], alt))
-        if d.preemptive and chosen != d.actor:
-            used += 1
+                cost = _cost(d, alt)
+                if used + cost > bound:
+                    continue
+                if alt in asleep:
+                    stats[0] += 1
+                    continue
+                found.append(((*out.choices[:i], alt), asleep, entries, cost))
+        used += _cost(d, chosen)
     return found
+
+
+def _sleep_of(kid: Kid) -> Sleep:
+    """The sleep set a subtree starts with: the one at its decision, and the
+    siblings explored there before it that may sleep (:func:`_eligible_entry`)."""
+    prefix, asleep, entries, cost = kid
+    me = prefix[-1]
+    sleep = dict(asleep)
+    for actor, fp, c in entries:
+        if actor != me and c <= cost:
+            sleep[actor] = fp
+    return sleep
+
+
+def _record_entry(kid: Kid, chooser: _SleepChooser, decisions: list[tuple[Decision, str]]) -> None:
+    """After a subtree's first run: its choice joins its siblings' entries."""
+    prefix, _, entries, cost = kid
+    if not isinstance(entries, list):
+        return
+    k = len(prefix) - 1
+    sched = chooser.sched
+    nxt = decisions[k + 1][0] if k + 1 < len(decisions) else None
+    fp = sched.before[k + 1] if k + 1 < len(decisions) else sched.tail
+    cq = 1 if nxt is not None and nxt.preemptive else 0
+    entries.append((prefix[-1], fp if fp is not None else footprint.OPAQUE, cost + cq))
+
+
+def _run_kid(
+    scenario: Scenario,
+    arch: str,
+    strategy: str,
+    prefix: tuple[str, ...],
+    sleep: Sleep,
+    bound: int,
+    por: bool,
+    extra_plugins: Sequence[object],
+) -> tuple[Outcome, list[tuple[Decision, str]], _SleepChooser]:
+    chooser = _SleepChooser(prefix, sleep, bound)
+    out, decisions, _ = run_with(
+        scenario, arch, strategy, chooser, extra_plugins=extra_plugins, record=por
+    )
+    return out, decisions, chooser
 
 
 def exhaustive(
@@ -138,29 +305,47 @@ def exhaustive(
     arch: str,
     strategy: str,
     bound: int,
-    roots: Sequence[tuple[str, ...]] = ((),),
+    roots: Sequence[Kid | tuple[str, ...]] = ((),),
     extra_plugins: Sequence[object] = (),
+    *,
+    por: bool = True,
+    stats: list[int] | None = None,
 ) -> Iterator[Outcome]:
     """Every schedule with at most ``bound`` preemptions in the subtrees
     ``roots`` (default: the whole tree), each exactly once, depth first
-    (``extra_plugins``: registered in every run, e.g. a seeded bug)."""
-    stack = list(reversed(roots))
+    (``extra_plugins``: registered in every run, e.g. a seeded bug); with
+    ``por``, but one of each class of schedules equivalent up to the order
+    of independent segments.  ``stats[0]`` counts the redundant subtrees
+    skipped and runs blocked."""
+    st = stats if stats is not None else [0]
+    stack: list[Kid] = [
+        r if len(r) == 4 and isinstance(r[0], tuple) else (tuple(r), {}, (), 0)  # type: ignore[misc]
+        for r in reversed(roots)
+    ]
     while stack:
-        prefix = stack.pop()
-        out, decisions, _ = run_schedule(
-            scenario, arch, strategy, prefix, extra_plugins=extra_plugins
+        kid = stack.pop()
+        prefix = kid[0]
+        sleep = _sleep_of(kid) if prefix and por else {}
+        out, decisions, chooser = _run_kid(
+            scenario, arch, strategy, prefix, sleep, bound, por, extra_plugins
         )
+        if prefix:
+            _record_entry(kid, chooser, decisions)
+        if out.redundant:
+            st[0] += 1
         yield out
-        stack.extend(_children(prefix, out, decisions, bound))
+        stack.extend(_children(prefix, out, decisions, bound, chooser, st))
 
 
 def split(
-    scenario: Scenario, arch: str, strategy: str, bound: int
-) -> tuple[Outcome, list[tuple[str, ...]]]:
+    scenario: Scenario, arch: str, strategy: str, bound: int, por: bool = True
+) -> tuple[Outcome, list[Kid], int]:
     """The default schedule's run and the subtrees below it: units that
-    :func:`exhaustive` explores independently (in other processes)."""
-    out, decisions, _ = run_schedule(scenario, arch, strategy, ())
-    return out, _children((), out, decisions, bound)
+    :func:`exhaustive` explores independently (in other processes); and the
+    redundant subtrees skipped there."""
+    st = [0]
+    out, decisions, chooser = _run_kid(scenario, arch, strategy, (), {}, bound, por, ())
+    return out, _children((), out, decisions, bound, chooser, st), st[0]
 
 
 class _Pct:
@@ -271,6 +456,15 @@ class Exploration:
     schedules: int
     seconds: float
     classes: tuple[FailureClass, ...]
+    por: bool = False  # the reduction keyed this column's segments
+    redundant: int = 0  # subtrees and runs it found equivalent to ones run
+
+
+def por_applies(
+    scenario: Scenario, arch: str, strategy: str, extra_plugins: Sequence[object] = ()
+) -> bool:
+    """Whether the reduction can key this column's segments (see :func:`_eligible`)."""
+    return _eligible(arch, strategy, scenario, extra_plugins)
 
 
 def explore(
@@ -284,28 +478,37 @@ def explore(
     seed: int = 0,
     depth: int = 3,
     extra_plugins: Sequence[object] = (),
+    por: bool = True,
 ) -> Exploration:
     """Explore one column; see the module docstring.  ``extra_plugins``
-    (exhaustive mode) are registered in every run."""
+    (exhaustive mode) are registered in every run; ``por``: the sleep-set
+    reduction (exhaustive mode, where the column is eligible)."""
     t0 = time.perf_counter()
+    exh = mode == "exhaustive"
+    por = exh and por and por_applies(scenario, arch, strategy, extra_plugins)
+    st = [0]
     gen = (
-        exhaustive(scenario, arch, strategy, bound, extra_plugins=extra_plugins)
-        if mode == "exhaustive"
+        exhaustive(scenario, arch, strategy, bound, extra_plugins=extra_plugins, por=por, stats=st)
+        if exh
         else pct(scenario, arch, strategy, runs, depth, seed)
     )
     classes = Classes()
     n = 0
     for o in gen:
+        if o.redundant:
+            continue
         n += 1
         if o.failed:
             classes.add(o)
-    return Exploration(arch, strategy, n, time.perf_counter() - t0, tuple(classes.folded()))
+    return Exploration(
+        arch, strategy, n, time.perf_counter() - t0, tuple(classes.folded()), por, st[0]
+    )
 
 
 Unit = tuple[Scenario, str, str, dict[str, Any]]
 
 
-def _map_processes(units: list[Unit], jobs: int) -> list[tuple[int, list[Outcome]]]:
+def _map_processes(units: list[Unit], jobs: int) -> list[tuple[int, list[Outcome], int]]:
     from concurrent.futures import ProcessPoolExecutor
 
     from kvmsim.matrix import _pool_context
@@ -314,7 +517,7 @@ def _map_processes(units: list[Unit], jobs: int) -> list[tuple[int, list[Outcome
         return list(pool.map(_unit, units))
 
 
-def _map_dask(units: list[Unit], scheduler: str) -> list[tuple[int, list[Outcome]]]:
+def _map_dask(units: list[Unit], scheduler: str) -> list[tuple[int, list[Outcome], int]]:
     """The units on a dask.distributed cluster, as the matrix's cells go
     (the same probe of the address first: one line, exit 2, never a hang)."""
     from kvmsim.matrix import connect_scheduler
@@ -327,20 +530,23 @@ def _map_dask(units: list[Unit], scheduler: str) -> list[tuple[int, list[Outcome
         client.close()
 
 
-def _unit(job: Unit) -> tuple[int, list[Outcome]]:
+def _unit(job: Unit) -> tuple[int, list[Outcome], int]:
     sc, arch, strategy, kw = job
+    st = [0]
     gen = (
-        exhaustive(sc, arch, strategy, kw["bound"], kw["roots"])
+        exhaustive(sc, arch, strategy, kw["bound"], kw["roots"], por=kw["por"], stats=st)
         if "roots" in kw
         else pct(sc, arch, strategy, kw["runs"], kw["depth"], kw["seed"])
     )
     n = 0
     failed = []
     for o in gen:
+        if o.redundant:
+            continue
         n += 1
         if o.failed:
             failed.append(o)
-    return n, failed
+    return n, failed, st[0]
 
 
 def explore_parallel(
@@ -353,6 +559,7 @@ def explore_parallel(
     seed: int = 0,
     depth: int = 3,
     scheduler: str | None = None,
+    por: bool = True,
 ) -> list[Exploration]:
     """:func:`explore` of several columns with their schedules spread over
     ``jobs`` processes, or over a dask.distributed cluster's workers when
@@ -363,16 +570,20 @@ def explore_parallel(
     units: list[Unit] = []
     owner: list[int] = []
     counts = [0] * len(columns)
+    redundant = [0] * len(columns)
+    pors = [False] * len(columns)
     failed: list[list[Outcome]] = [[] for _ in columns]
     for k, (sc, arch, strategy) in enumerate(columns):
         if mode == "exhaustive":
-            root, kids = split(sc, arch, strategy, bound)
+            pors[k] = p = por and por_applies(sc, arch, strategy)
+            root, kids, redundant[k] = split(sc, arch, strategy, bound, p)
             counts[k] = 1
             if root.failed:
                 failed[k].append(root)
             per = max(1, len(kids) // max(1, jobs * 4))  # several subtrees per unit
             for i in range(0, len(kids), per):
-                units.append((sc, arch, strategy, {"bound": bound, "roots": kids[i : i + per]}))
+                kw = {"bound": bound, "roots": kids[i : i + per], "por": p}
+                units.append((sc, arch, strategy, kw))
                 owner.append(k)
         else:
             per = max(1, runs // max(1, jobs * 4))
@@ -381,8 +592,9 @@ def explore_parallel(
                 units.append((sc, arch, strategy, {"runs": r, "depth": depth, "seed": seed}))
                 owner.append(k)
     done = _map_dask(units, scheduler) if scheduler else _map_processes(units, jobs)
-    for k, (n, outs) in zip(owner, done, strict=True):
+    for k, (n, outs, red) in zip(owner, done, strict=True):
         counts[k] += n
+        redundant[k] += red
         failed[k].extend(outs)
     seconds = time.perf_counter() - t0
     out = []
@@ -390,7 +602,17 @@ def explore_parallel(
         classes = Classes()
         for o in sorted(failed[k], key=lambda o: o.choices):
             classes.add(o)
-        out.append(Exploration(arch, strategy, counts[k], seconds, tuple(classes.folded())))
+        out.append(
+            Exploration(
+                arch,
+                strategy,
+                counts[k],
+                seconds,
+                tuple(classes.folded()),
+                pors[k],
+                redundant[k],
+            )
+        )
     return out
 
 
@@ -402,6 +624,7 @@ __all__ = [
     "Outcome",
     "explore",
     "explore_parallel",
+    "por_applies",
     "run_schedule",
     "run_with",
     "split",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kvmsim import footprint
 from kvmsim.host.constants import (
     FAULT_FLAG_ALLOW_RETRY,
     FAULT_FLAG_RETRY_NOWAIT,
@@ -98,6 +99,7 @@ def wait_migration(mm: Mm, pending: Callable[[], bool]) -> None:
     """``migration_entry_wait`` (wait on the locked page) in a concurrent run:
     not runnable while ``pending()``; the migrating task wakes the waiters
     when it has installed the new entries."""
+    footprint.opaque()  # not described by the recorders: POR treats it as touching all
     while pending():
         mm.sched.block(mm.migration_wait)
 
@@ -108,6 +110,7 @@ def handle_mm_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     A write fault on a vma without VM_WRITE, or any fault on a PROT_NONE
     vma, is VM_FAULT_SIGSEGV (the callers' access checks, folded in here).
     """
+    footprint.opaque()  # not described by the recorders: POR treats it as touching all
     vf = vma.flags
     if flags & FAULT_FLAG_WRITE:
         if not vf & VM_WRITE:

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from kvmsim import footprint
 from kvmsim.cmodel import EINVAL, ENOMEM
 from kvmsim.host.constants import (
     PG_LAZYFREE,
@@ -159,12 +160,14 @@ class Mm:
 
     def release_held_ends(self) -> None:
         """The held ``invalidate_range_end`` calls, in order."""
+        footprint.opaque()  # the notifier chain: POR treats it as touching all
         held, self.held_ends = self.held_ends, []
         for start, end in held:
             self.notify_end(start, end)
 
     def notify_start(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_start``."""
+        footprint.opaque()  # the notifier chain: POR treats it as touching all
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_invalidate_range_start", start=start, end=end)
         self.notifiers.invalidate_range_start(self, start, end)
@@ -173,6 +176,7 @@ class Mm:
 
     def notify_end(self, start: int, end: int) -> None:
         """``mmu_notifier_invalidate_range_end``."""
+        footprint.opaque()  # the notifier chain: POR treats it as touching all
         if self._holding:
             self.held_ends.append((start, end))
             return
@@ -184,6 +188,7 @@ class Mm:
 
     def notify_change_pte(self, address: int, pte: int) -> None:
         """``mmu_notifier_change_pte`` (``set_pte_at_notify``)."""
+        footprint.opaque()  # the notifier chain: POR treats it as touching all
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_change_pte", address=address, pte=pte)
         self.notifiers.change_pte(self, address, pte)

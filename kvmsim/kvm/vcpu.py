@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from attrs import frozen
 
+from kvmsim import footprint
 from kvmsim.hooktypes import MMIO, RESUME, FaultResult, MmioResult, Translation
 from kvmsim.kvm.dirty import ring_full_exit
 
@@ -81,8 +82,11 @@ def guest_access(
     handle = hooks.handle_page_fault
     tr = kvm.tracer
     ram_pages = kvm.phys.ram_pages
+    rec = footprint.REC  # an explored run's footprint recorder (None otherwise)
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
+        if rec is not None:  # the walk may set the leaf's accessed/dirty bits
+            footprint.stage2(gpa, t.page_size or 0, True)
         if not isinstance(t, Translation):
             raise hooks.bad_result("translate", t)  # the arch's bug, not the loop's
         fault = t.fault
@@ -90,6 +94,7 @@ def guest_access(
             pfn = t.pfn
             assert pfn is not None
             if not 0 <= pfn < ram_pages:  # pfn_valid, inline (PhysMem.pfn_valid)
+                footprint.opaque()  # devices record nothing
                 offset = gpa & ((1 << kvm.page_shift) - 1)
                 r = device_mmio(kvm, vcpu, pfn, offset, op, size, value)
                 # a frame with no struct page is I/O: the access is MMIO
@@ -99,6 +104,8 @@ def guest_access(
             # entry reads and writes the old frame, as the real CPU would);
             # PhysMem.read_word / write_word, inlined for the hit path
             contents = kvm.phys.contents
+            if rec is not None:
+                rec.writes.add(("page", pfn))
             if op == "read":
                 # positional (detail, value): cheaper than keywords on this path
                 if not contents:

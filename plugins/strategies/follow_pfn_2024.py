@@ -80,6 +80,11 @@ from kvmsim.kvm.pfn import (
 )
 from kvmsim.sources import read_from
 
+#: Everything this plugin's code does to shared state during a guest access
+#: is seen by the footprint recorders (:mod:`kvmsim.footprint`): the
+#: explorer's partial-order reduction may treat its segments as keyed.
+FOOTPRINTS = True
+
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
     from kvmsim.kvm.core import Kvm

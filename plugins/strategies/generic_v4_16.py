@@ -22,6 +22,11 @@ from kvmsim import hookimpl
 from kvmsim.hooktypes import HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.sources import read_from
 
+#: Everything this plugin's code does to shared state during a guest access
+#: is seen by the footprint recorders (:mod:`kvmsim.footprint`): the
+#: explorer's partial-order reduction may treat its segments as keyed.
+FOOTPRINTS = True
+
 if TYPE_CHECKING:
     from kvmsim.kvm.core import Kvm
 

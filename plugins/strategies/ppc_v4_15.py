@@ -45,6 +45,11 @@ from kvmsim.hooktypes import ERR_FAULT, OK, RETRY, HvaToPfnRequest, HvaToPfnResu
 from kvmsim.host import gup
 from kvmsim.host.constants import VM_IO, VM_PFNMAP, VM_WRITE
 
+#: Everything this plugin's code does to shared state during a guest access
+#: is seen by the footprint recorders (:mod:`kvmsim.footprint`): the
+#: explorer's partial-order reduction may treat its segments as keyed.
+FOOTPRINTS = True
+
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
     from kvmsim.kvm.core import Kvm

@@ -48,6 +48,11 @@ from kvmsim.host.constants import FAULT_FLAG_WRITE, PTE_PFN_SHIFT, PTE_WRITE
 from kvmsim.kvm.pfn import KVM_PFN_ERR_RO_FAULT, kvm_try_get_pfn
 from kvmsim.sources import read_from
 
+#: Everything this plugin's code does to shared state during a guest access
+#: is seen by the footprint recorders (:mod:`kvmsim.footprint`): the
+#: explorer's partial-order reduction may treat its segments as keyed.
+FOOTPRINTS = True
+
 if TYPE_CHECKING:
     from kvmsim.host.vma import Vma
     from kvmsim.kvm.core import Kvm

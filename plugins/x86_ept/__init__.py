@@ -22,6 +22,11 @@ from kvmsim.errors import PluginError
 from kvmsim.hooktypes import ArchInfo, DirtyCaps, FaultResult, Stage2Mapping, StepResult
 from kvmsim.sources import read_from
 
+#: Everything this plugin's code does to shared state during a guest access
+#: is seen by the footprint recorders (:mod:`kvmsim.footprint`): the
+#: explorer's partial-order reduction may treat its segments as keyed.
+FOOTPRINTS = True
+
 if TYPE_CHECKING:
     from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from attrs import define, field
 
+from kvmsim import footprint
 from kvmsim.cmodel import OutParam
 from kvmsim.host import gup
 from kvmsim.host.constants import FOLL_WRITE
@@ -88,6 +89,7 @@ class ApfVcpu:
 def kvm_pv_enable_async_pf(kvm: Kvm, vcpu: int, enable: bool) -> None:
     """``kvm_pv_enable_async_pf`` (a guest ``wrmsr`` of ``MSR_KVM_ASYNC_PF_EN``);
     disabling clears the completion queue and the gfn hash."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     a: ApfVcpu = kvm.arch.vcpu_apf(vcpu)
     a.msr_val = KVM_ASYNC_PF_ENABLED if enable else 0
     if not enable:
@@ -107,6 +109,7 @@ def kvm_find_async_pf_gfn(a: ApfVcpu, gfn: int) -> bool:
 def kvm_arch_setup_async_pf(kvm: Kvm, vcpu: int, gva: int, gfn: int, hva: int) -> bool:
     """``kvm_arch_setup_async_pf`` → ``kvm_setup_async_pf``: queue the work
     and tell the guest (or halt the vcpu).  False: do the fault synchronously."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     a: ApfVcpu = kvm.arch.vcpu_apf(vcpu)
     token = (a.next_id << 12) | vcpu  # arch.token = (apf.id++ << 12) | vcpu_id
     a.next_id += 1
@@ -123,6 +126,7 @@ def kvm_arch_setup_async_pf(kvm: Kvm, vcpu: int, gva: int, gfn: int, hva: int) -
 def kvm_arch_async_page_not_present(kvm: Kvm, a: ApfVcpu, work: ApfWork) -> None:
     """``kvm_arch_async_page_not_present``: remember the gfn; inject
     "page not present" if the guest enabled async PF, else halt."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     a.gfns.add(work.gfn)
     tr = kvm.tracer
     if not a.enabled:
@@ -143,6 +147,7 @@ def kvm_arch_async_page_not_present(kvm: Kvm, a: ApfVcpu, work: ApfWork) -> None
 def async_pf_execute(kvm: Kvm, work: ApfWork) -> None:
     """``async_pf_execute`` on a kworker: fault the page in for write, with
     no page array (no reference taken), allowed to drop ``mmap_sem`` to wait."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     mm = kvm.mm
     prev = mm.current
     mm.current = KWORKER
@@ -196,6 +201,7 @@ def kvm_check_async_pf_completion(kvm: Kvm, vcpu: int) -> int:
 def kvm_arch_async_page_present(kvm: Kvm, a: ApfVcpu, work: ApfWork) -> None:
     """``kvm_arch_async_page_present``: forget the gfn; "page ready" with the
     token if async PF is enabled; the vcpu is runnable again."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     a.gfns.discard(work.gfn)
     if a.enabled:
         a.events.append(("ready", work.token, work.gfn))
@@ -212,6 +218,7 @@ def apf_halt(kvm: Kvm, vcpu: int) -> None:
     """``KVM_REQ_APF_HALT`` in ``vcpu_enter_guest``: the vcpu is halted
     (``apf.halted``) and blocks until a completion is ready; the kworker
     runs meanwhile.  Then ``vcpu_run`` checks the completions and resumes."""
+    footprint.opaque()  # async PF state is not recorded: POR treats it as touching all
     a: ApfVcpu = kvm.arch.vcpu_apf(vcpu)
     a.halt_requested = False
     a.halts += 1

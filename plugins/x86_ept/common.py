@@ -50,6 +50,7 @@ from kvmsim_plugins.x86_ept.ept import (
     spte_to_pfn,
 )
 
+from kvmsim import footprint
 from kvmsim.cmodel import EFAULT
 from kvmsim.hooktypes import ASYNC
 from kvmsim.host import gup
@@ -217,6 +218,7 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
     the slow path (only its first gfn could be logged); v6.13 leaves it
     only while its slot logs dirty pages.  With EPT A/D on,
     SPTEs are never access-tracked, so nothing else is fixed here."""
+    footprint.stage2(gpa, 0, False)  # lockless (no mmu_lock): the leaf it walks to
     if not page_fault_can_be_fast(error_code):
         return False
     st: EptState = kvm.arch
@@ -258,6 +260,7 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
                 new = spte
         if new != spte and is_access_allowed(error_code, new):
             # fast_pf_fix_direct_spte: cmpxchg, then mark the gfn dirty
+            footprint.stage2(gpa, 1 << LEVEL_SHIFT[lvl], True)
             table[idx] = new
             kvm.stage2_changed(gpa)
             kvm.arch.hits.pop(spte, None)
@@ -338,6 +341,7 @@ def kvm_handle_bad_page(kvm: Kvm, vcpu: int, gfn: int, pfn: int) -> tuple[int, s
     if pfn == KVM_PFN_ERR_HWPOISON:
         slot = kvm.memslots.gfn_to_memslot(gfn)
         hva = gfn_to_hva_memslot(slot, gfn, 12) if slot is not None else 0
+        footprint.opaque()  # the SIGBUS list is not recorded
         kvm.arch.hwpoison_signals.append((vcpu, hva))
         if tr.enabled:
             tr.emit(

@@ -14,7 +14,13 @@ from kvmsim.hooktypes import HvaToPfnResult
 class EarlyPut:
     """The strategy's answer, but the page reference is dropped before the
     handler installs the entry (the handler later releases a page it no
-    longer holds, and between the two the host may free the frame)."""
+    longer holds, and between the two the host may free the frame).
+
+    It touches shared state only through ``put_page`` (recorded), so the
+    explorer's reduction may key its segments; the other seeded plugins
+    keep state of their own across yield points and stay opaque."""
+
+    FOOTPRINTS = True
 
     def __init__(self, strategy: Any) -> None:
         self.inner = strategy
