@@ -35,6 +35,10 @@ must reach ``after_hva_to_pfn`` right after resolving the pfn and
 concurrent run, make a waiter unrunnable instead of raising ``Deadlock``;
 so does a task sleeping in ``handle_userfault`` until the userfaultfd
 handler's step wakes it (:mod:`kvmsim.host.userfaultfd`).
+A host unmap reaches ``invalidate_range_start``, ``host_pte_changed``,
+``invalidate_range_end``, ``tlb_flush`` and ``page_freed`` in that order; a
+plugin whose own host-side code unmaps gathers its pages in a
+:class:`kvmsim.host.tlb.MmuGather` so its frees come after the flush too.
 A plugin may reach a point of its own name; declared with ``yield_points``
 it is an ``at`` value and a ``[[schedule]]`` point like the core's.
 """

@@ -45,6 +45,16 @@ POINTS: Final = {
     "invalidate_range_end": (
         "host event: KVM's invalidate_range_end ran (mmu_notifier_seq bumped, count dropped)"
     ),
+    "tlb_flush": (
+        "host event: the host TLB was flushed for the changed entries (munmap, DONTNEED and "
+        "hole punching after invalidate_range_end, or inside it for a dirty page-cache page; "
+        "mprotect after the pairs; migration and hugetlb mprotect inside)"
+    ),
+    "page_freed": (
+        "host event: the references the unmapped entries held were dropped after the flush "
+        "(tlb_finish_mmu), or a migrated page's old frame released; a page nobody else "
+        "holds is free"
+    ),
     "handle_userfault": (
         "host fault handler on a userfaultfd range: the page is missing (or, MINOR, "
         "only in the page cache); the fault message is not queued yet and the page "

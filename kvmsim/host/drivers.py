@@ -35,6 +35,7 @@ from kvmsim.host.constants import (
     VM_WRITE,
 )
 from kvmsim.host.fault import lock_page_or_retry
+from kvmsim.host.tlb import MmuGather, tlb_flush_mmu
 from kvmsim.host.vma import File, Vma, VmFault, VmOps, is_cow_mapping
 
 if TYPE_CHECKING:
@@ -246,9 +247,11 @@ def unmap_mapping_range(file: File, holebegin: int, holelen: int, even_cows: boo
         zea = min(last, vea)
         start = ((zba - vba) << ps) + vma.start
         end = ((zea - vba + 1) << ps) + vma.start
+        tlb = MmuGather()  # zap_page_range_single
         mm.notify_start(start, end)
-        mm.zap_range(vma, start, end, even_cows=even_cows)
+        mm.zap_range(vma, start, end, even_cows=even_cows, tlb=tlb)
         mm.notify_end(start, end)
+        tlb_flush_mmu(mm, tlb)
         if mm.tracer.enabled:
             mm.tracer.emit("unmap_mapping_range", file=file.name, start=start, end=end)
 

@@ -90,6 +90,9 @@ def _unmap_one(mm: Mm, hva: int, shift: int, order: int, new_entry: int) -> None
         end = min(end, vma.end)
     mm.notify_start(hva, end)
     _set_entry(mm, hva, shift, new_entry)
+    if mm.race_points or mm.sched is not None:
+        # ptep_clear_flush: the entry cleared and flushed before the new one is set
+        mm.fire_point("tlb_flush")
     mm.notify_end(hva, end)
 
 
@@ -256,10 +259,13 @@ def migrate_page(mm: Mm, hva: int, *, strict_refcount: bool = True) -> int:
         phys.host_get(new, hrefs - 1)
     for mhva, mshift, me in maps:
         _set_entry(mm, mhva, mshift, (new << PTE_PFN_SHIFT) | (me & PTE_BITS_MASK))
-    if hrefs:
-        phys.host_put(old, hrefs)
     if mm.sched is not None:  # the page is unlocked: migration_entry_wait returns
         mm.sched.released(mm.migration_wait)
+    if hrefs:
+        # unmap_and_move drops the old page after unlocking it
+        phys.host_put(old, hrefs)
+        if mm.race_points or mm.sched is not None:
+            mm.fire_point("page_freed")
     if tr.enabled:
         tr.emit("migrate_page", hva=hva, old_pfn=old, new_pfn=new, ret=0)
     return 0

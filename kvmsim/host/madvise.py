@@ -47,6 +47,7 @@ from kvmsim.host.constants import (
 from kvmsim.host.drivers import unmap_mapping_range
 from kvmsim.host.events import _mappings, _split_huge_page
 from kvmsim.host.fault import vm_normal_page
+from kvmsim.host.tlb import MmuGather, tlb_flush_mmu
 
 if TYPE_CHECKING:
     from kvmsim.host.mm import Mm
@@ -262,13 +263,15 @@ def _notified_zap(mm: Mm, vma: Vma, start: int, end: int, event: str, *, split_e
     """A notifier pair over ``[start, end)`` around clearing its entries
     (after splitting the THP PMDs at its edges when ``split_edges``), the
     ``host_pte_changed`` point between, and the trace ``event``."""
+    tlb = MmuGather()
     mm.notify_start(start, end)
     if split_edges:
         mm._split_thp_edges(start, end)
-    mm.zap_range(vma, start, end)
+    mm.zap_range(vma, start, end, tlb=tlb)
     if mm.race_points or mm.sched is not None:
         mm.fire_point("host_pte_changed")
     mm.notify_end(start, end)
+    tlb_flush_mmu(mm, tlb)  # tlb_finish_mmu
     if mm.tracer.enabled:
         mm.tracer.emit(event, start=start, end=end)
 

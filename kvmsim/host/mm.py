@@ -46,6 +46,7 @@ from kvmsim.host.pgtable import PageTable
 from kvmsim.host.physmem import PhysMem
 from kvmsim.host.pte import PTE_BITS_MASK, pte_modify
 from kvmsim.host.rwsem import RwSem
+from kvmsim.host.tlb import MmuGather, tlb_flush_mmu
 from kvmsim.host.vma import File, Vma, VmOps
 from kvmsim.trace import DISABLED, Tracer
 
@@ -367,16 +368,29 @@ class Mm:
 
     # ------------------------------------------------------------------ zap
 
-    def zap_range(self, vma: Vma, start: int, end: int, *, even_cows: bool = True) -> None:
+    def zap_range(
+        self,
+        vma: Vma,
+        start: int,
+        end: int,
+        *,
+        even_cows: bool = True,
+        tlb: MmuGather | None = None,
+    ) -> None:
         """``unmap_page_range`` over ``[start, end)`` of one vma (no notifier).
 
-        Clears the entries and drops the references the mappings held.
-        ``even_cows`` false keeps private anonymous (COWed) pages, as
-        ``unmap_mapping_range(..., even_cows=0)`` does.
+        Clears the entries and drops the references the mappings held; with
+        ``tlb`` the references are gathered instead, to be dropped after the
+        TLB flush (:mod:`kvmsim.host.tlb`), and a page table that held a
+        dirty page-cache page is flushed before the walk goes on
+        (``zap_pte_range``'s ``force_flush``).  ``even_cows`` false keeps
+        private anonymous (COWed) pages, as ``unmap_mapping_range(...,
+        even_cows=0)`` does.
         """
         phys = self.phys
         pgt = self.pgtable
         hz = phys.huge_zero_pfn
+        put = phys.host_put if tlb is None else tlb.pages.append
         for hva, shift, e in pgt.huge_in(start, end):
             size = 1 << shift
             if not vma.flags & VM_HUGETLB and (hva < start or hva + size > end):
@@ -394,25 +408,43 @@ class Mm:
             if not even_cows and phys.PageAnon(pfn) and not vma.flags & VM_HUGETLB:
                 continue
             pgt.clear_huge(hva, shift)
+            if tlb is not None:
+                tlb.flush_needed = True
             if e & PTE_SPECIAL or pfn == hz:
                 continue
             if e & PTE_DIRTY:
                 phys.SetPageDirty(pfn)
-            phys.host_put(pfn)
+            put(pfn)
+        table = -1  # the page table (2M span) the walk is in
+        force_flush = False
         for hva, pte in pgt.ptes_in(start, end):
+            if tlb is not None and hva >> THP_SHIFT != table:
+                if force_flush:
+                    tlb_flush_mmu(self, tlb)
+                    force_flush = False
+                table = hva >> THP_SHIFT
             if not pte & PTE_PRESENT:
                 pgt.clear_pte(hva)
                 continue
             pfn = _pfn(pte)
             if pte & PTE_SPECIAL:
                 pgt.clear_pte(hva)
+                if tlb is not None:
+                    tlb.flush_needed = True
                 continue
             if not even_cows and phys.PageAnon(pfn):
                 continue
             pgt.clear_pte(hva)
             if pte & PTE_DIRTY:
                 phys.SetPageDirty(pfn)
-            phys.host_put(pfn)
+            if tlb is not None:
+                tlb.flush_needed = True
+                if pte & PTE_DIRTY and not phys.PageAnon(pfn):
+                    force_flush = True
+            put(pfn)
+        if force_flush:
+            assert tlb is not None
+            tlb_flush_mmu(self, tlb)
 
     def split_huge_pmd(self, vma: Vma, hva: int, *, notify: bool = True) -> bool:
         """``__split_huge_pmd``: replace the THP PMD at ``hva`` by base PTEs.
@@ -489,12 +521,14 @@ class Mm:
                     if (start > v.start and start & mask) or (end < v.end and end & mask):
                         return -EINVAL
             self._split_thp_edges(start, end)
+            tlb = MmuGather()  # unmap_region: tlb_gather_mmu
             self.notify_start(start, end)
             for v in vmas:
-                self.zap_range(v, max(start, v.start), min(end, v.end))
+                self.zap_range(v, max(start, v.start), min(end, v.end), tlb=tlb)
             if self.race_points or self.sched is not None:
                 self.fire_point("host_pte_changed")
             self.notify_end(start, end)
+            tlb_flush_mmu(self, tlb)  # tlb_finish_mmu, after free_pgtables
             self._split_at(start)
             self._split_at(end)
             for v in self._vmas_in(start, end):
@@ -570,15 +604,21 @@ class Mm:
                 n |= PTE_WRITE  # avoid write faults on known dirty pages
             return n
 
+        points = bool(self.race_points) or self.sched is not None
         if vma.flags & VM_HUGETLB:
+            # hugetlb_change_protection flushes inside the pair
             self.notify_start(start, end)
-            for hva, shift, e in pgt.huge_in(start, end):
+            huge = pgt.huge_in(start, end)
+            for hva, shift, e in huge:
                 pgt.set_huge(hva, shift, modify(e))
+            if huge and points:
+                self.fire_point("tlb_flush")
             self.notify_end(start, end)
             return
         chunk = 1 << PUD_SHIFT
         pmd = 1 << THP_SHIFT
         addr = start
+        changed = False
         while addr < end:
             cend = min((addr | (chunk - 1)) + 1, end)
             ptes = pgt.ptes_in(addr, cend)
@@ -592,7 +632,11 @@ class Mm:
                 for hva, e in ptes:
                     pgt.set_pte(hva, modify(e))
                 self.notify_end(mni_start, cend)
+                changed = True
             addr = cend
+        if changed and points:
+            # change_protection_range flushes once, after every pair has ended
+            self.fire_point("tlb_flush")
 
     # ------------------------------------------------------------------ scenario helpers
 
@@ -674,10 +718,12 @@ class Mm:
         if self.tracer.enabled:
             self.tracer.emit("mmu_notifier_release")
         self.notifiers.release(self)
+        tlb = MmuGather()
         self.notify_start(0, ULONG_MAX)
         for v in list(self.vmas):
-            self.zap_range(v, v.start, v.end)
+            self.zap_range(v, v.start, v.end, tlb=tlb)
         self.notify_end(0, ULONG_MAX)
+        tlb_flush_mmu(self, tlb)
         for v in self.vmas:
             if v.file is not None:
                 v.file.mapping.remove(v)
