@@ -32,6 +32,10 @@ POINTS: Final = {
         "handler read mmu_notifier_seq, in handlers that read it first)"
     ),
     "mmu_lock": "before a task takes kvm->mmu_lock (fault path or notifier)",
+    "mmu_lock_released": (
+        "after a task released kvm->mmu_lock: a fault path has installed (or given up on) "
+        "the entry and not yet dropped its page reference (kvm_release_pfn_*)"
+    ),
     "mmap_sem": "before a task takes mmap_sem, for read or for write",
     "gup_pinned": "gup took a reference on a page for its caller",
     "invalidate_range_start": (

@@ -37,12 +37,13 @@ class SpinLock:
     that is a :class:`~kvmsim.host.rwsem.Deadlock`.
     """
 
-    __slots__ = ("holder", "name", "sched")
+    __slots__ = ("holder", "mm", "name", "sched")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, mm: Mm | None = None) -> None:
         self.name = name
         self.holder: str | None = None
         self.sched: Any = None  # a concurrent run's scheduler: waiters spin, not runnable
+        self.mm = mm  # whose points the release reaches (None: no point)
 
     def lock(self, task: str) -> None:
         sched = self.sched
@@ -60,6 +61,10 @@ class SpinLock:
         self.holder = None
         if self.sched is not None:
             self.sched.released(self)
+        mm = self.mm
+        if mm is not None and (mm.race_points or mm.sched is not None):
+            # a fault path drops its page reference after this
+            mm.fire_point("mmu_lock_released")
 
 
 #: ``INVALID_GPA`` as a gfn: no memslot overlapped the invalidation yet
@@ -96,7 +101,7 @@ class Kvm:
         self.tracer = tracer
         self.page_shift: int = phys.page_shift
         self.memslots = Memslots(self.page_shift)
-        self.mmu_lock = SpinLock("kvm->mmu_lock")
+        self.mmu_lock = SpinLock("kvm->mmu_lock", mm)
         self.mmu_notifier_seq = 0
         self.mmu_notifier_count = 0
         # the union of the ranges being invalidated while the count is

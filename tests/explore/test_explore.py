@@ -396,3 +396,59 @@ def test_explore_scheduler_that_is_not_dask(
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scheduler" in err[0]
+
+
+MUNMAP_PLACED = """
+name = "placed"
+description = "a first-touch store and QEMU's munmap placed inside its fault"
+
+[[vma]]
+name = "ram"
+size = "1M"
+backing = "anon"
+
+[[memslot]]
+gpa = 0x0
+vma = "ram"
+
+[[step]]
+do = "host_write"
+vma = "ram"
+offset = 0x10000
+
+[[step]]
+do = "munmap"
+vma = "ram"
+offset = 0x0
+size = "256K"
+at = "{at}"
+
+[[step]]
+do = "access"
+gpa = 0x10000
+op = "write"
+"""
+
+
+def test_mmu_lock_released_is_after_the_install_before_the_put() -> None:
+    """A munmap placed at ``mmu_lock_released`` runs after the v4.16 x86
+    fault installed its SPTE and before it dropped its page reference: the
+    notifier zaps the new SPTE (the unmap's own reference goes, the page
+    survives on KVM's until the put), the guest re-executes the store and
+    the new fault finds no vma.  Placed at ``before_create_pte`` the same
+    munmap comes before any SPTE: the retry check rejects the pfn."""
+
+    def run(at: str) -> tuple[list[str], Any, Simulation]:
+        sc = parse_scenario(MUNMAP_PLACED.replace("{at}", at), "p")
+        sim = Simulation(sc, arch="x86_ept", strategy="generic_v4_16", trace=True)
+        report = sim.run()
+        return [str(e["event"]) for e in report.events], report, sim
+
+    names, report, sim = run("mmu_lock_released")
+    unmap = names.index("mmu_notifier_invalidate_range_start")
+    assert "kvm_mmu_set_spte" in names[:unmap] and "kvm_unmap_rmapp" in names[unmap:]
+    assert report.steps[2].outcome == "efault" and report.verdicts == []
+    assert sim.phys.others_refs() == {} and sim.phys.freed
+    names, report, _ = run("before_create_pte")
+    assert "kvm_mmu_set_spte" not in names and "kvm_unmap_rmapp" not in names
+    assert report.steps[2].outcome == "efault" and report.verdicts == []
