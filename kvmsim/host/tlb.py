@@ -14,6 +14,11 @@ so writeback cannot miss a store through a stale TLB entry).  The batch is
 assumed never to fill (the kernel allocates further batches with
 GFP_NOWAIT; their failure would also flush early).
 
+A sequential ``across_create_pte`` placement holds ``invalidate_range_end``
+back until the fault returns, but not the flush and the free that follow
+it, so there they come first (a limit of that placement, not of the
+concurrent model).
+
 Two yield points mark the phases: ``tlb_flush`` (the flush done, the
 pages still referenced) and ``page_freed`` (the gathered references
 dropped; a page nobody else holds is free).
