@@ -223,7 +223,10 @@ class _PointPlugin:
         return r
 
 
-PLACED = """name = "plugin-point"
+MUNMAP_PLACED = """
+name = "placed"
+description = "a first-touch store and QEMU's munmap placed inside its fault"
+
 [[vma]]
 name = "ram"
 size = "1M"
@@ -241,14 +244,18 @@ offset = 0x10000
 [[step]]
 do = "munmap"
 vma = "ram"
+offset = 0x0
 size = "256K"
-at = "seeded_window"
+at = "{at}"
 
 [[step]]
 do = "access"
 gpa = 0x10000
 op = "write"
 """
+
+# the same munmap placed at a plugin's own point
+PLACED = MUNMAP_PLACED.replace("{at}", "seeded_window")
 
 
 def test_plugin_points_are_found_listed_and_usable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,38 +403,6 @@ def test_explore_scheduler_that_is_not_dask(
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scheduler" in err[0]
-
-
-MUNMAP_PLACED = """
-name = "placed"
-description = "a first-touch store and QEMU's munmap placed inside its fault"
-
-[[vma]]
-name = "ram"
-size = "1M"
-backing = "anon"
-
-[[memslot]]
-gpa = 0x0
-vma = "ram"
-
-[[step]]
-do = "host_write"
-vma = "ram"
-offset = 0x10000
-
-[[step]]
-do = "munmap"
-vma = "ram"
-offset = 0x0
-size = "256K"
-at = "{at}"
-
-[[step]]
-do = "access"
-gpa = 0x10000
-op = "write"
-"""
 
 
 def test_mmu_lock_released_is_after_the_install_before_the_put() -> None:
