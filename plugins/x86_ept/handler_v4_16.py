@@ -182,14 +182,9 @@ def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, kvm_level: int, mmu_seq
     (→ ``-EAGAIN``; the caller releases the pfn after unlocking),
     ``transparent_hugepage_adjust`` unless ``REQ_FORCE_PT_LEVEL``, then
     ``__direct_map``."""
-    if notifier_retry(kvm, gfn, mmu_seq, kvm.mmu_notifier_retry(mmu_seq)):
+    retry = kvm.mmu_notifier_retry(mmu_seq)
+    if retry and notifier_retry(kvm, gfn, mmu_seq, retry):
         return -EAGAIN
-    return adjust_and_map(kvm, gfn, pfn, flags, kvm_level, mmu_seq)
-
-
-def adjust_and_map(kvm: Kvm, gfn: int, pfn: int, flags: int, kvm_level: int, mmu_seq: int) -> int:
-    """After the retry check: ``transparent_hugepage_adjust`` unless
-    ``REQ_FORCE_PT_LEVEL``, then ``__direct_map``."""
     # make_mmu_pages_available: there is always room
     if not flags & REQ_FORCE_PT_LEVEL:
         gfn, pfn, kvm_level = transparent_hugepage_adjust(kvm, gfn, pfn, kvm_level)
