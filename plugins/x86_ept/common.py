@@ -61,6 +61,7 @@ from kvmsim.kvm.pfn import (
     KVM_HVA_ERR_BAD,
     KVM_PFN_ERR_HWPOISON,
     KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_NOSLOT,
     gfn_to_hva_many,
     gfn_to_hva_memslot,
     is_error_pfn,
@@ -219,7 +220,8 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
     the slow path (only its first gfn could be logged); v6.13 leaves it
     only while its slot logs dirty pages.  With EPT A/D on,
     SPTEs are never access-tracked, so nothing else is fixed here."""
-    footprint.stage2(gpa, 0, False)  # lockless (no mmu_lock): the leaf it walks to
+    if footprint.REC is not None:  # (checked here: a call per fault otherwise)
+        footprint.stage2(gpa, 0, False)  # lockless (no mmu_lock): the leaf it walks to
     if not page_fault_can_be_fast(error_code):
         return False
     st: EptState = kvm.arch
@@ -378,14 +380,6 @@ def _pat_pfn_immune_to_uc_mtrr(kvm: Kvm, pfn: int) -> bool:
     """``pat_pfn_immune_to_uc_mtrr``: the host memtype is UC, UC- or WC.
     RAM frames are write-back in the model."""
     return not kvm.phys.pfn_valid(pfn)
-
-
-def vmx_get_mt_mask(kvm: Kvm, gfn: int, is_mmio: bool) -> int:
-    """``vmx_get_mt_mask``: MMIO → UC; no non-coherent DMA (no assigned
-    device in the model) → WB with IPAT."""
-    if is_mmio:
-        return MTRR_TYPE_UNCACHABLE << EPT_MT_SHIFT
-    return (MTRR_TYPE_WRBACK << EPT_MT_SHIFT) | EPT_IPAT
 
 
 def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
@@ -688,8 +682,10 @@ def set_spte(
     for a NOSLOT pfn; else R|X, A unless speculative, PS above 4K, the
     memory type, HOST_WRITEABLE when the host allows writes, and W with
     MMU_WRITEABLE, D and a dirty-bitmap mark when writable."""
-    kvm.stage2_changed(gfn << 12)  # the checkers re-judge this leaf (prefetch included)
-    if is_noslot_pfn(pfn):
+    d = kvm.stage2_dirty
+    if d is not None:  # kvm.stage2_changed, inline: the checkers re-judge this leaf (prefetch too)
+        d.append(gfn << 12)
+    if pfn == KVM_PFN_NOSLOT:  # is_noslot_pfn
         # set_mmio_spte: gfn, access and the MMIO generation; not in any rmap
         table[idx] = (gfn << SPTE_PFN_SHIFT) | MMIO_SPTE_VALUE
         return
@@ -704,7 +700,12 @@ def set_spte(
         spte |= EPT_X
     if level > PT_PAGE_TABLE_LEVEL:
         spte |= EPT_LARGE
-    spte |= vmx_get_mt_mask(kvm, gfn, kvm_is_mmio_pfn(kvm, pfn))
+    # vmx_get_mt_mask (inline: one call less per SPTE): MMIO → UC; no
+    # non-coherent DMA (no assigned device in the model) → WB with IPAT
+    if kvm_is_mmio_pfn(kvm, pfn):
+        spte |= MTRR_TYPE_UNCACHABLE << EPT_MT_SHIFT
+    else:
+        spte |= (MTRR_TYPE_WRBACK << EPT_MT_SHIFT) | EPT_IPAT
     writable = True
     if host_writable:
         spte |= SPTE_HOST_WRITEABLE
