@@ -731,7 +731,7 @@ def explore_bench(args: Any) -> dict[str, Any]:
         done = [_explore_column(j) for j in jobs]
     dt = time.perf_counter() - t0
     n = sum(d[0] for d in done)
-    out = _result(args, vcpus=None, seconds=round(dt, 3))
+    out = _result(args, vcpus=None, seconds=round(dt, 4))
     out.update(
         arch=args.arch if args.arch_given else None,
         strategy=args.strategy if args.strategy_given else None,

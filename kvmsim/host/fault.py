@@ -110,7 +110,8 @@ def handle_mm_fault(mm: Mm, vma: Vma, address: int, flags: int) -> int:
     A write fault on a vma without VM_WRITE, or any fault on a PROT_NONE
     vma, is VM_FAULT_SIGSEGV (the callers' access checks, folded in here).
     """
-    footprint.opaque()  # not described by the recorders: POR treats it as touching all
+    if footprint.REC is not None:  # (checked here: a call per host fault otherwise)
+        footprint.opaque()  # not described by the recorders: POR treats it as touching all
     vf = vma.flags
     if flags & FAULT_FLAG_WRITE:
         if not vf & VM_WRITE:

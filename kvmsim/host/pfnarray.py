@@ -135,7 +135,12 @@ class PfnOwner:
         if i is None:
             i = self._ids[owner] = len(self.names)
             self.names.append(owner)
-        self._idx[pfn] = i
+        idx = self._idx
+        a = idx.a
+        if 0 <= pfn < len(a):
+            a[pfn] = i  # PfnArray.__setitem__'s usual case, inline: one call less per allocation
+        else:
+            idx[pfn] = i
 
     def __contains__(self, pfn: object) -> bool:
         return pfn in self._idx

@@ -14,13 +14,12 @@ from kvmsim.cmodel import KernelOops
 from kvmsim.hooktypes import ERR_RO_FAULT, NOSLOT, HvaToPfnRequest, HvaToPfnResult, StrategyInfo
 from kvmsim.host.rwsem import Deadlock
 from kvmsim.kvm.dirty import DirtyLog
-from kvmsim.kvm.memslot import Memslot, Memslots
+from kvmsim.kvm.memslot import PAGE_OFFSET, Memslot, Memslots
 from kvmsim.kvm.pfn import (
     KVM_PFN_ERR_RO_FAULT,
     KVM_PFN_NOSLOT,
     gfn_to_hva_many,
     kvm_hva_err_ro_bad,
-    kvm_is_error_hva,
 )
 from kvmsim.trace import DISABLED, Tracer
 
@@ -100,6 +99,7 @@ class Kvm:
         self.handler = strategy.handler_for(arch_name)
         self.tracer = tracer
         self.page_shift: int = phys.page_shift
+        self.hva_err_ro_bad = kvm_hva_err_ro_bad(self.page_shift)  # a constant of the VM
         self.memslots = Memslots(self.page_shift)
         self.mmu_lock = SpinLock("kvm->mmu_lock", mm)
         self.mmu_notifier_seq = 0
@@ -192,11 +192,11 @@ class Kvm:
         ``writable`` pointer; a read-only slot NULLs it (no write upgrade)."""
         tr = self.tracer
         addr = gfn_to_hva_many(slot, gfn, write_fault, self.page_shift)
-        if addr == kvm_hva_err_ro_bad(self.page_shift):
+        if addr == self.hva_err_ro_bad:
             if tr.enabled:
                 tr.emit("gfn_to_pfn_memslot", gfn=gfn, result="KVM_PFN_ERR_RO_FAULT")
             return HvaToPfnResult(status=ERR_RO_FAULT, pfn=KVM_PFN_ERR_RO_FAULT)
-        if kvm_is_error_hva(addr):
+        if addr >= PAGE_OFFSET:  # kvm_is_error_hva, inline on the fault path
             if tr.enabled:
                 tr.emit("gfn_to_pfn_memslot", gfn=gfn, result="KVM_PFN_NOSLOT")
             return HvaToPfnResult(status=NOSLOT, pfn=KVM_PFN_NOSLOT)

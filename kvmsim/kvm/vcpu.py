@@ -81,7 +81,9 @@ def guest_access(
     translate = hooks.translate
     handle = hooks.handle_page_fault
     tr = kvm.tracer
-    ram_pages = kvm.phys.ram_pages
+    phys = kvm.phys
+    ram_pages = phys.ram_pages
+    mm = kvm.mm
     rec = footprint.REC  # an explored run's footprint recorder (None otherwise)
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
@@ -103,10 +105,10 @@ def guest_access(
             # the access is performed on the frame stage 2 maps (a stale
             # entry reads and writes the old frame, as the real CPU would);
             # PhysMem.read_word / write_word, inlined for the hit path
-            contents = kvm.phys.contents
             if rec is not None:
                 rec.writes.add(("page", pfn))
             if op == "read":
+                contents = phys.contents
                 # positional (detail, value): cheaper than keywords on this path
                 if not contents:
                     return AccessResult(MAPPED, t, n, "", 0)
@@ -114,8 +116,8 @@ def guest_access(
                 addr = (pfn << shift) | (gpa & ((1 << shift) - 1))
                 return AccessResult(MAPPED, t, n, "", contents.get(addr, 0))
             if op == "write":
-                if value or contents:
-                    kvm.phys.write_word(pfn, gpa & ((1 << kvm.page_shift) - 1), value, size)
+                if value or phys.contents:
+                    phys.write_word(pfn, gpa & ((1 << kvm.page_shift) - 1), value, size)
                 if kvm.dirty.ledger.slots:  # a slot logs: the store is ground truth
                     record_store(kvm, gpa)
             return AccessResult(MAPPED, t, n)
@@ -133,15 +135,15 @@ def guest_access(
         r = handle(kvm=kvm, vcpu=vcpu, fault=fault)
         if not isinstance(r, FaultResult):
             raise hooks.bad_result("handle_page_fault", r)
-        if kvm.mm.held_ends:
+        if mm.held_ends:
             # an invalidation that straddled the fault's retry check ends now
-            kvm.mm.release_held_ends()
+            mm.release_held_ends()
         if tr.enabled:
             tr.emit("kvm_page_fault", ph="E", action=r.action, ret=r.ret, detail=r.detail)
         if r.action == RESUME:
             if kvm.dirty.rings:
                 ring_full_exit(kvm, vcpu)  # vcpu_enter_guest: KVM_EXIT_DIRTY_RING_FULL
-            sched = kvm.mm.sched
+            sched = mm.sched
             if sched is not None:  # the guest re-executes: other CPUs go on meanwhile
                 sched.spin()
             continue

@@ -17,11 +17,10 @@ from kvmsim_plugins.ppc_radix import dirty, handler, mmu
 from kvmsim_plugins.ppc_radix.tree import GPA_BITS, PMD_SIZE, PUD_SIZE
 
 from kvmsim import hookimpl
-from kvmsim.hooktypes import ArchInfo, DirtyCaps, FaultResult, Stage2Mapping
+from kvmsim.hooktypes import ArchInfo, DirtyCaps, Stage2Mapping
 from kvmsim.sources import read_from
 
 if TYPE_CHECKING:
-    from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
     from kvmsim.kvm.memslot import Memslot
 
@@ -90,14 +89,10 @@ def arch_init(kvm: Kvm) -> Any:
 translate = hookimpl(specname="translate")(mmu.translate_access)
 
 
-@hookimpl
-def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
-    return handler.page_fault(kvm, vcpu, fault)
-
-
-@hookimpl
-def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
-    return mmu.create_pte(kvm, gpa, pte, level, mmu_seq)
+# the fault entry and kvmppc_create_pte are the hook implementations
+# themselves (same signatures): no wrapper call per fault
+handle_page_fault = hookimpl(specname="handle_page_fault")(handler.page_fault)
+create_pte = hookimpl(specname="create_pte")(mmu.create_pte)
 
 
 @hookimpl

@@ -24,7 +24,8 @@ Read from: see the version modules (the prologue is the same in Linux
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from kvmsim_plugins.ppc_radix.dsisr import (
     DSISR_BADACCESS,
@@ -99,17 +100,35 @@ def page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
         if tr.enabled:
             tr.emit("kvmppc_hv_emulate_mmio", gpa=hex(gpa), store=bool(dsisr & DSISR_ISSTORE))
         return FaultResult(action=MMIO, ret=RESUME_GUEST, detail="KVM_EXIT_MMIO")
-    if st.version == "v4.17":
+    version = st.version
+    body = _BODIES.get(version) or _body(version)
+    if version == "v4.17" or version == "v6.13":
+        return body(kvm, vcpu, st, dsisr, gpa, gfn, ea, slot)  # type: ignore[no-any-return]
+    return body(kvm, vcpu, st, dsisr, gpa, gfn, slot)  # type: ignore[no-any-return]
+
+
+_BODIES: dict[str, Callable[..., Any]] = {}
+"""Each version's body, once imported (see :func:`_body`)."""
+
+
+def _body(version: str) -> Callable[..., Any]:
+    """The version's body, imported on first use (its module imports this
+    one) and kept: an import statement per fault costs more than the rest
+    of the prologue."""
+    if version == "v4.17":
         from kvmsim_plugins.ppc_radix.handler_v4_17 import fault_v4_17
 
-        return fault_v4_17(kvm, vcpu, st, dsisr, gpa, gfn, ea, slot)
-    if st.version == "v6.13":
+        body: Callable[..., Any] = fault_v4_17
+    elif version == "v6.13":
         from kvmsim_plugins.ppc_radix.handler_v6_13 import fault_v6_13
 
-        return fault_v6_13(kvm, vcpu, st, dsisr, gpa, gfn, ea, slot)
-    from kvmsim_plugins.ppc_radix.handler_v4_15 import fault_v4_15_16
+        body = fault_v6_13
+    else:
+        from kvmsim_plugins.ppc_radix.handler_v4_15 import fault_v4_15_16
 
-    return fault_v4_15_16(kvm, vcpu, st, dsisr, gpa, gfn, slot)
+        body = fault_v4_15_16
+    _BODIES[version] = body
+    return body
 
 
 # The host (process) page table on radix covers 52 bits of address like the

@@ -201,7 +201,9 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
         if ret == _SAME:  # v4.17: "someone else set the same thing": 0, nothing written
             ret = 0
         if installed:
-            kvm.stage2_changed(gpa)
+            d = kvm.stage2_dirty
+            if d is not None:  # kvm.stage2_changed(gpa), inline on the fault path
+                d.append(gpa)
             leaf_shift = (tree.page_shift, PMD_SHIFT, PUD_SHIFT)[level]
             tree.seqs[gpa & ~((1 << leaf_shift) - 1)] = mmu_seq
             if level == 0:

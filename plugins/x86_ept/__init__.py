@@ -19,7 +19,7 @@ from kvmsim_plugins.x86_ept import dirty, ept, handler, steps
 
 from kvmsim import hookimpl
 from kvmsim.errors import PluginError
-from kvmsim.hooktypes import ArchInfo, DirtyCaps, FaultResult, Stage2Mapping, StepResult
+from kvmsim.hooktypes import ArchInfo, DirtyCaps, Stage2Mapping, StepResult
 from kvmsim.sources import read_from
 
 #: Everything this plugin's code does to shared state during a guest access
@@ -28,7 +28,6 @@ from kvmsim.sources import read_from
 FOOTPRINTS = True
 
 if TYPE_CHECKING:
-    from kvmsim.hooktypes import Stage2Fault
     from kvmsim.kvm.core import Kvm
     from kvmsim.kvm.memslot import Memslot
     from kvmsim.scenario.model import StepKind, StepSpec
@@ -66,14 +65,10 @@ def arch_init(kvm: Kvm) -> Any:
 translate = hookimpl(specname="translate")(ept.translate_access)
 
 
-@hookimpl
-def handle_page_fault(kvm: Kvm, vcpu: int, fault: Stage2Fault) -> FaultResult:
-    return handler.page_fault(kvm, vcpu, fault)
-
-
-@hookimpl
-def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
-    return handler.create_pte(kvm, gpa, pte, level, mmu_seq)
+# the VM exit and the mapping under mmu_lock are the hook implementations
+# themselves (same signatures): no wrapper call per fault
+handle_page_fault = hookimpl(specname="handle_page_fault")(handler.page_fault)
+create_pte = hookimpl(specname="create_pte")(handler.create_pte)
 
 
 @hookimpl

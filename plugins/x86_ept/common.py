@@ -23,6 +23,7 @@ from kvmsim_plugins.x86_ept.ept import (
     EPT_LARGE,
     EPT_MT_SHIFT,
     EPT_R,
+    EPT_RWX,
     EPT_W,
     EPT_X,
     LEVEL_SHIFT,
@@ -60,6 +61,7 @@ from kvmsim.kvm.pfn import (
     KVM_HVA_ERR_BAD,
     KVM_PFN_ERR_HWPOISON,
     KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_NOSLOT,
     gfn_to_hva_many,
     gfn_to_hva_memslot,
     is_error_pfn,
@@ -218,7 +220,8 @@ def fast_page_fault(kvm: Kvm, vcpu: int, gpa: int, level: int, error_code: int) 
     the slow path (only its first gfn could be logged); v6.13 leaves it
     only while its slot logs dirty pages.  With EPT A/D on,
     SPTEs are never access-tracked, so nothing else is fixed here."""
-    footprint.stage2(gpa, 0, False)  # lockless (no mmu_lock): the leaf it walks to
+    if footprint.REC is not None:  # (checked here: a call per fault otherwise)
+        footprint.stage2(gpa, 0, False)  # lockless (no mmu_lock): the leaf it walks to
     if not page_fault_can_be_fast(error_code):
         return False
     st: EptState = kvm.arch
@@ -379,14 +382,6 @@ def _pat_pfn_immune_to_uc_mtrr(kvm: Kvm, pfn: int) -> bool:
     return not kvm.phys.pfn_valid(pfn)
 
 
-def vmx_get_mt_mask(kvm: Kvm, gfn: int, is_mmio: bool) -> int:
-    """``vmx_get_mt_mask``: MMIO → UC; no non-coherent DMA (no assigned
-    device in the model) → WB with IPAT."""
-    if is_mmio:
-        return MTRR_TYPE_UNCACHABLE << EPT_MT_SHIFT
-    return (MTRR_TYPE_WRBACK << EPT_MT_SHIFT) | EPT_IPAT
-
-
 def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
     """``kvm_vcpu_mark_page_dirty`` → the core's ``mark_page_dirty_in_slot``
     (the slot's bitmap, or the running vcpu's dirty ring)."""
@@ -422,21 +417,22 @@ def direct_map(
     ``huge_page_disallowed`` fault is remembered as such
     (``sp->nx_huge_page_disallowed``)."""
     st: EptState = kvm.arch
-    v6 = st.version == "v6.13"
+    version = st.version
+    v6 = version == "v6.13"
     nx = fault_gfn is not None and st.nx_huge_pages
     g = gfn if fault_gfn is None else fault_gfn
     gpa = g << 12
     table = st.root
     lvl = PT64_ROOT_LEVEL
     while True:
-        idx = (gpa >> LEVEL_SHIFT[lvl]) & 511
+        shift = LEVEL_SHIFT[lvl]
+        idx = (gpa >> shift) & 511
         e = table.get(idx)
-        base = gpa & ~((1 << LEVEL_SHIFT[lvl]) - 1)
         if (
             nx
             and lvl == level > PT_PAGE_TABLE_LEVEL
             and e.__class__ is dict
-            and (not v6 or st.nx_children.get((lvl, base)) is e)
+            and (not v6 or st.nx_children.get((lvl, gpa & ~((1 << shift) - 1))) is e)
         ):
             # disallowed_hugepage_adjust: a small SPTE's table is there
             pfn |= g & (pages_per_hpage(lvl) - pages_per_hpage(lvl - 1))
@@ -445,6 +441,13 @@ def direct_map(
                 kvm.tracer.emit("disallowed_hugepage_adjust", gfn=hex(g), level=level)
         if lvl == level:
             break
+        if e.__class__ is dict:
+            # a present table entry: go down (the walk of every fault after
+            # the first in a region; nothing to link, drop or remember)
+            table = e  # type: ignore[assignment]
+            lvl -= 1
+            continue
+        base = gpa & ~((1 << shift) - 1)
         linked = False
         if isinstance(e, int):
             if v6 and is_shadow_present_pte(e) and is_large_pte(e):
@@ -468,16 +471,20 @@ def direct_map(
                 st.nx_children.pop((lvl, base), None)
         table = e  # type: ignore[assignment]
         lvl -= 1
-    gfn = g & ~(pages_per_hpage(level) - 1)
-    idx = (gpa >> LEVEL_SHIFT[level]) & 511
-    old = table.get(idx)
-    ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
-    if st.version == "v5.13" and ret == RET_PF_RETRY and isinstance(old, int) and old:
-        if is_shadow_present_pte(old) and table.get(idx) == old:
-            # set_spte found the SPTE it would make: RET_PF_SPURIOUS, which
-            # __direct_map returns before prefetching or counting
-            return ret
-    if st.version != "v6.13" and level == PT_PAGE_TABLE_LEVEL and st.ad_enabled:
+    shift = LEVEL_SHIFT[level]
+    gfn = g & ~((1 << (shift - 12)) - 1)  # the leaf's base gfn (KVM_PAGES_PER_HPAGE)
+    idx = (gpa >> shift) & 511
+    if version == "v5.13":
+        old = table.get(idx)
+        ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
+        if ret == RET_PF_RETRY and isinstance(old, int) and old:
+            if is_shadow_present_pte(old) and table.get(idx) == old:
+                # set_spte found the SPTE it would make: RET_PF_SPURIOUS, which
+                # __direct_map returns before prefetching or counting
+                return ret
+    else:
+        ret = mmu_set_spte(kvm, table, idx, write, level, gfn, pfn, prefault, map_writable, mmu_seq)
+    if not v6 and level == PT_PAGE_TABLE_LEVEL and st.ad_enabled:
         # the v6.13 TDP MMU (kvm_tdp_mmu_map) prefetches nothing
         direct_pte_prefetch(kvm, table, idx, gfn, mmu_seq)
     st.pf_fixed += 1
@@ -532,17 +539,42 @@ def direct_pte_prefetch(kvm: Kvm, table: Table, idx: int, gfn: int, mmu_seq: int
     if kvm.arch.version == "v5.13" and kvm.mmu_notifier_count:
         return
     base = idx & ~(PTE_PREFETCH_NUM - 1)
-    start: int | None = None
-    for i in range(base, base + PTE_PREFETCH_NUM):
-        e = table.get(i)
-        if i == idx or (isinstance(e, int) and is_shadow_present_pte(e)):
-            if start is None:
-                continue
-            if not direct_pte_prefetch_many(kvm, table, start, i, gfn - idx + start, mmu_seq):
+    end = base + PTE_PREFETCH_NUM
+    get = table.get
+    # The usual first touch, told first without the run bookkeeping below:
+    # every SPTE before the faulting one present (no run ends at it) and no
+    # slot after it filled (a run reaching the group's end is not filled).
+    # A 4K table holds SPTEs only, so an absent slot reads as 0; ``while``
+    # costs less than ``range`` over a handful of slots.
+    i = base
+    while i < idx:
+        e: int = get(i, 0)  # type: ignore[assignment]
+        if not e & 0xFFFFFFFF or e & EPT_RWX == MMIO_SPTE_VALUE:  # not is_shadow_present_pte
+            break
+        i += 1
+    else:
+        i = idx + 1
+        while i < end:
+            if i in table:
                 break
-            start = None
-        elif start is None:
-            start = i
+            i += 1
+        else:
+            return  # nothing to prefetch
+    start: int | None = None
+    for i in range(base, end):
+        if i != idx:
+            e = get(i)  # type: ignore[assignment]
+            # not is_shadow_present_pte, inline
+            if not (isinstance(e, int) and e & 0xFFFFFFFF and e & EPT_RWX != MMIO_SPTE_VALUE):
+                if start is None:
+                    start = i
+                continue
+        # the faulting SPTE or a present one ends a run of non-present ones
+        if start is None:
+            continue
+        if not direct_pte_prefetch_many(kvm, table, start, i, gfn - idx + start, mmu_seq):
+            break
+        start = None
 
 
 def direct_pte_prefetch_many(
@@ -595,13 +627,15 @@ def mmu_set_spte(
     gpa = gfn << 12
     old = table.get(idx)
     was_rmapped = False
-    if isinstance(old, dict):
+    if old is None:
+        pass  # a first touch: nothing to replace or keep
+    elif isinstance(old, dict):
         # a 4K table where the large leaf goes: drop_parent_pte (the child
         # page becomes unreachable)
         table.pop(idx)
         for g in [g for g in st.seqs if gpa <= g < gpa + (1 << level_shift(level))]:
             del st.seqs[g]
-    elif old is not None and is_shadow_present_pte(old):
+    elif is_shadow_present_pte(old):
         if pfn != spte_to_pfn(old):
             drop_spte(kvm, table, idx, gpa, level)
         else:
@@ -610,9 +644,10 @@ def mmu_set_spte(
     new = table.get(idx, 0)
     assert isinstance(new, int)
     ret = RET_PF_RETRY
-    if new and is_mmio_spte(new):
+    # is_mmio_spte, then is_shadow_present_pte of a non-MMIO value, inline
+    if new and new & EPT_RWX == MMIO_SPTE_VALUE:
         ret = RET_PF_EMULATE
-    elif is_shadow_present_pte(new):
+    elif new & 0xFFFFFFFF:
         st.seqs[gpa] = mmu_seq
         if not was_rmapped and level > PT_PAGE_TABLE_LEVEL:
             st.lpages += 1
@@ -647,8 +682,10 @@ def set_spte(
     for a NOSLOT pfn; else R|X, A unless speculative, PS above 4K, the
     memory type, HOST_WRITEABLE when the host allows writes, and W with
     MMU_WRITEABLE, D and a dirty-bitmap mark when writable."""
-    kvm.stage2_changed(gfn << 12)  # the checkers re-judge this leaf (prefetch included)
-    if is_noslot_pfn(pfn):
+    d = kvm.stage2_dirty
+    if d is not None:  # kvm.stage2_changed, inline: the checkers re-judge this leaf (prefetch too)
+        d.append(gfn << 12)
+    if pfn == KVM_PFN_NOSLOT:  # is_noslot_pfn
         # set_mmio_spte: gfn, access and the MMIO generation; not in any rmap
         table[idx] = (gfn << SPTE_PFN_SHIFT) | MMIO_SPTE_VALUE
         return
@@ -663,7 +700,12 @@ def set_spte(
         spte |= EPT_X
     if level > PT_PAGE_TABLE_LEVEL:
         spte |= EPT_LARGE
-    spte |= vmx_get_mt_mask(kvm, gfn, kvm_is_mmio_pfn(kvm, pfn))
+    # vmx_get_mt_mask (inline: one call less per SPTE): MMIO → UC; no
+    # non-coherent DMA (no assigned device in the model) → WB with IPAT
+    if kvm_is_mmio_pfn(kvm, pfn):
+        spte |= MTRR_TYPE_UNCACHABLE << EPT_MT_SHIFT
+    else:
+        spte |= (MTRR_TYPE_WRBACK << EPT_MT_SHIFT) | EPT_IPAT
     writable = True
     if host_writable:
         spte |= SPTE_HOST_WRITEABLE
@@ -681,7 +723,8 @@ def set_spte(
             return
         spte |= EPT_W | SPTE_MMU_WRITEABLE
         # mmu_need_write_protect: no write-tracked gfn, no shadow pages
-        mark_page_dirty(kvm, gfn)
+        if st.dirty_bitmaps:  # no slot logs: mark_page_dirty_in_slot marks nothing
+            mark_page_dirty(kvm, gfn)
         if st.ad_enabled:
             spte |= EPT_D
     mmu_spte_update(kvm, table, idx, spte)
@@ -696,7 +739,7 @@ def mmu_spte_update(kvm: Kvm, table: Table, idx: int, new: int) -> None:
     st: EptState = kvm.arch
     st.hits.pop(old, None)
     st.fresh = new  # its first hit is the access this fault resumes: not cached
-    if not is_shadow_present_pte(old):
+    if not old or not is_shadow_present_pte(old):  # a first touch: no old bits to pass on
         return
     pfn = spte_to_pfn(old)
     if old & EPT_A and not new & EPT_A:

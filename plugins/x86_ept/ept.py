@@ -206,10 +206,12 @@ class EptState:
 
     def vcpu_apf(self, vcpu: int) -> ApfVcpu:
         """The vcpu's async-PF state, created on first use."""
-        from kvmsim_plugins.x86_ept.apf import ApfVcpu
-
         a = self.apf.get(vcpu)
         if a is None:
+            # imported here (apf imports this module), and only here: an
+            # import statement costs more than the lookup on every fault
+            from kvmsim_plugins.x86_ept.apf import ApfVcpu
+
             a = self.apf[vcpu] = ApfVcpu(vcpu)
         return a
 
@@ -379,7 +381,7 @@ def translate_access(kvm: Kvm, vcpu: int, gpa: int, ea: int, op: str) -> Transla
             return t
     shift = LEVEL_SHIFT[level]
     t = Translation(
-        pfn=spte_to_pfn(spte) + ((gpa & ((1 << shift) - 1)) >> 12),
+        pfn=(spte >> SPTE_PFN_SHIFT) + ((gpa & ((1 << shift) - 1)) >> 12),  # spte_to_pfn
         page_size=1 << shift,
         writable=bool(spte & EPT_W),
         noncached=(spte & EPT_MT_MASK) >> EPT_MT_SHIFT == MTRR_TYPE_UNCACHABLE,

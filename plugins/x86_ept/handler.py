@@ -134,7 +134,9 @@ def create_pte(kvm: Kvm, gpa: int, pte: int, level: int, mmu_seq: int) -> int:
     ``level`` 0/1/2 for 4K/2M/1G.  Returns ``-EAGAIN``, ``RET_PF_EMULATE``
     (an MMIO SPTE was installed) or 0."""
     task = kvm.mm.current
-    kvm.stage2_changed(gpa)  # whatever this installs covers gpa
+    d = kvm.stage2_dirty
+    if d is not None:  # kvm.stage2_changed(gpa), inline: whatever this installs covers gpa
+        d.append(gpa)
     kvm.mmu_lock.lock(task)
     try:
         return VERSIONS[kvm.arch.version].map_locked(

@@ -48,12 +48,11 @@ from kvmsim_plugins.x86_ept.ept import (
 
 from kvmsim.cmodel import EAGAIN
 from kvmsim.host.constants import PTE_PFN_SHIFT, PTE_PRESENT, THP_SHIFT, VM_HUGETLB
-from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID
+from kvmsim.kvm.memslot import KVM_MEMSLOT_INVALID, PAGE_OFFSET
 from kvmsim.kvm.pfn import (
+    KVM_PFN_ERR_NOSLOT_MASK,
     gfn_to_hva_memslot,
-    is_error_noslot_pfn,
     kvm_get_pfn,
-    kvm_is_error_hva,
     kvm_is_reserved_pfn,
     kvm_release_pfn_clean,
 )
@@ -78,7 +77,7 @@ def tdp_page_fault(
     # check_hugepage_cache_consistency: the guest MTRRs are uniform.
     level, force_pt_level = mapping_level(kvm, gfn)
     if not force_pt_level:
-        gfn &= ~(pages_per_hpage(level) - 1)
+        gfn &= ~((1 << (LEVEL_SHIFT[level] - 12)) - 1)  # KVM_PAGES_PER_HPAGE(level) - 1
     if tr.enabled:
         tr.emit(
             "tdp_page_fault",
@@ -92,19 +91,23 @@ def tdp_page_fault(
         return RET_PF_RETRY, None, "fast_page_fault"
     mmu_seq = kvm.mmu_notifier_seq
     handled, res = try_async_pf(kvm, vcpu, prefault, gfn, gpa, write)
-    kvm.fire_point("after_hva_to_pfn")
+    mm = kvm.mm
+    if mm.race_points or mm.sched is not None:  # kvm.fire_point, inline (one call less)
+        mm.fire_point("after_hva_to_pfn")
     if handled:
         return _async_not_present(st, vcpu)
     assert res is not None
     pfn = res.pfn
     map_writable = res.writable
-    bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
-    if bad is not None:
-        return bad
+    if pfn & KVM_PFN_ERR_NOSLOT_MASK:  # is_error_noslot_pfn: else nothing is abnormal
+        bad = handle_abnormal_pfn(kvm, vcpu, gfn, pfn)
+        if bad is not None:
+            return bad
     flags = _request_flags(write, map_writable, prefault)
     if force_pt_level:
         flags |= REQ_FORCE_PT_LEVEL
-    kvm.fire_point("before_create_pte")
+    if mm.race_points or mm.sched is not None:
+        mm.fire_point("before_create_pte")
     r = kvm.hooks.create_pte(
         kvm=kvm,
         gpa=gfn << 12,
@@ -130,7 +133,7 @@ def kvm_host_page_size(kvm: Kvm, gfn: int, slot: Memslot | None = None) -> int:
     if slot is None:
         return 4096
     addr = gfn_to_hva_memslot(slot, gfn, 12)
-    if kvm_is_error_hva(addr):
+    if addr >= PAGE_OFFSET:  # kvm_is_error_hva
         return 4096
     mm = kvm.mm
     task = mm.current
@@ -182,14 +185,9 @@ def map_locked(kvm: Kvm, gfn: int, pfn: int, flags: int, kvm_level: int, mmu_seq
     (→ ``-EAGAIN``; the caller releases the pfn after unlocking),
     ``transparent_hugepage_adjust`` unless ``REQ_FORCE_PT_LEVEL``, then
     ``__direct_map``."""
-    if notifier_retry(kvm, gfn, mmu_seq, kvm.mmu_notifier_retry(mmu_seq)):
+    retry = kvm.mmu_notifier_retry(mmu_seq)
+    if retry and notifier_retry(kvm, gfn, mmu_seq, retry):
         return -EAGAIN
-    return adjust_and_map(kvm, gfn, pfn, flags, kvm_level, mmu_seq)
-
-
-def adjust_and_map(kvm: Kvm, gfn: int, pfn: int, flags: int, kvm_level: int, mmu_seq: int) -> int:
-    """After the retry check: ``transparent_hugepage_adjust`` unless
-    ``REQ_FORCE_PT_LEVEL``, then ``__direct_map``."""
     # make_mmu_pages_available: there is always room
     if not flags & REQ_FORCE_PT_LEVEL:
         gfn, pfn, kvm_level = transparent_hugepage_adjust(kvm, gfn, pfn, kvm_level)
@@ -231,7 +229,7 @@ def transparent_hugepage_adjust(kvm: Kvm, gfn: int, pfn: int, level: int) -> tup
     tail pfn to the head (``kvm_release_pfn_clean`` + ``kvm_get_pfn``)."""
     phys = kvm.phys
     if (
-        not is_error_noslot_pfn(pfn)
+        not pfn & KVM_PFN_ERR_NOSLOT_MASK  # is_error_noslot_pfn
         and not kvm_is_reserved_pfn(phys, pfn)
         and level == PT_PAGE_TABLE_LEVEL
         and page_trans_compound_map(kvm, pfn, gfn)
