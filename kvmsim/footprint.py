@@ -80,6 +80,7 @@ def _whole_clash(writes: frozenset[Key], other_w: frozenset[Key], other_r: froze
 
 
 OPAQUE = Footprint(opaque=True)
+EMPTY = Footprint()
 
 
 class Recorder:
@@ -106,6 +107,8 @@ class Recorder:
         """The segment's footprint; starts the next one."""
         if self.opaque:
             fp = OPAQUE
+        elif not self.reads and not self.writes:
+            fp = EMPTY  # a segment that touched nothing (common between two points)
         else:
             fp = Footprint(frozenset(self.reads), frozenset(self.writes))
         self.reads = set()

@@ -146,6 +146,7 @@ class Scheduler:
         self.dead = False
         self.main: Any = None
         self._pending = ""  # the last decision's choice
+        self._decided = False  # the last point() made a decision
         # partial-order reduction: the footprint of the segment that ended
         # at each decision (None before the first), and of the last one
         self.rec = footprint.REC
@@ -172,6 +173,9 @@ class Scheduler:
                 if cur.spins <= SPIN_FREE:
                     self._progress()
                 return
+        # (the loop follows the decision made here, if any: who may run
+        # cannot change before it sees this message)
+        self._decided = bool(runnable)
         self.main.switch(("point", name))
 
     def block(self, lock: object) -> None:
@@ -201,10 +205,14 @@ class Scheduler:
     # ---------------------------------------------------- the loop
 
     def _runnable(self) -> list[Actor]:
-        runnable = [a for a in self.actors if not a.done and a.blocked_on is None]
-        if any(not a.spinning for a in runnable):
-            runnable = [a for a in runnable if not a.spinning]
-        return runnable
+        # the actors neither done nor blocked, in actor order; the spinning
+        # ones only when nobody else is left (one pass: asked at every point)
+        going: list[Actor] = []
+        spinning: list[Actor] = []
+        for a in self.actors:
+            if not a.done and a.blocked_on is None:
+                (spinning if a.spinning else going).append(a)
+        return going or spinning
 
     def _progress(self) -> None:
         # somebody made progress: the spinners may look again.  A spinner's
@@ -219,23 +227,25 @@ class Scheduler:
 
     def _decide(self, runnable: list[Actor], point: str, cur: Actor | None) -> tuple[Decision, str]:
         """Record one decision and the chooser's answer."""
-        nth = 1
-        if cur is not None:
-            nth = cur.arrivals[point] = cur.arrivals.get(point, 0) + 1
-        fp = self._close(cur)
-        self.before.append(fp if self.decisions else None)
-        d = Decision(
-            len(self.decisions),
-            None if cur is None else cur.name,
-            point,
-            nth,
-            tuple(a.name for a in runnable),
-            self._default(runnable, point, cur),
-        )
+        decisions = self.decisions
+        if cur is None:
+            nth, actor = 1, None
+        else:
+            arrivals = cur.arrivals
+            nth = arrivals[point] = arrivals.get(point, 0) + 1
+            actor = cur.name
+        fp = footprint.OPAQUE if self.rec is None else self._close(cur)
+        self.before.append(fp if decisions else None)
+        names = tuple([a.name for a in runnable])
+        if point not in FREE and cur is not None and actor in names:
+            default = actor  # the running actor goes on (the usual case)
+        else:
+            default = self._default(runnable, point, cur)
+        d = Decision(len(decisions), actor, point, nth, names, default)
         name = self.chooser(d)
-        if name not in d.runnable:
+        if name not in names:
             raise ValueError(f"chooser picked {name!r}, not runnable at {d}")
-        self.decisions.append((d, name))
+        decisions.append((d, name))
         self._pending = name
         return d, name
 
@@ -333,7 +343,7 @@ class Scheduler:
                 kind, arg = msg
                 if kind == "point":
                     point = arg
-                    if self._runnable():
+                    if self._decided:
                         decided = self._pending  # point() recorded the decision
                 elif kind == "block":
                     cur.blocked_on = arg

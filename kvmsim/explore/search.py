@@ -116,7 +116,7 @@ class _SleepChooser:
     def __call__(self, d: Decision) -> str:
         i = d.index
         n = len(self.prefix)
-        if i >= n and i > 0:
+        if i >= n and i > 0 and self.sleep:
             fp = self.sched.before[i]
             ran = self.choices[i - 1]
             fp = fp if fp is not None else footprint.OPAQUE
@@ -126,7 +126,7 @@ class _SleepChooser:
             self.sleeps.append(None)
         else:
             s = self.sleep
-            self.sleeps.append(dict(s))
+            self.sleeps.append(s)  # (never changed in place: replaced above)
             c = d.default
             if self.blocked is None and c in s:
                 pick = None
