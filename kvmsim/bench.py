@@ -715,6 +715,13 @@ def explore_bench(args: Any) -> dict[str, Any]:
             jobs.append((c.path, c.arch, c.strategy, args.bound, getattr(args, "por", True)))
     if not jobs:
         raise UsageError(f"--scenario {wanted}: no concurrent builtin scenario applies")
+    if args.jobs == 1:
+        # warm-up, as the runs workload does: each column's plugin set and
+        # first-use imports, out of the timed search (one default schedule)
+        from kvmsim.explore.search import run_schedule
+
+        for path, arch, strategy, _, _ in jobs:
+            run_schedule(mx.load_library_scenario(path), arch, strategy, ())
     mem = _Mem(args.tracemalloc)
     t0 = time.perf_counter()
     if args.jobs > 1:

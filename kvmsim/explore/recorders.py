@@ -193,7 +193,8 @@ def _pfn_wrapper(name: str) -> Callable[..., Any]:
         rec = fp.REC
         if rec is not None:
             rec.writes.add(("page", pfn))
-            if 0 <= pfn < self.ram_pages:
+            # without a compound page in use every page is its own head
+            if self._orders and 0 <= pfn < self.ram_pages:
                 rec.writes.add(("page", head_of(self, pfn)))
         return inner(self, pfn, *args, **kw)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from kvmsim import footprint
@@ -57,9 +57,10 @@ SPIN_FREE = 2
 _ENDS = ("step_end", "done", "dead")
 
 
-@frozen
+@define
 class Decision:
-    """One choice the scheduler asks for.
+    """One choice the scheduler asks for (read-only by convention: not
+    frozen, whose set-up costs several times more, at every yield point).
 
     :param index: its number in this run (0 is the start).
     :param actor: the actor that reached the point (None at the start).
@@ -67,6 +68,7 @@ class Decision:
     :param nth: how many times ``actor`` has reached ``point`` (1 = first).
     :param runnable: the actors that may run now, in actor order.
     :param default: what the default rule picks.
+    :param preemptive: see the attribute.
     """
 
     index: int
@@ -75,12 +77,12 @@ class Decision:
     nth: int
     runnable: tuple[str, ...]
     default: str
-
-    @property
-    def preemptive(self) -> bool:
-        """Choosing another actor here is a preemption (the running actor
-        could have gone on)."""
-        return self.point not in FREE and self.actor in self.runnable
+    preemptive: bool = field(
+        default=Factory(lambda d: d.point not in FREE and d.actor in d.runnable, takes_self=True)
+    )
+    """Choosing another actor here is a preemption (the running actor could
+    have gone on).  Computed when not given; the scheduler gives it (the
+    search asks it several times per decision)."""
 
 
 class Chooser(Protocol):
@@ -239,9 +241,11 @@ class Scheduler:
         names = tuple([a.name for a in runnable])
         if point not in FREE and cur is not None and actor in names:
             default = actor  # the running actor goes on (the usual case)
+            preemptive = True
         else:
             default = self._default(runnable, point, cur)
-        d = Decision(len(decisions), actor, point, nth, names, default)
+            preemptive = False
+        d = Decision(len(decisions), actor, point, nth, names, default, preemptive)
         name = self.chooser(d)
         if name not in names:
             raise ValueError(f"chooser picked {name!r}, not runnable at {d}")

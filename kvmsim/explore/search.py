@@ -28,10 +28,11 @@ same verdicts is folded into it.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
 
@@ -39,6 +40,9 @@ from kvmsim import footprint
 from kvmsim.explore.runtime import Decision, run_concurrent
 from kvmsim.footprint import Footprint
 from kvmsim.scenario.model import DirtySpec, Scenario, Switch
+
+if TYPE_CHECKING:
+    from kvmsim.registry import PluginEntry
 
 MODES = ("exhaustive", "random")
 
@@ -151,13 +155,23 @@ def _eligible(
     code touches shared state only through recorded objects), and the
     scenario uses nothing the recorders do not describe (devices, dirty
     logging, userfaultfd).  Otherwise every segment is opaque."""
-    from kvmsim.registry import discover, load
-
     if scenario.devices or scenario.uffd or scenario.dirty != DirtySpec():
         return False
+    from kvmsim.registry import discover
+
     found = discover()
-    mods = [load(found["arch"][arch]), load(found["strategy"][strategy])]
-    return all(getattr(m, "FOOTPRINTS", False) is True for m in [*mods, *extra_plugins])
+    return _declares_footprints(found["arch"][arch], found["strategy"][strategy]) and all(
+        getattr(m, "FOOTPRINTS", False) is True for m in extra_plugins
+    )
+
+
+@functools.cache
+def _declares_footprints(*entries: PluginEntry) -> bool:
+    """Whether these plugins declare ``FOOTPRINTS = True`` (asked once per
+    plugin entry: every schedule of a column asks)."""
+    from kvmsim.registry import load
+
+    return all(getattr(load(e), "FOOTPRINTS", False) is True for e in entries)
 
 
 def run_with(
@@ -235,25 +249,29 @@ def _children(
     before, tail = sched.before, sched.tail
     share = len(prefix) > 0
     stop = chooser.blocked if chooser.blocked is not None else len(decisions)
+    n = len(prefix)
     for i, (d, chosen) in enumerate(decisions[:stop]):
-        if i >= len(prefix):
-            asleep = chooser.sleeps[i] or {}
-            nxt = decisions[i + 1][0] if i + 1 < len(decisions) else None
-            cq = 1 if nxt is not None and nxt.preemptive else 0
-            fp = before[i + 1] if i + 1 < len(decisions) else tail
-            fp = fp if fp is not None else footprint.OPAQUE
-            mine: Entry = (chosen, fp, _cost(d, chosen) + cq)
-            entries: list[Entry] | tuple[Entry, ...] = [mine] if share else (mine,)
-            for alt in reversed(d.runnable):
-                if alt == chosen:
-                    continue
-                cost = _cost(d, alt)
-                if used + cost > bound:
-                    continue
-                if alt in asleep:
-                    stats[0] += 1
-                    continue
-                found.append(((*out.choices[:i], alt), asleep, entries, cost))
+        if i < n:  # inside the prefix: only what its choices cost
+            if d.preemptive and chosen != d.actor:
+                used += 1
+            continue
+        asleep = chooser.sleeps[i] or {}
+        nxt = decisions[i + 1][0] if i + 1 < len(decisions) else None
+        cq = 1 if nxt is not None and nxt.preemptive else 0
+        fp = before[i + 1] if i + 1 < len(decisions) else tail
+        fp = fp if fp is not None else footprint.OPAQUE
+        mine: Entry = (chosen, fp, _cost(d, chosen) + cq)
+        entries: list[Entry] | tuple[Entry, ...] = [mine] if share else (mine,)
+        for alt in reversed(d.runnable):
+            if alt == chosen:
+                continue
+            cost = _cost(d, alt)
+            if used + cost > bound:
+                continue
+            if alt in asleep:
+                stats[0] += 1
+                continue
+            found.append(((*out.choices[:i], alt), asleep, entries, cost))
         used += _cost(d, chosen)
     return found
 
