@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attrs import frozen
+from attrs import define
 
 from kvmsim import footprint
 from kvmsim.hooktypes import MMIO, RESUME, FaultResult, MmioResult, Translation
@@ -23,9 +23,10 @@ MAPPED = "mapped"
 LIVELOCK = "livelock"
 
 
-@frozen
+@define
 class AccessResult:
-    """How one guest access ended.
+    """How one guest access ended (read-only by convention: not frozen,
+    whose set-up costs more than the rest of a hit).
 
     :param outcome: ``mapped`` (completed through a stage-2 mapping of RAM),
         ``mmio`` (completed on an I/O frame through stage 2, or by an exit to
