@@ -23,22 +23,27 @@ _RANGE_MAX = 4096  # keys a range walk may name before it counts as opaque
 
 
 class RecPteMap(PteMap):
+    # (the base class's methods called by name, not through super(): these
+    # run at every host page-table access of an explored run)
     __slots__ = ()
 
     def get(self, vpn: int, default: int | None = None) -> int | None:
-        if fp.REC is not None:
-            fp.REC.reads.add(("pt", vpn))
-        return super().get(vpn, default)
+        rec = fp.REC
+        if rec is not None:
+            rec.reads.add(("pt", vpn))
+        return PteMap.get(self, vpn, default)
 
     def __setitem__(self, vpn: int, pte: int) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("pt", vpn))
-        super().__setitem__(vpn, pte)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("pt", vpn))
+        PteMap.__setitem__(self, vpn, pte)
 
     def pop(self, vpn: int, *default: Any) -> int | None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("pt", vpn))
-        return super().pop(vpn, *default)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("pt", vpn))
+        return PteMap.pop(self, vpn, *default)
 
     def fill_linear(self, vpn: int, n: int, pte: int, stride: int) -> None:
         _range(vpn, vpn + n, True)
@@ -126,19 +131,22 @@ class RecPfnArray(PfnArray):
     __slots__ = ()
 
     def get(self, pfn: int, default: Any = None) -> Any:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        return super().get(pfn, default)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        return PfnArray.get(self, pfn, default)
 
     def __getitem__(self, pfn: int) -> int:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        return super().__getitem__(pfn)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        return PfnArray.__getitem__(self, pfn)
 
     def __setitem__(self, pfn: int, value: int) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        super().__setitem__(pfn, value)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        PfnArray.__setitem__(self, pfn, value)
 
     def fill(self, start: int, stop: int, value: int) -> None:
         fp.opaque()
@@ -149,19 +157,22 @@ class RecPfnOwner(PfnOwner):
     __slots__ = ()
 
     def get(self, pfn: int, default: Any = None) -> Any:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        return super().get(pfn, default)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        return PfnOwner.get(self, pfn, default)
 
     def __getitem__(self, pfn: int) -> str:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        return super().__getitem__(pfn)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        return PfnOwner.__getitem__(self, pfn)
 
     def __setitem__(self, pfn: int, owner: str) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("page", pfn))
-        super().__setitem__(pfn, owner)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("page", pfn))
+        PfnOwner.__setitem__(self, pfn, owner)
 
     def __contains__(self, pfn: object) -> bool:
         if fp.REC is not None and isinstance(pfn, int):
@@ -240,14 +251,16 @@ class RecSpinLock(SpinLock):
     __slots__ = ()
 
     def lock(self, task: str) -> None:
-        super().lock(task)
-        if fp.REC is not None:  # in the segment that got it (after the point)
-            fp.REC.writes.update((("lock", self.name), fp.S2))
+        SpinLock.lock(self, task)
+        rec = fp.REC
+        if rec is not None:  # in the segment that got it (after the point)
+            rec.writes.update((("lock", self.name), fp.S2))
 
     def unlock(self, task: str) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.update((("lock", self.name), fp.S2))
-        super().unlock(task)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.update((("lock", self.name), fp.S2))
+        SpinLock.unlock(self, task)
 
 
 class RecRwSem(RwSem):
@@ -257,34 +270,40 @@ class RecRwSem(RwSem):
     __slots__ = ()
 
     def down_read(self, task: str) -> None:
-        super().down_read(task)
-        if fp.REC is not None:
-            fp.REC.reads.add(("lock", self.name))
+        RwSem.down_read(self, task)
+        rec = fp.REC
+        if rec is not None:
+            rec.reads.add(("lock", self.name))
 
     def down_read_trylock(self, task: str) -> bool:
-        if fp.REC is not None:
-            fp.REC.reads.add(("lock", self.name))
-        return super().down_read_trylock(task)
+        rec = fp.REC
+        if rec is not None:
+            rec.reads.add(("lock", self.name))
+        return RwSem.down_read_trylock(self, task)
 
     def up_read(self, task: str) -> None:
-        if fp.REC is not None:
-            fp.REC.reads.add(("lock", self.name))
-        super().up_read(task)
+        rec = fp.REC
+        if rec is not None:
+            rec.reads.add(("lock", self.name))
+        RwSem.up_read(self, task)
 
     def down_write(self, task: str) -> None:
-        super().down_write(task)
-        if fp.REC is not None:
-            fp.REC.writes.add(("lock", self.name))
+        RwSem.down_write(self, task)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("lock", self.name))
 
     def up_write(self, task: str) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("lock", self.name))
-        super().up_write(task)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("lock", self.name))
+        RwSem.up_write(self, task)
 
     def downgrade_write(self, task: str) -> None:
-        if fp.REC is not None:
-            fp.REC.writes.add(("lock", self.name))
-        super().downgrade_write(task)
+        rec = fp.REC
+        if rec is not None:
+            rec.writes.add(("lock", self.name))
+        RwSem.downgrade_write(self, task)
 
 
 # ---------------------------------------------------------------- install

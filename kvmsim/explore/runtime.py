@@ -150,8 +150,19 @@ class Scheduler:
         self._pending = ""  # the last decision's choice
         self._decided = False  # the last point() made a decision
         # partial-order reduction: the footprint of the segment that ended
-        # at each decision (None before the first), and of the last one
+        # at each decision (None before the first), and of the last one.
+        # A chooser that replays a prefix needs none before its decision
+        # ``record_from`` (``before[i]`` for i <= record_from stays opaque):
+        # recording pauses until then (the recording classes stay installed,
+        # so whatever is bound early records once resumed; every recording
+        # site reads footprint.REC when it records)
         self.rec = footprint.REC
+        self._record_from = 0
+        self._paused: footprint.Recorder | None = None
+        start = getattr(chooser, "record_from", 0)
+        if self.rec is not None and start > 0:
+            self._record_from, self._paused = start, self.rec
+            self.rec = footprint.REC = None
         self.before: list[footprint.Footprint | None] = []
         self.tail: footprint.Footprint = footprint.OPAQUE
         bind = getattr(chooser, "bind", None)
@@ -238,6 +249,11 @@ class Scheduler:
             actor = cur.name
         fp = footprint.OPAQUE if self.rec is None else self._close(cur)
         self.before.append(fp if decisions else None)
+        if self._paused is not None and len(decisions) == self._record_from:
+            # the segment starting at this decision is the first one asked for
+            self._paused.take()  # (starts empty)
+            self.rec = footprint.REC = self._paused
+            self._paused = None
         names = tuple([a.name for a in runnable])
         if point not in FREE and cur is not None and actor in names:
             default = actor  # the running actor goes on (the usual case)
@@ -275,19 +291,22 @@ class Scheduler:
 
     def _body(self, actor: Actor, run_step: Callable[[StepSpec], bool]) -> Callable[[], Any]:
         def body() -> Any:
-            rec = self.rec
             for step in actor.steps:
                 actor.pos += 1
                 actor.mid = True
                 # (a step's start and end need no key: a checker pass, which
-                # depends on who is inside a step, is opaque)
-                if rec is not None and step.do != "access":
+                # depends on who is inside a step, is opaque).  ``host`` is
+                # kept while recording pauses too: a host step may span the
+                # decision where it resumes
+                if step.do != "access":
                     actor.host = True
-                    rec.all()
+                    if self.rec is not None:
+                        self.rec.all()
                 alive = run_step(step)
                 actor.mid = False
-                if rec is not None and actor.host:
-                    rec.all()
+                if actor.host:
+                    if self.rec is not None:
+                        self.rec.all()
                     actor.host = False
                 if not alive:
                     return ("dead", None)

@@ -113,6 +113,10 @@ class _SleepChooser:
         self.sleeps: list[Sleep | None] = []
         self.blocked: int | None = None  # the decision where it blocked
         self.sched: Any = None
+        # the first decision whose following segment's footprint is asked
+        # for (the sleep set, the new sibling entry, the children all look
+        # at or after the prefix's last decision)
+        self.record_from = max(0, len(prefix) - 1)
 
     def bind(self, sched: Any) -> None:
         self.sched = sched

@@ -85,9 +85,11 @@ def guest_access(
     phys = kvm.phys
     ram_pages = phys.ram_pages
     mm = kvm.mm
-    rec = footprint.REC  # an explored run's footprint recorder (None otherwise)
     for n in range(LIVELOCK_LIMIT):
         t = translate(kvm=kvm, vcpu=vcpu, gpa=gpa, ea=ea, op=op)
+        # an explored run's footprint recorder (None otherwise), read here
+        # and not once per access: recording may resume in the fault
+        rec = footprint.REC
         if rec is not None:  # the walk may set the leaf's accessed/dirty bits
             footprint.stage2(gpa, t.page_size or 0, True)
         if not isinstance(t, Translation):
