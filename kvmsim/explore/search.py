@@ -159,7 +159,7 @@ def _eligible(
     code touches shared state only through recorded objects), and the
     scenario uses nothing the recorders do not describe (devices, dirty
     logging, userfaultfd).  Otherwise every segment is opaque."""
-    if scenario.devices or scenario.uffd or scenario.dirty != DirtySpec():
+    if scenario.devices or scenario.uffd or scenario.dirty != _NO_DIRTY:
         return False
     from kvmsim.registry import discover
 
@@ -167,6 +167,9 @@ def _eligible(
     return _declares_footprints(found["arch"][arch], found["strategy"][strategy]) and all(
         getattr(m, "FOOTPRINTS", False) is True for m in extra_plugins
     )
+
+
+_NO_DIRTY = DirtySpec()  # a scenario without a [dirty] table
 
 
 @functools.cache
