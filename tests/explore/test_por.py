@@ -218,3 +218,42 @@ def test_two_vcpus_retrying_through_one_invalidation_stay_bounded(tmp_path: Path
     # the one failure: vcpu1 reading before QEMU's store maps the zero page,
     # whose gup reference v4.16 never drops (kernel-notes §L.1)
     assert _classes(e) == {("refcount_leak",)}
+
+
+def _footprints_after(sc: Any, prefix: tuple[str, ...], record_from: int | None) -> list[Any]:
+    from kvmsim.explore.search import _SleepChooser, run_with
+
+    chooser = _SleepChooser(prefix, {}, 2)
+    if record_from is not None:
+        chooser.record_from = record_from
+    run_with(sc, "x86_ept", "follow_pfn_2024", chooser, record=True)
+    sched = chooser.sched
+    return [*sched.before[len(prefix) :], sched.tail]
+
+
+@pytest.mark.parametrize("name", ["gen-base-munmap-first-touch", "por-two-vcpus"])
+def test_recording_paused_through_a_prefix_records_the_same_after_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A schedule replaying a prefix records from the prefix's last decision
+    on; every footprint the search reads (those after the prefix, and the
+    last segment's) is the one a run recording from its start records, for
+    every prefix that branches off the default run."""
+    from kvmsim.explore.search import run_schedule
+
+    sc = _two(tmp_path) if name == "por-two-vcpus" else _load(_library(name)[0])
+    _, decisions, _ = run_schedule(sc, "x86_ept", "follow_pfn_2024", ())
+    prefixes = [
+        (*(c for _, c in decisions[:i]), alt)
+        for i, (d, chosen) in enumerate(decisions)
+        for alt in d.runnable
+        if alt != chosen
+    ]
+    assert len(prefixes) > 5
+    keyed = 0
+    for prefix in prefixes:
+        paused = _footprints_after(sc, prefix, None)
+        full = _footprints_after(sc, prefix, 0)
+        assert paused == full, prefix
+        keyed += sum(1 for f in full if not f.opaque and (f.reads or f.writes))
+    assert keyed  # the comparison saw keys, not only opaque segments
