@@ -247,7 +247,7 @@ class Scheduler:
             arrivals = cur.arrivals
             nth = arrivals[point] = arrivals.get(point, 0) + 1
             actor = cur.name
-        fp = footprint.OPAQUE if self.rec is None else self._close(cur)
+        fp = self._close(cur)
         self.before.append(fp if decisions else None)
         if self._paused is not None and len(decisions) == self._record_from:
             # the segment starting at this decision is the first one asked for
@@ -259,7 +259,7 @@ class Scheduler:
             default = actor  # the running actor goes on (the usual case)
             preemptive = True
         else:
-            default = self._default(runnable, point, cur)
+            default = self._default(runnable)
             preemptive = False
         d = Decision(len(decisions), actor, point, nth, names, default, preemptive)
         name = self.chooser(d)
@@ -280,9 +280,9 @@ class Scheduler:
             rec.writes.add(footprint.S2)  # a holder's work is stage-2 work
         return rec.take()
 
-    def _default(self, runnable: list[Actor], point: str, cur: Actor | None) -> str:
-        if point not in FREE and cur is not None and cur in runnable:
-            return cur.name
+    def _default(self, runnable: list[Actor]) -> str:
+        """The default where the running actor cannot simply go on (see
+        :meth:`_decide`): the actor mid-step, else the next step's owner."""
         mid = [a for a in runnable if a.mid]
         if mid:
             return min(mid, key=lambda a: a.steps[a.pos - 1].index).name

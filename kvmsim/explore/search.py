@@ -254,13 +254,12 @@ def _children(
     used = 0
     sched = chooser.sched
     before, tail = sched.before, sched.tail
-    share = len(prefix) > 0
-    stop = chooser.blocked if chooser.blocked is not None else len(decisions)
     n = len(prefix)
+    share = n > 0
+    stop = chooser.blocked if chooser.blocked is not None else len(decisions)
     for i, (d, chosen) in enumerate(decisions[:stop]):
         if i < n:  # inside the prefix: only what its choices cost
-            if d.preemptive and chosen != d.actor:
-                used += 1
+            used += _cost(d, chosen)
             continue
         asleep = chooser.sleeps[i] or {}
         nxt = decisions[i + 1][0] if i + 1 < len(decisions) else None
